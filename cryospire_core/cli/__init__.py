@@ -1,0 +1,1 @@
+"""The ``cryospire`` command line: one module per subcommand, each with ``add_args`` and ``run``."""

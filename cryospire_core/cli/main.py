@@ -1,0 +1,57 @@
+"""Entry point of the ``cryospire`` command.
+
+Each subcommand lives in its own module ``cryospire_core.cli.<name>`` exposing
+``add_args(parser)`` and ``run(args) -> int | None``; modules are imported only when their
+command runs so that ``cryospire --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import InputError
+
+COMMANDS: dict[str, str] = {
+    "simulate": "simulate particle images with ground truth from a procedural model",
+    "backproject": "reconstruct a map by direct Fourier inversion with CTF weighting",
+    "evaluate": "score maps against ground truth (CryoBench per-conformation FSC)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryospire", description=__doc__.splitlines()[0])
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"cryospire {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help / version / the usage error
+        parser.print_help()
+        return 2
+    name = argv[0]
+    module = importlib.import_module(f"{__package__}.{name}")
+    sub = argparse.ArgumentParser(prog=f"cryospire {name}", description=COMMANDS[name])
+    module.add_args(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except InputError as exc:
+        print(f"cryospire {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cryospire {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Centred discrete Fourier transforms and Fourier-space lattices (torch, any device).
+
+Real-space arrays have their origin at index ``D // 2`` on every axis (RELION's convention);
+the centred transforms put the zero frequency at index ``D // 2`` too, so a slice through the
+origin of a 3D transform lines up with a 2D transform without phase ramps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fft2_centered(x: torch.Tensor) -> torch.Tensor:
+    """(..., D, D) real or complex -> (..., D, D) complex, zero frequency at D // 2."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
+
+
+def ifft2_centered(X: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fft2_centered`; returns the real part, (..., D, D)."""
+    dims = (-2, -1)
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(X, dim=dims), dim=dims), dim=dims).real
+
+
+def fft3_centered(x: torch.Tensor) -> torch.Tensor:
+    """(..., D, D, D) -> (..., D, D, D) complex, zero frequency at D // 2 on each axis."""
+    dims = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
+
+
+def ifft3_centered(X: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fft3_centered`; returns the real part."""
+    dims = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(X, dim=dims), dim=dims), dim=dims).real
+
+
+def freqs_1d(box: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Frequencies (box,) in cycles/pixel of a centred transform: (i - box // 2) / box."""
+    return (torch.arange(box, device=device, dtype=dtype) - box // 2) / box
+
+
+def freq_grid_2d(box: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(box, box, 2) frequencies (kx, ky) in cycles/pixel; kx varies along the last axis."""
+    f = freqs_1d(box, device, dtype)
+    ky, kx = torch.meshgrid(f, f, indexing="ij")
+    return torch.stack([kx, ky], -1)
+
+
+def radius_grid_2d(box: int, device=None) -> torch.Tensor:
+    """(box, box) distance in pixels of each Fourier sample from the zero frequency."""
+    return freq_grid_2d(box, device).norm(dim=-1) * box
+
+
+def shift_phase(freqs: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+    """Phase factors that move image content by ``shifts_px``.
+
+    freqs: (H, W, 2) cycles/pixel; shifts_px: (B, 2) pixels (x, y). Returns (B, H, W) complex:
+    multiplying a centred transform by it translates the image by +shift.
+    """
+    arg = -2.0 * torch.pi * (freqs[None, ..., 0] * shifts_px[:, None, None, 0] + freqs[None, ..., 1] * shifts_px[:, None, None, 1])
+    return torch.polar(torch.ones_like(arg), arg)
+
+
+def fourier_crop_2d(X: torch.Tensor, box: int) -> torch.Tensor:
+    """Crop a centred 2D transform (..., D, D) to (..., box, box) around the zero frequency.
+
+    With :func:`fft2_centered`/:func:`ifft2_centered` this downsamples an image by D / box;
+    the caller rescales amplitudes by (box / D)^2 to keep real-space values.
+    """
+    D = X.shape[-1]
+    start = D // 2 - box // 2
+    return X[..., start : start + box, start : start + box]
+
+
+def fourier_crop_3d(X: torch.Tensor, box: int) -> torch.Tensor:
+    """Crop a centred 3D transform (..., D, D, D) to (..., box, box, box)."""
+    D = X.shape[-1]
+    s = D // 2 - box // 2
+    return X[..., s : s + box, s : s + box, s : s + box]

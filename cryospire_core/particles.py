@@ -1,0 +1,206 @@
+"""One in-memory description of N particles, whatever file format they came from.
+
+Images stay on disk: :class:`ImageSource` reads them in batches from memory-mapped stacks.
+Poses follow the RELION conventions: ``rotations`` are the matrices A of
+:mod:`cryospire_core.geometry`, ``shifts`` are RELION origins in Å (the shift that re-centres
+the particle: the observed particle sits at ``-shift`` from the box centre).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import numpy as np
+
+from .ctf import N_CTF
+from .errors import InputError
+
+
+@dataclass
+class ImageSource:
+    """Particle i is frame ``frames[i]`` (0-based) of stack ``files[file_index[i]]``.
+
+    files: stack paths (.mrcs / .mrc); file_index: (N,) int; frames: (N,) int; box: pixels.
+    """
+
+    files: list[Path]
+    file_index: np.ndarray
+    frames: np.ndarray
+    box: int
+    _handles: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getstate__(self) -> dict:
+        # Memory maps do not survive pickling (e.g. into data-loader workers); reopen lazily.
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def subset(self, idx: np.ndarray) -> ImageSource:
+        return ImageSource(self.files, self.file_index[idx], self.frames[idx], self.box)
+
+    def _stack(self, k: int) -> np.ndarray:
+        """The memory-mapped data (n, D, D) of stack k."""
+        if k not in self._handles:
+            path = self.files[k]
+            if not path.exists():
+                raise InputError(path, "image stack", "an existing .mrcs/.mrc file", "no such file")
+            try:
+                handle = mrcfile.mmap(path, mode="r", permissive=True)
+            except Exception as exc:  # mrcfile raises ValueError / OSError variants
+                raise InputError(path, "MRC header", "a readable MRC/MRCS stack", exc) from exc
+            data = handle.data
+            if data is None:
+                raise InputError(path, "MRC data", "a data block matching the header", "none (truncated file?)")
+            if data.ndim == 2:
+                data = data[None]
+            if data.ndim != 3 or data.shape[1] != data.shape[2]:
+                raise InputError(path, "image shape", "square images (n, D, D)", data.shape)
+            if data.shape[1] != self.box:
+                raise InputError(path, "box size", f"{self.box} px like the rest of the particles", data.shape[1])
+            self._handles[k] = (handle, data)
+        return self._handles[k][1]
+
+    def n_frames(self, k: int) -> int:
+        return self._stack(k).shape[0]
+
+    def validate(self) -> None:
+        """Open every stack (headers only) and check that every frame index exists."""
+        for k, path in enumerate(self.files):
+            sel = self.file_index == k
+            if not np.any(sel):
+                continue
+            n = self.n_frames(k)
+            top = int(self.frames[sel].max())
+            if top >= n or int(self.frames[sel].min()) < 0:
+                raise InputError(path, "image index", f"indices 1..{n} (the stack holds {n} images)", top + 1)
+
+    def read(self, idx: np.ndarray | slice | list) -> np.ndarray:
+        """Images (B, D, D) float32 for the particles ``idx`` (in that order)."""
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
+        fi = self.file_index[idx]
+        for k in np.unique(fi):
+            rows = np.nonzero(fi == k)[0]
+            frames = self.frames[idx[rows]]
+            data = self._stack(int(k))
+            if frames.max() >= data.shape[0]:
+                raise InputError(self.files[k], "image index", f"at most {data.shape[0]}", int(frames.max()) + 1)
+            order = np.argsort(frames, kind="stable")  # sequential reads of the memory map
+            out[rows[order]] = data[frames[order]]
+        return out
+
+    def close(self) -> None:
+        for handle, _ in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+
+@dataclass
+class Provenance:
+    """Where the particles came from, kept so subsets can be written back in the same format.
+
+    format: ``relion3.1``, ``relion3.0``, ``cryosparc``, ``cryodrgn`` or ``simulated``.
+    rows: the original metadata rows in particle order (a pandas DataFrame for STAR files, a
+    numpy structured array for cryoSPARC), or None.
+    extra: other tables (e.g. ``{"optics": DataFrame}`` for RELION 3.1, passthrough arrays).
+    """
+
+    format: str
+    path: Path
+    rows: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, idx: np.ndarray) -> Provenance:
+        rows = self.rows
+        if rows is not None:
+            rows = rows.iloc[idx].reset_index(drop=True) if hasattr(rows, "iloc") else rows[idx]
+        return replace(self, rows=rows)
+
+
+@dataclass
+class ParticleSet:
+    """N particles with their poses and CTFs.
+
+    source: the images; apix: Å/pixel of the stack; rotations: (N, 3, 3) float64 pose matrices A;
+    shifts: (N, 2) float64 RELION origins (x, y) in Å; ctf: (N, 9) float64 (``ctf.CTF_COLUMNS``);
+    optics_group: (N,) int, 1-based; contrast: +1 or -1, multiplied into every image read so
+    that particles are dark, as the CTF model images them (-1 for white, contrast-inverted stacks).
+    """
+
+    source: ImageSource
+    apix: float
+    rotations: np.ndarray
+    shifts: np.ndarray
+    ctf: np.ndarray
+    optics_group: np.ndarray
+    provenance: Provenance
+    contrast: float = 1.0
+
+    def __post_init__(self) -> None:
+        n = len(self.source)
+        path = self.provenance.path
+        for name, arr, shape in (
+            ("rotations", self.rotations, (n, 3, 3)),
+            ("shifts", self.shifts, (n, 2)),
+            ("ctf", self.ctf, (n, N_CTF)),
+            ("optics_group", self.optics_group, (n,)),
+        ):
+            if arr.shape != shape:
+                raise InputError(path, name, f"shape {shape} (one per particle)", arr.shape)
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise InputError(path, name, "finite numbers", "NaN or Inf")
+        if not (np.isfinite(self.apix) and self.apix > 0):
+            raise InputError(path, "pixel size", "a positive number of Å/pixel", self.apix)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def box(self) -> int:
+        return self.source.box
+
+    def images(self, idx) -> np.ndarray:
+        """Images (B, D, D) float32 in the dark-particle convention."""
+        imgs = self.source.read(idx)
+        if self.contrast != 1.0:
+            imgs *= self.contrast
+        return imgs
+
+    def subset(self, idx) -> ParticleSet:
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        return ParticleSet(
+            source=self.source.subset(idx),
+            apix=self.apix,
+            rotations=self.rotations[idx],
+            shifts=self.shifts[idx],
+            ctf=self.ctf[idx],
+            optics_group=self.optics_group[idx],
+            provenance=self.provenance.subset(idx),
+            contrast=self.contrast,
+        )
+
+
+def detect_contrast(source: ImageSource, n: int = 1000, seed: int = 0) -> float:
+    """+1 if the particles in ``source`` are dark (as the CTF model images them), -1 if white.
+
+    Low frequencies dominate a particle's appearance and the CTF is negative there, so a
+    dark particle makes the central disc (radius D/4) darker than the surrounding annulus.
+    Averaged over up to ``n`` images, the sign is reliable even at SNR 0.01.
+    """
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(source), size=min(n, len(source)), replace=False))
+    D = source.box
+    yy, xx = np.mgrid[:D, :D] - D // 2
+    r = np.hypot(xx, yy)
+    inner, outer = r < D / 4, (r >= D / 4) & (r < D / 2)
+    total = 0.0
+    for start in range(0, len(idx), 256):
+        imgs = source.read(idx[start : start + 256]).astype(np.float64)
+        total += float((imgs[:, inner].mean(1) - imgs[:, outer].mean(1)).sum())
+    return 1.0 if total <= 0 else -1.0
