@@ -77,3 +77,28 @@ def fourier_crop_3d(X: torch.Tensor, box: int) -> torch.Tensor:
     D = X.shape[-1]
     s = D // 2 - box // 2
     return X[..., s : s + box, s : s + box, s : s + box]
+
+
+def rfft_centered_crop(x: torch.Tensor, box: int, ndim: int = 2) -> torch.Tensor:
+    """``fourier_crop_2d(fft2_centered(x), box)`` (``ndim=2``) or the 3D equivalent for real input,
+    computed through ``rfftn``.
+
+    x: (..., P, ..., P) real, ``ndim`` trailing axes of even size P; box: even, <= P.
+    Returns (..., box, ..., box) complex. Several times faster than shifting the full complex
+    spectrum: with the origin at P // 2, the centred transform at integer frequency f is (-1)^f
+    times the plain DFT at f mod P, and negative x-frequencies are conjugates of positive ones.
+    """
+    P = x.shape[-1]
+    half = box // 2
+    dims = tuple(range(-ndim, 0))
+    R = torch.fft.rfftn(x, dim=dims)  # last axis holds fx in [0, P/2]
+    f = torch.arange(-half, half, device=x.device)
+    pos, neg = R[..., :half], R[..., 1 : half + 1]
+    for d in dims[:-1]:  # the full-length axes: frequencies f mod P (and -f mod P for the mirror)
+        pos = pos.index_select(x.dim() + d, f % P)
+        neg = neg.index_select(x.dim() + d, (-f) % P)
+    out = torch.cat([neg.conj().flip(-1), pos], dim=-1)
+    parity = torch.zeros((box,) * ndim, dtype=torch.int64, device=x.device)
+    for k in range(ndim):
+        parity = parity + f.reshape((box,) + (1,) * (ndim - 1 - k))
+    return out * (1.0 - 2.0 * (parity % 2).to(x.dtype))

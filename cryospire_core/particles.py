@@ -8,6 +8,7 @@ the particle: the observed particle sits at ``-shift`` from the box centre).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,11 @@ class ImageSource:
     file_index: np.ndarray
     frames: np.ndarray
     box: int
-    _handles: dict = field(default_factory=dict, repr=False, compare=False)
+    _handles: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+
+    #: Stacks kept open at once; the least recently used is closed beyond this, so data sets
+    #: spread over thousands of stacks stay within the usual 1024 open-file limit.
+    MAX_OPEN = 64
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -38,7 +43,7 @@ class ImageSource:
     def __getstate__(self) -> dict:
         # Memory maps do not survive pickling (e.g. into data-loader workers); reopen lazily.
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"] = OrderedDict()
         return state
 
     def subset(self, idx: np.ndarray) -> ImageSource:
@@ -46,7 +51,11 @@ class ImageSource:
 
     def _stack(self, k: int) -> np.ndarray:
         """The memory-mapped data (n, D, D) of stack k."""
-        if k not in self._handles:
+        if k in self._handles:
+            self._handles.move_to_end(k)
+        else:
+            while len(self._handles) >= self.MAX_OPEN:
+                self._handles.popitem(last=False)[1][0].close()
             path = self.files[k]
             if not path.exists():
                 raise InputError(path, "image stack", "an existing .mrcs/.mrc file", "no such file")
@@ -65,20 +74,6 @@ class ImageSource:
                 raise InputError(path, "box size", f"{self.box} px like the rest of the particles", data.shape[1])
             self._handles[k] = (handle, data)
         return self._handles[k][1]
-
-    def n_frames(self, k: int) -> int:
-        return self._stack(k).shape[0]
-
-    def validate(self) -> None:
-        """Open every stack (headers only) and check that every frame index exists."""
-        for k, path in enumerate(self.files):
-            sel = self.file_index == k
-            if not np.any(sel):
-                continue
-            n = self.n_frames(k)
-            top = int(self.frames[sel].max())
-            if top >= n or int(self.frames[sel].min()) < 0:
-                raise InputError(path, "image index", f"indices 1..{n} (the stack holds {n} images)", top + 1)
 
     def read(self, idx: np.ndarray | slice | list) -> np.ndarray:
         """Images (B, D, D) float32 for the particles ``idx`` (in that order)."""

@@ -14,9 +14,11 @@ import sys
 from ..errors import InputError
 
 COMMANDS: dict[str, str] = {
+    "demo": "run the main job on built-in sample data (simulate, reconstruct, score)",
     "simulate": "simulate particle images with ground truth from a procedural model",
     "backproject": "reconstruct a map by direct Fourier inversion with CTF weighting",
     "evaluate": "score maps against ground truth (CryoBench per-conformation FSC)",
+    "consensus": "fit a homogeneous Gaussian-mixture map to the particles (stage 0)",
 }
 
 

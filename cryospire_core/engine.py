@@ -1,0 +1,228 @@
+"""The training loop every stage shares.
+
+It owns what is the same for the consensus and the heterogeneous models: batches read ahead
+from memory-mapped stacks, seeded shuffling, the device, progress events, cancellation between
+steps, atomic checkpoints (every epoch and every few minutes) and resuming a killed run from
+its last checkpoint at the exact step it reached.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .particles import ParticleSet
+from .progress import ProgressCallback, ProgressEvent
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Batch:
+    """One batch on the training device.
+
+    index: (B,) int64 particle indices; images: (B, D, D) float32 (dark-particle convention);
+    rotations: (B, 3, 3) float32 pose matrices A; shifts: (B, 2) float32 Å (RELION origins);
+    ctf: (B, 9) float32 rows of ``ctf.CTF_COLUMNS``.
+    """
+
+    index: torch.Tensor
+    images: torch.Tensor
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    ctf: torch.Tensor
+
+
+def read_batch(particles: ParticleSet, idx: np.ndarray, device: torch.device) -> Batch:
+    """Read the particles ``idx`` (in that order) into a :class:`Batch` on ``device``."""
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
+    return Batch(
+        index=torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(device),
+        images=torch.from_numpy(particles.images(idx)).to(device),
+        rotations=as_t(particles.rotations[idx]),
+        shifts=as_t(particles.shifts[idx]),
+        ctf=as_t(particles.ctf[idx]),
+    )
+
+
+def iterate_batches(
+    particles: ParticleSet, order: np.ndarray, batch_size: int, device: torch.device, prefetch: int = 2
+) -> Iterator[Batch]:
+    """Yield batches of ``order`` while a thread reads the next ``prefetch`` batches from disk.
+
+    Reading a memory-mapped stack releases the GIL for the copy, so the disk and the
+    computation overlap even on a 2-core machine.
+    """
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if prefetch <= 0:
+        for c in chunks:
+            yield read_batch(particles, c, device)
+        return
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for c in chunks:
+                if stop.is_set():
+                    return
+                q.put(read_batch(particles, c, torch.device("cpu")))
+            q.put(None)
+        except BaseException as exc:  # surfaced in the training thread
+            q.put(exc)
+
+    thread = threading.Thread(target=reader, name="cryospire-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if device.type != "cpu":
+                item = Batch(*(t.to(device, non_blocking=True) for t in (item.index, item.images, item.rotations, item.shifts, item.ctf)))
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+class Trainable(Protocol):
+    """A model the loop can train: an ``nn.Module`` with a per-batch loss."""
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> object: ...
+
+
+@dataclass
+class LoopConfig:
+    """How long and how a stage trains. epochs, batch_size in images, seed for shuffling,
+    checkpoint_minutes between time-based checkpoints, prefetch in batches."""
+
+    epochs: int
+    batch_size: int = 64
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    prefetch: int = 2
+
+
+@dataclass
+class LoopResult:
+    """status: ``finished`` or ``cancelled``; epoch/step: where the loop stopped;
+    history: mean loss of each finished epoch."""
+
+    status: str
+    epoch: int
+    step: int
+    history: list[float] = field(default_factory=list)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled particle order of one epoch: a pure function of (seed, epoch) so a resumed
+    run sees exactly the batches the killed one would have seen."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # weights_only: a checkpoint from elsewhere cannot run code when opened.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_loop(
+    model: Trainable,
+    optimizer: torch.optim.Optimizer,
+    particles: ParticleSet,
+    cfg: LoopConfig,
+    checkpoint: Path,
+    stage: str,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
+) -> LoopResult:
+    """Train ``model`` for ``cfg.epochs`` epochs over ``particles``, resuming from ``checkpoint``
+    when it exists (the model and optimizer states, epoch, step and loss history are restored).
+
+    should_stop is polled between steps; when it answers True a checkpoint is written and the
+    loop returns with status ``cancelled``. after_step(epoch, step) runs after every step (e.g.
+    to clamp parameters).
+    """
+    checkpoint = Path(checkpoint)
+    n = len(particles)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    epoch, step, history, run_sum = 0, 0, [], 0.0
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step, history, run_sum = state["epoch"], state["step"], list(state["history"]), state["run_sum"]
+
+    def snapshot() -> None:
+        save_checkpoint(
+            checkpoint,
+            {
+                "version": CHECKPOINT_VERSION,
+                "stage": stage,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "run_sum": run_sum,
+            },
+        )
+
+    total_steps = cfg.epochs * steps_per_epoch
+    start_done = epoch * steps_per_epoch + step
+    t0 = time.monotonic()
+    last_save = t0
+    while epoch < cfg.epochs:
+        order = epoch_order(n, cfg.seed, epoch)[step * cfg.batch_size :]
+        for batch in iterate_batches(particles, order, cfg.batch_size, device, cfg.prefetch):
+            if should_stop is not None and should_stop():
+                snapshot()
+                return LoopResult("cancelled", epoch, step, history)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = model.loss(batch)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            run_sum += float(loss.detach())
+            if after_step is not None:
+                after_step(epoch, step)
+            if progress is not None:
+                done = epoch * steps_per_epoch + step
+                elapsed = time.monotonic() - t0
+                rate = (done - start_done) / max(elapsed, 1e-9)
+                progress(ProgressEvent(stage, done, total_steps, epoch + 1, cfg.epochs, float(loss.detach()),
+                                       elapsed, (total_steps - done) / rate if rate > 0 else None))
+            if time.monotonic() - last_save > 60.0 * cfg.checkpoint_minutes:
+                snapshot()
+                last_save = time.monotonic()
+        history.append(run_sum / steps_per_epoch)
+        epoch, step, run_sum = epoch + 1, 0, 0.0
+        snapshot()
+        last_save = time.monotonic()
+    return LoopResult("finished", epoch, step, history)

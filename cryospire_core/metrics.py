@@ -1,0 +1,284 @@
+"""Map quality: Fourier shell correlation and the CryoBench per-conformation protocol.
+
+FSC (CryoBench / cryoDRGN definition): both maps are multiplied by the mask, transformed with a
+centred 3D FFT, and correlated over shells of radius [i - 1, i) Fourier pixels for
+i = 1 .. D/2 - 1, reported at frequency i / D cycles/pixel, after FSC = 1 at frequency 0: D/2
+points in all. AUC is the trapezoid rule over that curve; its maximum is (D/2 - 1) / D.
+
+Per-conformation protocol: for each ground-truth state, the image latent nearest to the mean
+latent of the state's images is rendered and scored against that state's ground-truth map.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .atomic import write_json
+from .errors import InputError
+from .mrc import read_map
+
+
+class MapSequence(Protocol):
+    """Ground-truth maps, loaded on demand: ``len()`` states, ``[k]`` -> (D, D, D) array."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, k: int) -> np.ndarray: ...
+
+
+def _shells(D: int) -> np.ndarray:
+    """(D, D, D) int: shell number floor(radius) + 1 of each voxel of a centred D^3 transform.
+
+    A voxel at radius r (Fourier pixels) belongs to shell i when i - 1 <= r < i.
+    """
+    f = np.arange(D) - D // 2
+    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
+    return np.floor(r).astype(np.int64) + 1
+
+
+def fsc(vol1: np.ndarray, vol2: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier shell correlation of two (D, D, D) maps on the same lattice.
+
+    Returns (freqs, curve), each (D/2,): freqs i / D cycles/pixel (0 first); curve[0] = 1 and
+    curve[i] the correlation over shell [i - 1, i). A shell where either map has no power
+    scores 0.
+    """
+    v1 = np.asarray(vol1, dtype=np.float64)
+    v2 = np.asarray(vol2, dtype=np.float64)
+    if v1.shape != v2.shape or v1.ndim != 3 or len(set(v1.shape)) != 1:
+        raise ValueError(f"fsc needs two cubic maps of the same shape, got {v1.shape} and {v2.shape}")
+    if mask is not None:
+        v1 = v1 * mask
+        v2 = v2 * mask
+    D = v1.shape[0]
+    F1 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v1)))
+    F2 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v2)))
+    n_shells = D // 2
+    shells = _shells(D).ravel()
+    keep = shells < n_shells
+    shells = shells[keep]
+    cross = np.bincount(shells, (F1 * F2.conj()).real.ravel()[keep], minlength=n_shells)
+    p1 = np.bincount(shells, (np.abs(F1) ** 2).ravel()[keep], minlength=n_shells)
+    p2 = np.bincount(shells, (np.abs(F2) ** 2).ravel()[keep], minlength=n_shells)
+    denom = np.sqrt(p1 * p2)
+    curve = np.divide(cross, denom, out=np.zeros(n_shells), where=denom > 0)
+    curve[0] = 1.0
+    freqs = np.arange(n_shells) / D
+    return freqs, curve
+
+
+def auc(freqs: np.ndarray, curve: np.ndarray) -> float:
+    """Area under an FSC curve by the trapezoid rule (frequency in cycles/pixel)."""
+    return float(np.trapezoid(curve, freqs))
+
+
+def resolution(freqs: np.ndarray, curve: np.ndarray, threshold: float = 0.5) -> float:
+    """First frequency (cycles/pixel) where the FSC drops below ``threshold``.
+
+    If it never does, the last (highest) frequency of the curve.
+    """
+    below = np.nonzero(np.asarray(curve) < threshold)[0]
+    return float(freqs[below[0]] if len(below) else freqs[-1])
+
+
+def freq_to_angstrom(freq: float, apix: float) -> float:
+    """Resolution in Å of a frequency in cycles/pixel."""
+    return float(apix) / freq
+
+
+def freq_to_pixels(freq: float) -> float:
+    """Resolution in pixels (the period) of a frequency in cycles/pixel."""
+    return 1.0 / freq
+
+
+@dataclass
+class StateScore:
+    """One state's score: AUC and resolutions (cycles/pixel) of its FSC vs ground truth.
+
+    image: index of the image whose latent was rendered (None when a map was given directly).
+    """
+
+    state: int
+    auc: float
+    res_05: float
+    res_0143: float
+    image: int | None = None
+    curve: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ScoreTable:
+    """Scores over states, with a title saying what was scored; apix (Å) for Å columns."""
+
+    title: str
+    states: list[StateScore]
+    apix: float | None = None
+    freqs: list[float] = field(default_factory=list)
+
+    def aucs(self) -> np.ndarray:
+        return np.array([s.auc for s in self.states])
+
+    def summary(self) -> dict[str, float | int]:
+        a = self.aucs()
+        return {"mean_auc": float(a.mean()), "std_auc": float(a.std()), "median_auc": float(np.median(a)),
+                "n_states": len(a)}
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "apix": self.apix, "summary": self.summary(), "freqs": self.freqs,
+                "states": [asdict(s) for s in self.states]}
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    def format(self, max_rows: int | None = None) -> str:
+        """A plain-text table: one row per state (resolution in px, and Å when apix is known),
+        then the summary."""
+        head = ["state", "image", "AUC", "res@0.5 px", "res@0.143 px"]
+        if self.apix:
+            head += ["res@0.5 Å", "res@0.143 Å"]
+        rows = []
+        for s in self.states[: max_rows or len(self.states)]:
+            row = [str(s.state), "-" if s.image is None else str(s.image), f"{s.auc:.4f}",
+                   f"{freq_to_pixels(s.res_05):.2f}", f"{freq_to_pixels(s.res_0143):.2f}"]
+            if self.apix:
+                row += [f"{freq_to_angstrom(r, self.apix):.2f}" for r in (s.res_05, s.res_0143)]
+            rows.append(row)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        lines = [self.title, "  ".join(h.rjust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        if max_rows is not None and len(self.states) > max_rows:
+            lines.append(f"... ({len(self.states) - max_rows} more states)")
+        s = self.summary()
+        lines.append(f"AUC mean {s['mean_auc']:.4f}  std {s['std_auc']:.4f}  median {s['median_auc']:.4f}  "
+                     f"({s['n_states']} states)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def score_states(
+    pairs: Iterable[tuple[int, np.ndarray, np.ndarray, int | None]],
+    mask: np.ndarray | None,
+    title: str,
+    apix: float | None = None,
+) -> ScoreTable:
+    """Score (state, map, ground truth, image index or None) tuples into a :class:`ScoreTable`."""
+    states = []
+    freqs = None
+    for state, vol, gt, image in pairs:
+        freqs, curve = fsc(vol, gt, mask)
+        states.append(StateScore(int(state), auc(freqs, curve), resolution(freqs, curve, 0.5),
+                                 resolution(freqs, curve, 0.143), image, [float(c) for c in curve]))
+    return ScoreTable(title, states, apix, [] if freqs is None else [float(f) for f in freqs])
+
+
+def representative_images(latents: np.ndarray, labels: np.ndarray) -> dict[int, int]:
+    """For each state present in ``labels``: the index of the image whose latent is nearest
+    (Euclidean) to the mean latent of that state's images. latents: (N, z); labels: (N,) int."""
+    latents = np.asarray(latents, dtype=np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels)
+    out = {}
+    for k in np.unique(labels):
+        members = np.nonzero(labels == k)[0]
+        z = latents[members]
+        out[int(k)] = int(members[np.argmin(((z - z.mean(0)) ** 2).sum(1))])
+    return out
+
+
+def per_conformation(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    gt_maps: MapSequence | np.ndarray,
+    render: Callable[[np.ndarray], np.ndarray],
+    mask: np.ndarray | None = None,
+    apix: float | None = None,
+    title: str = "per-conformation FSC",
+) -> ScoreTable:
+    """CryoBench per-conformation scores.
+
+    latents: (N, z) per image; labels: (N,) ground-truth state per image (indexes ``gt_maps``);
+    gt_maps: (K, D, D, D) or a lazy sequence; render(z: (z,)) -> (D, D, D) map on the
+    ground-truth lattice; mask: (D, D, D) evaluation mask.
+    """
+    reps = representative_images(latents, labels)
+    latents = np.asarray(latents).reshape(len(labels), -1)
+    pairs = ((k, render(latents[i]), gt_maps[k], i) for k, i in reps.items())
+    return score_states(pairs, mask, title, apix)
+
+
+def homogeneous_floor(vol: np.ndarray, gt_maps: MapSequence | np.ndarray, mask: np.ndarray | None = None,
+                      apix: float | None = None, title: str = "homogeneous floor") -> ScoreTable:
+    """One map (e.g. a consensus) scored against every ground-truth state."""
+    return score_states(((k, vol, gt_maps[k], None) for k in range(len(gt_maps))), mask, title, apix)
+
+
+def ceiling(gt_maps: MapSequence | np.ndarray, mask: np.ndarray | None = None, apix: float | None = None) -> ScoreTable:
+    """Every ground-truth state scored against itself: the best any method can reach."""
+    return score_states(((k, gt_maps[k], gt_maps[k], None) for k in range(len(gt_maps))), mask, "ceiling", apix)
+
+
+def natural_key(path: Path) -> list:
+    """Sort key putting ``state_2`` before ``state_10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+@dataclass
+class GroundTruth:
+    """A simulation's ``gt/`` folder, maps read on demand (``len()``, ``[k]`` -> (D, D, D)).
+
+    map_paths: ``vol_###.mrc`` in state order; mask: (D, D, D) float32 or None; labels: (N,)
+    int state per image or None; apix: Å/voxel and box: D of the first map.
+    """
+
+    folder: Path
+    map_paths: list[Path]
+    mask: np.ndarray | None
+    labels: np.ndarray | None
+    apix: float
+    box: int
+
+    def __len__(self) -> int:
+        return len(self.map_paths)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return read_grid_map(self.map_paths[k], self.box, self.apix).data
+
+
+def read_grid_map(path: str | os.PathLike, box: int, apix: float):
+    """Read a map and check it is on the ``box`` D^3 lattice at ``apix`` Å (InputError if not)."""
+    m = read_map(path)
+    if m.data.shape != (box,) * 3:
+        raise InputError(path, "map dimensions", f"{box}^3 like the ground truth", m.data.shape)
+    if not np.isclose(m.apix, apix, rtol=1e-3):
+        raise InputError(path, "voxel size", f"{apix:.4g} Å like the ground truth", f"{m.apix:.4g} Å")
+    return m
+
+
+def load_ground_truth(folder: str | os.PathLike) -> GroundTruth:
+    """Open a ground-truth folder: ``vol_###.mrc`` (one per state, required), ``mask.mrc`` and
+    ``labels.npy`` (each optional)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "--gt", "a ground-truth folder (a simulation's gt/)", "no such folder")
+    paths = sorted(folder.glob("vol_*.mrc"), key=natural_key)
+    if not paths:
+        raise InputError(folder, "ground-truth maps", "vol_000.mrc, vol_001.mrc, ... (one per state)", "none")
+    first = read_map(paths[0])
+    box, apix = first.data.shape[0], first.apix
+    mask = read_grid_map(folder / "mask.mrc", box, apix).data if (folder / "mask.mrc").exists() else None
+    labels = None
+    if (folder / "labels.npy").exists():
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        in_range = len(labels) == 0 or 0 <= labels.min() <= labels.max() < len(paths)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or not in_range:
+            raise InputError(folder / "labels.npy", "labels", f"(N,) integers in 0..{len(paths) - 1}",
+                             f"{labels.dtype} {labels.shape}")
+    return GroundTruth(folder, paths, mask, labels, apix, box)
