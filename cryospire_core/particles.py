@@ -8,6 +8,7 @@ the particle: the observed particle sits at ``-shift`` from the box centre).
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -88,6 +89,16 @@ class ImageSource:
                 raise InputError(self.files[k], "image index", f"at most {data.shape[0]}", int(frames.max()) + 1)
             order = np.argsort(frames, kind="stable")  # sequential reads of the memory map
             out[rows[order]] = data[frames[order]]
+            bad = ~np.isfinite(out[rows])
+            if bad.any():
+                # A few corrupt pixels must not poison a training run: they become 0 (the
+                # background mean of normalised particles) and the user is told where they are.
+                frames_bad = sorted({int(f) + 1 for f in frames[bad.any(axis=(1, 2))]})
+                warnings.warn(f"{self.files[k]}: {int(bad.sum())} NaN/Inf pixels in image(s) {frames_bad[:10]} "
+                              f"(1-based) set to 0", RuntimeWarning, stacklevel=2)
+                block = out[rows]
+                block[bad] = 0.0
+                out[rows] = block
         return out
 
     def close(self) -> None:
