@@ -58,12 +58,13 @@ class RunFolder:
         return cfg
 
     def update_config(self, **sections: Any) -> dict[str, Any]:
-        """Store each section (a dataclass or a dict) under its name and write the config atomically."""
+        """Store each section (a dataclass, a dict or a plain JSON value) under its name and write
+        the config atomically."""
         cfg = self.read_config()
         cfg["format_version"] = RUN_FORMAT_VERSION
         cfg["cryospire"] = __version__
         for name, values in sections.items():
-            cfg[name] = dataclasses.asdict(values) if dataclasses.is_dataclass(values) else dict(values)
+            cfg[name] = dataclasses.asdict(values) if dataclasses.is_dataclass(values) else values
         write_json(self.config_path, cfg)
         return cfg
 

@@ -41,6 +41,14 @@ _FLOAT_FORMAT = "%.6f"
 _PARENT_LEVELS = 3
 
 
+def _as_numbers(path: Path, values: pd.Series, name: str, dtype) -> np.ndarray:
+    """A column as a numpy array of ``dtype``; InputError naming the column when it is not numeric."""
+    try:
+        return values.to_numpy(dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, name, "numbers", f"non-numeric values ({exc})") from exc
+
+
 class _Columns:
     """Per-particle column lookup: the particle rows first, then the joined optics table."""
 
@@ -50,9 +58,10 @@ class _Columns:
         self.optics = optics
         self._optics_row = None
         if optics is not None and len(optics):
-            ids = optics["rlnOpticsGroup"].to_numpy(dtype=np.int64) if "rlnOpticsGroup" in optics else np.ones(1, np.int64)
+            ids = (_as_numbers(path, optics["rlnOpticsGroup"], "rlnOpticsGroup", np.int64)
+                   if "rlnOpticsGroup" in optics else np.ones(1, np.int64))
             if "rlnOpticsGroup" in particles:
-                groups = particles["rlnOpticsGroup"].to_numpy(dtype=np.int64)
+                groups = _as_numbers(path, particles["rlnOpticsGroup"], "rlnOpticsGroup", np.int64)
             elif len(ids) == 1:
                 groups = np.full(len(particles), ids[0])
             else:
@@ -74,10 +83,7 @@ class _Columns:
             values = self.particles[name]
         else:
             values = self.optics[name].iloc[self._optics_row]
-        try:
-            return values.to_numpy(dtype=dtype)
-        except (TypeError, ValueError) as exc:
-            raise InputError(self.path, name, "numbers", f"non-numeric values ({exc})") from exc
+        return _as_numbers(self.path, values, name, dtype)
 
 
 def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:

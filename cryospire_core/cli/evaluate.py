@@ -16,6 +16,9 @@ import argparse
 import glob
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ..atomic import write_json
 from ..errors import InputError
 from ..metrics import (
@@ -25,9 +28,11 @@ from ..metrics import (
     homogeneous_floor,
     load_ground_truth,
     natural_key,
+    per_conformation,
     read_grid_map,
     score_states,
 )
+from ..train import load_trained_model
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +40,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="ground-truth folder (a simulation's gt/: vol_###.mrc, mask.mrc, labels.npy)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--map", help="one map scored against every state (the homogeneous floor)")
+    which.add_argument("--run", help="a run trained by `cryospire train`: per-conformation scores at the image "
+                                      "latent nearest each state's mean latent (needs gt/labels.npy)")
     which.add_argument("--maps", help="one map per state, in state order: a folder of .mrc files or a glob pattern "
                                       "(sorted naturally: state_2 before state_10)")
     parser.add_argument("--out", help="write the scores as JSON here")
@@ -61,6 +68,24 @@ def score_per_state_maps(gt: GroundTruth, paths: list[Path]) -> ScoreTable:
     return score_states(pairs, gt.mask, "per-state maps", gt.apix)
 
 
+def score_run(gt: GroundTruth, run_dir: str) -> ScoreTable:
+    """CryoBench per-conformation scores of a trained run against ``gt``."""
+    labels_path = gt.folder / "labels.npy"
+    if not labels_path.is_file():
+        raise InputError(labels_path, "labels", "the state of every image (gt/labels.npy)", "no such file")
+    labels = np.load(labels_path)
+    model = load_trained_model(run_dir)
+    latents = model.latents.numpy()
+    if len(labels) != len(latents):
+        raise InputError(labels_path, "labels", f"one per particle of the run ({len(latents)})", len(labels))
+
+    def render(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
+
+    return per_conformation(latents, labels, gt, render, gt.mask, gt.apix, title=f"per-conformation FSC: {run_dir}")
+
+
 def run(args: argparse.Namespace) -> int:
     gt = load_ground_truth(args.gt)
     print(f"ground truth: {len(gt)} states, {gt.box} px at {gt.apix:.4g} Å/px, "
@@ -68,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.map is not None:
         table = homogeneous_floor(read_grid_map(args.map, gt.box, gt.apix).data, gt, gt.mask, gt.apix,
                                   title=f"homogeneous floor: {args.map} vs every state")
+    elif args.run is not None:
+        table = score_run(gt, args.run)
     else:
         table = score_per_state_maps(gt, state_map_paths(args.maps))
     top = ceiling(gt, gt.mask, gt.apix)

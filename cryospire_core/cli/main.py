@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "backproject": "reconstruct a map by direct Fourier inversion with CTF weighting",
     "evaluate": "score maps against ground truth (CryoBench per-conformation FSC)",
     "consensus": "fit a homogeneous Gaussian-mixture map to the particles (stage 0)",
+    "train": "consensus, part discovery, parts and the part-aware model into a run folder",
+    "render": "write maps of a trained run at given latents or particles",
+    "analyze": "PCA, k-means states, traversals, plots, part label map and masks of a run",
 }
 
 

@@ -1,0 +1,61 @@
+"""``cryospire analyze``: latent PCA, k-means states, traversals and part masks of a trained run.
+
+Examples::
+
+    cryospire analyze runs/igg                       # writes runs/igg/analysis/
+    cryospire analyze runs/igg --ksample 10 --pc-steps 20 --pcs 2 --out igg_analysis
+
+Needs RUN/latents.npy and a trained model (``cryospire train``) to render volumes from; the part
+label map and focused-refinement masks are added when the run has its part clustering.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..analysis import RenderFn, analyze, load_latents
+from ..errors import InputError
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder (holds latents.npy and the trained model)")
+    parser.add_argument("--ksample", type=int, default=20, help="k-means states to render (default 20)")
+    parser.add_argument("--pc-steps", type=int, default=10, help="maps along each principal component (default 10)")
+    parser.add_argument("--pcs", type=int, default=1, help="traverse PC1..PCn (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    parser.add_argument("--out", help="output folder (default RUN/analysis)")
+
+
+def load_renderer(run_dir: Path) -> tuple[RenderFn, float]:
+    """The run's most advanced trained model (stage 2, else stage 1) as (render_fn, voxel size Å);
+    InputError when the run has none."""
+    import torch
+
+    from ..train import load_trained_model
+
+    model = load_trained_model(run_dir)
+
+    def render(z):
+        with torch.no_grad():
+            return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
+
+    return render, float(model.apix)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "run folder", "an existing run folder", "no such folder")
+    for name, value in (("--ksample", args.ksample), ("--pc-steps", args.pc_steps), ("--pcs", args.pcs)):
+        if value < 1:
+            raise InputError(None, name, "a positive integer", value)
+    load_latents(run_dir)  # fail on missing latents before loading the model
+    render_fn, apix = load_renderer(run_dir)
+    result = analyze(run_dir, render_fn, apix, ksample=args.ksample, pc_steps=args.pc_steps, n_pcs=args.pcs,
+                     out_dir=args.out, seed=args.seed, log=print)
+    for note in result.notes:
+        print(f"note: {note}")
+    n = sum(len(v) for v in result.files.values())
+    print(f"wrote {n} files into {result.out_dir}")
+    return 0

@@ -1,0 +1,112 @@
+"""``cryospire train``: consensus, part discovery (stage 1), parts, and the part-aware model
+(stage 2) into one run folder.
+
+Example: ``cryospire train sim/particles.star --out RUN --profile cpu`` (``--profile paper`` for
+the paper's sizes on a GPU). A killed run continues with the same command plus ``--resume``;
+``--stage parts --parts 4 --resume`` re-runs one stage (here: re-cluster into 4 level-1 parts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from ..device import add_device_arg, resolve_device
+from ..errors import InputError
+from ..load import add_particle_args, particles_from_args
+from ..progress import TerminalProgress
+from ..runfolder import RunFolder
+from ..train import PROFILES, STAGES, TrainConfig, train
+
+
+def _count(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {k}")
+    return k
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    add_particle_args(parser)
+    parser.add_argument("--out", required=True, help="run folder (created if missing)")
+    parser.add_argument("--profile", choices=PROFILES, default="cpu",
+                        help="cpu: sized for a laptop/CPU node (default); paper: the paper's sizes (GPU)")
+    parser.add_argument("--parts", type=_count, default="auto", help="level-1 part count: auto (default) or K")
+    parser.add_argument("--parts-level2", type=_count, default="auto",
+                        help="spatial splits per level-1 part: auto (default) or K")
+    parser.add_argument("--stage", choices=STAGES, action="append",
+                        help="run only this stage (repeatable); unfinished stages resume, `--stage parts` "
+                             "re-clusters with the given --parts")
+    parser.add_argument("--epochs-consensus", type=int, help="override the profile's consensus epochs")
+    parser.add_argument("--epochs-1", type=int, help="override the profile's stage-1 epochs")
+    parser.add_argument("--epochs-2", type=int, help="override the profile's stage-2 epochs")
+    parser.add_argument("--gaussians-1", type=int, help="override the profile's stage-1 Gaussian count")
+    parser.add_argument("--gaussians-2", type=int, help="override the profile's stage-2 Gaussian count")
+    parser.add_argument("--batch-size", type=int, help="override the profile's batch size (every stage)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default 5)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arg(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.for_profile(args.profile, seed=args.seed, parts_level1=args.parts,
+                                  parts_level2=args.parts_level2, checkpoint_minutes=args.checkpoint_minutes)
+    rep = dataclasses.replace
+    if args.epochs_consensus is not None:
+        cfg.consensus = rep(cfg.consensus, epochs=args.epochs_consensus)
+    if args.epochs_1 is not None:
+        cfg.discovery = rep(cfg.discovery, epochs=args.epochs_1)
+    if args.epochs_2 is not None:
+        cfg.hierarchical = rep(cfg.hierarchical, epochs=args.epochs_2)
+    if args.gaussians_1 is not None:
+        cfg.discovery = rep(cfg.discovery, n_gaussians=args.gaussians_1)
+    if args.gaussians_2 is not None:
+        cfg.hierarchical = rep(cfg.hierarchical, n_gaussians=args.gaussians_2)
+    if args.batch_size is not None:
+        cfg.consensus = rep(cfg.consensus, batch_size=args.batch_size)
+        cfg.discovery = rep(cfg.discovery, batch_size=args.batch_size)
+        cfg.hierarchical = rep(cfg.hierarchical, batch_size=args.batch_size)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = RunFolder(args.out)
+    saved = run_dir.read_config()
+    if "train" in saved and not args.resume:
+        raise InputError(run_dir.config_path, "train", "a new run folder, or --resume to continue this run",
+                         "a trained run already in it")
+    device = resolve_device(args.device)
+    stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
+    with run_dir:
+        ps = particles_from_args(args)
+        if "train" in saved:
+            cfg = TrainConfig.from_dict(saved["train"])
+            if args.stage and "parts" in args.stage:  # re-clustering with new counts is the point
+                cfg.parts_level1, cfg.parts_level2 = args.parts, args.parts_level2
+            if saved.get("n_particles") != len(ps):
+                raise InputError(args.particles, "particles", f"the {saved.get('n_particles')} particles the run was "
+                                 "trained on", len(ps))
+        else:
+            cfg = config_from_args(args)
+        run_dir.update_config(train=cfg, n_particles=len(ps), train_command={"argv": sys.argv[1:], **vars(args)})
+        if args.stage and "parts" in args.stage:  # clustering is instant: an explicit request redoes it
+            (run_dir.root / "parts" / "clustering.npz").unlink(missing_ok=True)
+        print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}; profile {cfg.profile}; "
+              f"stages: {', '.join(stages)}")
+        bar = TerminalProgress(disable=args.quiet)
+        t0 = time.perf_counter()
+        try:
+            status = train(ps, run_dir, cfg, device, stages, progress=bar)
+        finally:
+            bar.close()
+    print(f"train {status} in {time.perf_counter() - t0:.0f} s; run folder {run_dir.root}")
+    return 0

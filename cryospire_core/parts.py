@@ -1,0 +1,527 @@
+"""Part discovery: cluster the stage-1 Gaussians into parts, and turn parts into maps and masks.
+
+Two levels (METHOD.md, "Stage 1"):
+
+1. Level 1 groups Gaussians that move or appear together: k-means++ on their learned features
+   (each feature dimension standardised), optionally with their gate profiles over a sample of
+   images appended (see :func:`clustering_inputs`). The number of clusters K1 is chosen by the
+   best mean silhouette over K1 = 2..8; when even the best silhouette is below
+   ``ONE_PART_SILHOUETTE`` the features show no cluster structure and K1 = 1.
+2. Level 2 cuts each level-1 cluster into spatially compact parts: k-means++ (2-way) on the 3D
+   centres, applied recursively while a piece is too big or clearly made of separate blobs:
+   split when its radius of gyration exceeds ``MAX_PART_RG`` x the molecule's, or when the
+   2-way split's silhouette exceeds ``SPLIT_SILHOUETTE``; never into pieces of fewer than
+   ``min_part_size`` Gaussians. Rule of thumb for ``MAX_PART_RG = 0.6``: three touching equal
+   spheres (a typical 3-domain molecule) have a domain Rg 0.56 x the molecule's, so domains of
+   that size are kept whole while larger regions are cut.
+
+The clustering works on plain arrays (no model objects), so the GUI can re-cluster in well
+under a second (:func:`recluster`) from the inputs saved in ``RUN/parts/clustering.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+from scipy.spatial import cKDTree
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_score
+from threadpoolctl import threadpool_limits
+
+from .atomic import atomic_path
+from .errors import InputError
+
+#: Candidate level-1 cluster counts for the automatic choice.
+LEVEL1_CANDIDATES = range(2, 9)
+#: Below this best mean silhouette the features have no substantial cluster structure
+#: (Kaufman & Rousseeuw's 0.25 bound) and level 1 keeps a single cluster.
+ONE_PART_SILHOUETTE = 0.25
+#: Level 2 splits a piece whose radius of gyration exceeds this fraction of the molecule's.
+MAX_PART_RG = 0.6
+#: ...or whose 2-way spatial split has at least this silhouette (separate blobs).
+SPLIT_SILHOUETTE = 0.6
+#: k-means restarts (k-means++ seeding each time).
+N_INIT = 4
+#: Silhouettes are computed on at most this many Gaussians (a seeded subsample) to stay fast.
+SILHOUETTE_SAMPLE = 2048
+#: Gate profiles enter level 1 through at most this many principal components.
+GATE_COMPONENTS = 8
+#: Weight of the gate profiles against the features (see :func:`clustering_inputs`). Gates are
+#: direct evidence of co-presence, so a Gaussian absent from half the images differs from an
+#: always-present one by 2x the typical distance between unrelated feature vectors (W = 8).
+GATE_WEIGHT = 8.0
+
+
+@dataclass
+class ClusteringInputs:
+    """What the clustering reads, kept so the GUI can re-cluster without the model.
+
+    features: (G, F) float32 learned features (raw, as the model holds them).
+    centres: (G, 3) float32, Å (x, y, z). amplitudes: (G,) float32.
+    gate_block: (G, C) float32 or None: gate-profile components appended to the standardised
+    features (see :func:`clustering_inputs`). seed: k-means / subsampling seed.
+    """
+
+    features: np.ndarray
+    centres: np.ndarray
+    amplitudes: np.ndarray
+    gate_block: np.ndarray | None
+    seed: int
+
+    def level1_matrix(self) -> np.ndarray:
+        """(G, F [+ C]) the vectors level 1 clusters: standardised features [+ gate block]."""
+        f = self.features.astype(np.float64)
+        sd = f.std(axis=0)
+        z = (f - f.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        if self.gate_block is None:
+            return z
+        return np.concatenate([z, self.gate_block.astype(np.float64)], axis=1)
+
+
+@dataclass
+class PartClustering:
+    """Result of part discovery.
+
+    part_index: (G,) int64 part of each Gaussian, 0..K-1. level1: (K,) int64 level-1 cluster of
+    each part. anchor_index: (K,) Gaussian nearest to each part's (amplitude-weighted) centroid,
+    chosen among the part's own Gaussians; anchor_centres: (K, 3) Å; anchor_features: (K, F).
+    n_level1: level-1 clusters used. level1_k: (M,) candidate K1 tried (empty when K1 was given)
+    and level1_silhouette: (M,) their mean silhouettes. part_rg: (K,) radius of gyration of each
+    part, Å; molecule_rg: the whole set's, Å. part_presence: (K,) mean gate of each part over the
+    sampled images (NaN without gates). rule: how K1 and the level-2 splits were decided.
+    """
+
+    part_index: np.ndarray
+    level1: np.ndarray
+    anchor_index: np.ndarray
+    anchor_centres: np.ndarray
+    anchor_features: np.ndarray
+    n_level1: int
+    level1_k: np.ndarray
+    level1_silhouette: np.ndarray
+    part_rg: np.ndarray
+    molecule_rg: float
+    part_presence: np.ndarray
+    rule: str
+    inputs: ClusteringInputs = field(repr=False)
+
+    @property
+    def n_parts(self) -> int:
+        return int(self.level1.shape[0])
+
+    def to_npz(self, path: str | os.PathLike) -> None:
+        """Write everything (inputs included, for :func:`recluster`) atomically to ``path``."""
+        arrays = {
+            "part_index": self.part_index, "level1": self.level1, "anchor_index": self.anchor_index,
+            "anchor_centres": self.anchor_centres, "anchor_features": self.anchor_features,
+            "n_level1": np.int64(self.n_level1), "level1_k": self.level1_k,
+            "level1_silhouette": self.level1_silhouette, "part_rg": self.part_rg,
+            "molecule_rg": np.float64(self.molecule_rg), "part_presence": self.part_presence,
+            "rule": np.asarray(self.rule), "features": self.inputs.features, "centres": self.inputs.centres,
+            "amplitudes": self.inputs.amplitudes, "seed": np.int64(self.inputs.seed),
+        }
+        if self.inputs.gate_block is not None:
+            arrays["gate_block"] = self.inputs.gate_block
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> PartClustering:
+        """Read a file written by :meth:`to_npz` (InputError naming a missing key)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "part clustering", "an existing clustering.npz", "no such file")
+        with np.load(path, allow_pickle=False) as z:
+            data = dict(z)
+        needed = ("part_index", "level1", "anchor_index", "anchor_centres", "anchor_features", "n_level1",
+                  "level1_k", "level1_silhouette", "part_rg", "molecule_rg", "part_presence", "rule",
+                  "features", "centres", "amplitudes", "seed")
+        for key in needed:
+            if key not in data:
+                raise InputError(path, key, "the array written by PartClustering.to_npz", "missing")
+        inputs = ClusteringInputs(data["features"], data["centres"], data["amplitudes"], data.get("gate_block"),
+                                  int(data["seed"]))
+        return cls(data["part_index"], data["level1"], data["anchor_index"], data["anchor_centres"],
+                   data["anchor_features"], int(data["n_level1"]), data["level1_k"], data["level1_silhouette"],
+                   data["part_rg"], float(data["molecule_rg"]), data["part_presence"], str(data["rule"]), inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+
+def clustering_inputs(
+    features: np.ndarray,
+    centres: np.ndarray,
+    amplitudes: np.ndarray,
+    gates: np.ndarray | None = None,
+    seed: int = 0,
+) -> ClusteringInputs:
+    """Check shapes and build the level-1 inputs.
+
+    features: (G, F); centres: (G, 3) Å; amplitudes: (G,); gates: (N_sample, G) in [0, 1] or None.
+    Gates: each Gaussian's gate profile over the sampled images, centred and reduced to its first
+    ``GATE_COMPONENTS`` principal components, scaled by sqrt(GATE_WEIGHT F / N_sample): two
+    Gaussians whose gates differ by 1 on a fraction p of the images are p GATE_WEIGHT F apart in
+    squared distance, while two random standardised feature vectors are 2F apart on average.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    centres = np.asarray(centres, dtype=np.float32)
+    amplitudes = np.asarray(amplitudes, dtype=np.float32)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features must be (G, F) with G >= 2, got {features.shape}")
+    G, F = features.shape
+    if centres.shape != (G, 3) or amplitudes.shape != (G,):
+        raise ValueError(f"centres must be ({G}, 3) and amplitudes ({G},), got {centres.shape}, {amplitudes.shape}")
+    block = None
+    if gates is not None:
+        gates = np.asarray(gates, dtype=np.float64)
+        if gates.ndim != 2 or gates.shape[1] != G:
+            raise ValueError(f"gates must be (N_sample, {G}), got {gates.shape}")
+        prof = (gates - gates.mean(axis=1, keepdims=True)).T  # (G, N): profile about the image mean
+        prof = prof - prof.mean(axis=0)
+        u, s, _ = np.linalg.svd(prof, full_matrices=False)
+        c = min(GATE_COMPONENTS, len(s))
+        block = (u[:, :c] * s[:c] * np.sqrt(GATE_WEIGHT * F / gates.shape[0])).astype(np.float32)
+    return ClusteringInputs(features, centres, amplitudes, block, int(seed))
+
+
+def discover_parts(
+    features: np.ndarray,
+    centres: np.ndarray,
+    amplitudes: np.ndarray,
+    gates: np.ndarray | None = None,
+    n_level1: str | int = "auto",
+    n_level2: str | int | None = "auto",
+    seed: int = 0,
+    min_part_size: int | None = None,
+) -> PartClustering:
+    """Cluster G Gaussians into parts (see the module docstring for the rules).
+
+    features: (G, F); centres: (G, 3) Å; amplitudes: (G,); gates: (N_sample, G) or None.
+    n_level1: "auto" or a count; n_level2: "auto" (size/silhouette rule), a count of spatial
+    parts per level-1 cluster, or None (no level 2). min_part_size: smallest part the automatic
+    level 2 may create (default max(8, G // 100)). Deterministic for a seed.
+    """
+    inputs = clustering_inputs(features, centres, amplitudes, gates, seed)
+    clustering = recluster(inputs, n_level1, n_level2, min_part_size)
+    if gates is not None:
+        g = np.asarray(gates, dtype=np.float64).mean(axis=0)
+        clustering.part_presence = np.array([g[clustering.part_index == k].mean() for k in range(clustering.n_parts)])
+    return clustering
+
+
+def recluster(
+    inputs: ClusteringInputs,
+    n_level1: str | int = "auto",
+    n_level2: str | int | None = "auto",
+    min_part_size: int | None = None,
+) -> PartClustering:
+    """Re-run both levels on saved inputs (no model needed; ~0.2-0.5 s at G = 2,048).
+
+    Arguments as in :func:`discover_parts`. part_presence is NaN here (gates are not kept).
+    Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing
+    with a busy machine (training in the background) made it 10-50x slower in our timings.
+    """
+    with threadpool_limits(limits=1):
+        return _recluster(inputs, n_level1, n_level2, min_part_size)
+
+
+def _recluster(inputs, n_level1, n_level2, min_part_size) -> PartClustering:
+    G = len(inputs.features)
+    min_size = int(min_part_size) if min_part_size is not None else max(8, G // 100)
+    X = inputs.level1_matrix()
+    if n_level1 == "auto":
+        k_tried, sil = _silhouette_scan(X, inputs.seed)
+        best = int(np.argmax(sil)) if len(sil) else -1
+        if best < 0 or sil[best] < ONE_PART_SILHOUETTE:
+            k1 = 1
+            rule1 = f"K1=1: best silhouette {sil[best] if best >= 0 else float('nan'):.2f} < {ONE_PART_SILHOUETTE}"
+        else:
+            k1 = int(k_tried[best])
+            rule1 = f"K1={k1}: best mean silhouette {sil[best]:.2f} over K1={k_tried[0]}..{k_tried[-1]}"
+    else:
+        k1 = _count(n_level1, "n_level1", G)
+        k_tried, sil = np.zeros(0, np.int64), np.zeros(0)
+        rule1 = f"K1={k1}: given"
+    level1 = _first_seen_order(_kmeans(X, k1, inputs.seed))
+
+    weights = np.abs(inputs.amplitudes.astype(np.float64)) + 1e-12
+    mol_rg = _rg(inputs.centres, weights)
+    part = np.empty(G, dtype=np.int64)
+    part_level1: list[int] = []
+    for c in range(k1):
+        members = np.flatnonzero(level1 == c)
+        if n_level2 is None:
+            pieces = [members]
+        elif n_level2 == "auto":
+            pieces = _split_auto(members, inputs.centres, weights, MAX_PART_RG * mol_rg, min_size, inputs.seed)
+        else:
+            k2 = min(_count(n_level2, "n_level2", G), len(members))
+            sub = _kmeans(inputs.centres[members].astype(np.float64), k2, inputs.seed)
+            pieces = [members[sub == j] for j in range(k2) if np.any(sub == j)]
+        for p in sorted(pieces, key=lambda m: int(m.min())):  # deterministic part order
+            part[p] = len(part_level1)
+            part_level1.append(c)
+    if n_level2 == "auto":
+        rule2 = (f"level 2: split while Rg > {MAX_PART_RG} x molecule Rg ({MAX_PART_RG * mol_rg:.1f} Å) "
+                 f"or 2-way silhouette > {SPLIT_SILHOUETTE}, parts >= {min_size} Gaussians")
+    else:
+        rule2 = "level 2: none" if n_level2 is None else f"level 2: {n_level2} per level-1 cluster (given)"
+    return _finish(inputs, part, np.asarray(part_level1, np.int64), k1, k_tried, sil, mol_rg, weights,
+                   f"{rule1}; {rule2}")
+
+
+def _finish(inputs, part, level1, k1, k_tried, sil, mol_rg, weights, rule) -> PartClustering:
+    """Anchors and per-part statistics for a part assignment."""
+    K = len(level1)
+    anchor = np.empty(K, dtype=np.int64)
+    rg = np.empty(K)
+    for k in range(K):
+        members = np.flatnonzero(part == k)
+        c = inputs.centres[members].astype(np.float64)
+        centroid = np.average(c, axis=0, weights=weights[members])
+        anchor[k] = members[np.argmin(((c - centroid) ** 2).sum(axis=1))]
+        rg[k] = _rg(c, weights[members])
+    return PartClustering(part, level1, anchor, inputs.centres[anchor].copy(), inputs.features[anchor].copy(), k1,
+                          np.asarray(k_tried, np.int64), np.asarray(sil, np.float64), rg, float(mol_rg),
+                          np.full(K, np.nan), rule, inputs)
+
+
+def _count(n: object, name: str, G: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= int(n) <= G:
+        raise ValueError(f"{name} must be 'auto' or an integer in 1..{G}, got {n!r}")
+    return int(n)
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ labels (len(X),); k = 1 gives all zeros."""
+    if k <= 1:
+        return np.zeros(len(X), dtype=np.int64)
+    km = KMeans(n_clusters=k, init="k-means++", n_init=N_INIT, random_state=seed)
+    return km.fit_predict(X).astype(np.int64)
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    if len(np.unique(labels)) < 2:
+        return -1.0
+    n = min(len(X), SILHOUETTE_SAMPLE)
+    return float(silhouette_score(X, labels, sample_size=n if n < len(X) else None, random_state=seed))
+
+
+def _silhouette_scan(X: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate K1 and the mean silhouette of each k-means clustering.
+
+    The distances between the (subsampled) points are computed once for all candidates.
+    """
+    ks = np.array([k for k in LEVEL1_CANDIDATES if k < len(X)], dtype=np.int64)
+    rows = np.random.default_rng(seed).permutation(len(X))[:SILHOUETTE_SAMPLE]
+    dist = pairwise_distances(X[rows])
+    sil = []
+    for k in ks:
+        labels = _kmeans(X, int(k), seed)[rows]
+        sil.append(silhouette_score(dist, labels, metric="precomputed") if len(np.unique(labels)) > 1 else -1.0)
+    return ks, np.asarray(sil, dtype=np.float64)
+
+
+def _rg(c: np.ndarray, w: np.ndarray) -> float:
+    """Weighted radius of gyration (Å) of points c (n, 3)."""
+    c = np.asarray(c, dtype=np.float64)
+    mean = np.average(c, axis=0, weights=w)
+    return float(np.sqrt(np.average(((c - mean) ** 2).sum(axis=1), weights=w)))
+
+
+def _split_auto(members, centres, weights, max_rg, min_size, seed) -> list[np.ndarray]:
+    """Recursive 2-way spatial splits of ``members`` (indices) following the level-2 rule."""
+    done, todo = [], [members]
+    while todo:
+        m = todo.pop()
+        if len(m) < 2 * min_size:
+            done.append(m)
+            continue
+        c = centres[m].astype(np.float64)
+        sub = _kmeans(c, 2, seed)
+        sizes = np.bincount(sub, minlength=2)
+        big = _rg(c, weights[m]) > max_rg
+        if sizes.min() >= min_size and (big or _silhouette(c, sub, seed) > SPLIT_SILHOUETTE):
+            todo += [m[sub == 0], m[sub == 1]]
+        else:
+            done.append(m)
+    return done
+
+
+def _first_seen_order(labels: np.ndarray) -> np.ndarray:
+    """Relabel so cluster numbers follow the first Gaussian index of each cluster."""
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    remap = np.empty(len(order), dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[np.searchsorted(np.unique(labels), labels)]
+
+
+# --------------------------------------------------------------------------------------------
+# Editing (GUI) and hand-off
+# --------------------------------------------------------------------------------------------
+
+
+def merge_parts(part_index: np.ndarray, a: int, b: int) -> np.ndarray:
+    """(G,) part labels with part ``b`` merged into part ``a``; labels above ``b`` move down by one."""
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    if not (0 <= a < K and 0 <= b < K) or a == b:
+        raise ValueError(f"merge_parts: need two different parts in 0..{K - 1}, got {a}, {b}")
+    out = np.where(part_index == b, a, part_index)
+    return np.where(out > b, out - 1, out)
+
+
+def split_part(part_index: np.ndarray, centres: np.ndarray, k: int, n: int, seed: int = 0) -> np.ndarray:
+    """(G,) part labels with part ``k`` cut into ``n`` spatial pieces (k-means++ on centres Å).
+
+    The piece holding the part's lowest Gaussian index keeps label ``k``; the others get new
+    labels K, K+1, ... so the other parts keep theirs.
+    """
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    members = np.flatnonzero(part_index == k)
+    if not 0 <= k < K or not 2 <= n <= len(members):
+        raise ValueError(f"split_part: part {k} of {K} with {len(members)} Gaussians cannot be cut into {n}")
+    with threadpool_limits(limits=1):
+        sub = _first_seen_order(_kmeans(np.asarray(centres, np.float64)[members], n, seed))
+    out = part_index.copy()
+    out[members] = np.where(sub == 0, k, K + sub - 1)
+    return out
+
+
+def with_part_index(clustering: PartClustering, part_index: np.ndarray) -> PartClustering:
+    """The clustering with edited part labels (from :func:`merge_parts` / :func:`split_part`):
+    anchors and part statistics recomputed; each part's level-1 cluster is the most common one
+    among its Gaussians. part_index: (G,) labels 0..K-1, every label used."""
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    if part_index.shape != clustering.part_index.shape or len(np.unique(part_index)) != K:
+        raise ValueError(f"part_index must be ({len(clustering.part_index)},) labels using every value 0..K-1")
+    old_level1 = clustering.level1[clustering.part_index]  # (G,) level-1 cluster of each Gaussian
+    level1 = np.array([np.bincount(old_level1[part_index == k]).argmax() for k in range(K)], dtype=np.int64)
+    weights = np.abs(clustering.inputs.amplitudes.astype(np.float64)) + 1e-12
+    return _finish(clustering.inputs, part_index, level1, clustering.n_level1, clustering.level1_k,
+                   clustering.level1_silhouette, clustering.molecule_rg, weights, clustering.rule + "; edited by hand")
+
+
+def assign_to_parts(new_centres: np.ndarray, coarse_centres: np.ndarray, part_index: np.ndarray) -> np.ndarray:
+    """(G2,) part of each new Gaussian: the part of its nearest coarse Gaussian (stage-2 hand-off).
+
+    new_centres: (G2, 3) Å; coarse_centres: (G, 3) Å; part_index: (G,).
+    """
+    _, nearest = cKDTree(np.asarray(coarse_centres, np.float64)).query(np.asarray(new_centres, np.float64))
+    return np.asarray(part_index, dtype=np.int64)[nearest]
+
+
+# --------------------------------------------------------------------------------------------
+# Maps and masks
+# --------------------------------------------------------------------------------------------
+
+
+def part_label_volume(
+    centres: np.ndarray,
+    widths: np.ndarray,
+    amplitudes: np.ndarray,
+    part_index: np.ndarray,
+    box: int,
+    apix: float,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """(D, D, D) int32 map: 1 + the part with the most density at each voxel, 0 below ``threshold``.
+
+    centres: (G, 3) Å; widths: (G,) Å; amplitudes: (G,); part_index: (G,) 0..K-1.
+    threshold: level of the total density below which a voxel is solvent; default Otsu's split
+    of the positive voxels (consensus.density_threshold).
+    """
+    import torch
+
+    from .consensus import density_threshold
+    from .render import rasterize
+
+    part_index = np.asarray(part_index, dtype=np.int64)
+    c = torch.as_tensor(np.asarray(centres, np.float32))
+    s = torch.as_tensor(np.asarray(widths, np.float32))
+    m = torch.as_tensor(np.asarray(amplitudes, np.float32))
+    best = total = labels = None
+    for k in range(int(part_index.max()) + 1):
+        sel = torch.as_tensor(part_index == k)
+        vol = rasterize(c[sel], s[sel], m[sel], box, apix).numpy()
+        if best is None:
+            best, total, labels = vol, vol.copy(), np.zeros(vol.shape, np.int32)
+        else:
+            labels[vol > best] = k
+            best, total = np.maximum(best, vol), total + vol
+    level = density_threshold(total) if threshold is None else float(threshold)
+    return np.where(total > level, labels + 1, 0).astype(np.int32)
+
+
+def part_masks(
+    label_volume: np.ndarray,
+    apix: float,
+    soft_edge_px: float | None = None,
+    dilate_px: float | None = None,
+    n_parts: int | None = None,
+) -> np.ndarray:
+    """(K, D, D, D) float32 soft masks, one per part label 1..K of ``label_volume``.
+
+    n_parts: K (default the largest label; give it so a part with no voxel above the threshold
+    still gets its (empty) mask).
+
+    Each mask is 1 within ``dilate_px`` of the part's voxels, falls off as a raised cosine over
+    ``soft_edge_px`` more, and is 0 beyond. Defaults follow common focused-refinement practice:
+    dilate by max(2 px, 6 Å), soft edge max(3 px, 12 Å).
+    """
+    dilate = max(2.0, 6.0 / apix) if dilate_px is None else float(dilate_px)
+    edge = max(3.0, 12.0 / apix) if soft_edge_px is None else float(soft_edge_px)
+    K = int(label_volume.max()) if n_parts is None else int(n_parts)
+    masks = np.zeros((K,) + label_volume.shape, dtype=np.float32)
+    for k in range(K):
+        inside = label_volume == k + 1
+        if not inside.any():
+            continue
+        d = distance_transform_edt(~inside)  # px to the nearest voxel of the part
+        t = np.clip((d - dilate) / edge, 0.0, 1.0) if edge > 0 else (d > dilate).astype(np.float64)
+        masks[k] = 0.5 * (1.0 + np.cos(np.pi * t))
+    return masks
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring against the simulator's ground truth
+# --------------------------------------------------------------------------------------------
+
+
+def adjusted_rand(part_index: np.ndarray, gt_domain: np.ndarray) -> float:
+    """Adjusted Rand index of the parts against ground-truth domain labels (both (G,))."""
+    return float(adjusted_rand_score(np.asarray(gt_domain), np.asarray(part_index)))
+
+
+def gt_domains_for_gaussians(centres: np.ndarray, beads: str | os.PathLike | Mapping[str, np.ndarray]) -> np.ndarray:
+    """(G,) ground-truth domain of each Gaussian: the domain of the nearest bead in state 0.
+
+    centres: (G, 3) Å. beads: a simulation's ``gt/beads.npz`` path, or a mapping with its
+    ``centres`` (S, B, 3) Å and ``domains`` (B,). Every bead counts, present in state 0 or not
+    (its state-0 position is defined either way).
+    """
+    if isinstance(beads, (str, os.PathLike)):
+        path = Path(beads)
+        if not path.is_file():
+            raise InputError(path, "beads", "a simulation's gt/beads.npz", "no such file")
+        with np.load(path, allow_pickle=False) as z:
+            beads = {k: z[k] for k in ("centres", "domains") if k in z}
+        for key in ("centres", "domains"):
+            if key not in beads:
+                raise InputError(path, key, "an array written by write_simulation", "missing")
+    bead_centres = np.asarray(beads["centres"], np.float64)
+    if bead_centres.ndim == 3:
+        bead_centres = bead_centres[0]
+    _, nearest = cKDTree(bead_centres).query(np.asarray(centres, np.float64))
+    return np.asarray(beads["domains"], dtype=np.int64)[nearest]

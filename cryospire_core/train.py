@@ -1,0 +1,285 @@
+"""The whole CryoSPIRE pipeline into one run folder: consensus, stage 1 (part discovery),
+clustering into parts, stage 2 (the part-aware hierarchical model).
+
+Each stage writes its products into its own sub-folder and is skipped when they exist, so a run
+killed anywhere continues with ``--resume``: a finished stage is not redone and an unfinished
+one continues from its checkpoint. Models are saved as their seed arrays (``seed.npz``) plus a
+state dict (``model.pt``, loaded with ``weights_only=True``), enough to rebuild them for
+rendering, analysis and inference on any machine.
+
+Run folder (beyond the consensus files, see :mod:`runfolder`)::
+
+    RUN/discovery/seed.npz, model.pt, latents.npy, gates_sample.npy, map.mrc, checkpoint.pt
+    RUN/parts/clustering.npz
+    RUN/hierarchical/seed.npz, model.pt, checkpoint.pt
+    RUN/latents.npy          (N, zdim) float32, rows in input particle order (the last stage's)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .backproject import backproject
+from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map
+from .discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
+from .engine import LoopConfig, run_loop
+from .errors import InputError
+from .hierarchical import HierarchicalConfig, PartAwareModel
+from .mrc import read_map, write_map
+from .particles import ParticleSet
+from .parts import PartClustering, assign_to_parts, discover_parts
+from .progress import ProgressCallback
+from .runfolder import RunFolder
+
+STAGES = ("consensus", "discovery", "parts", "hierarchical")
+PROFILES = ("cpu", "paper")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``cryospire train`` (saved as RUN/config.json section ``train``).
+
+    profile: ``cpu`` or ``paper`` (sizes of every stage); parts_level1/parts_level2: ``auto`` or
+    a count (``--parts K`` fixes level 1); gate_sample: images whose stage-1 gates feed the
+    clustering; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage.
+    """
+
+    profile: str = "cpu"
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig.cpu)
+    hierarchical: HierarchicalConfig = field(default_factory=HierarchicalConfig.cpu)
+    parts_level1: str | int = "auto"
+    parts_level2: str | int | None = "auto"
+    gate_sample: int = 512
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+    @classmethod
+    def for_profile(cls, profile: str, seed: int = 0, **changes) -> TrainConfig:
+        if profile not in PROFILES:
+            raise InputError(None, "--profile", " or ".join(PROFILES), profile)
+        make = "paper" if profile == "paper" else "cpu"
+        return cls(profile=profile, consensus=ConsensusConfig(seed=seed),
+                   discovery=getattr(DiscoveryConfig, make)(seed=seed),
+                   hierarchical=getattr(HierarchicalConfig, make)(seed=seed), seed=seed, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["consensus"] = ConsensusConfig(**d["consensus"])
+        d["discovery"] = DiscoveryConfig(**d["discovery"])
+        d["hierarchical"] = HierarchicalConfig(**d["hierarchical"])
+        return cls(**d)
+
+
+def _loop(cfg, minutes: float) -> LoopConfig:
+    return LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_minutes=minutes)
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _save_state(path: Path, model: torch.nn.Module) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def _load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Building the models from what a run folder holds (training, and later render/analyze/infer)
+
+
+def discovery_model(run: RunFolder, cfg: DiscoveryConfig, n_particles: int) -> PartDiscoveryModel:
+    """Stage 1 rebuilt from RUN/discovery/seed.npz (written on first use from the consensus)."""
+    seed_path = run.stage_dir("discovery") / "seed.npz"
+    if not seed_path.exists():
+        gaussians = dict(np.load(run.root / "consensus" / "gaussians.npz"))
+        model = PartDiscoveryModel.from_consensus(gaussians, n_particles, cfg)
+        g = model.base.export()
+        _save_npz(seed_path, {**g, "amplitudes": g["amplitudes"] * _gate0(cfg.gate_bias)})
+    g = dict(np.load(seed_path))
+    return PartDiscoveryModel(g["centres"], g["widths"], g["amplitudes"], n_particles, int(g["box"]), float(g["apix"]), cfg)
+
+
+def _gate0(bias: float) -> float:
+    # The models divide seed amplitudes by the initial gate; storing seed x gate0 round-trips.
+    return float(1.0 / (1.0 + np.exp(-bias)))
+
+
+def hierarchical_model(run: RunFolder, cfg: HierarchicalConfig) -> PartAwareModel:
+    """Stage 2 rebuilt from RUN/hierarchical/seed.npz."""
+    g = dict(np.load(run.root / "hierarchical" / "seed.npz"))
+    return PartAwareModel(g["centres"], g["widths"], g["amplitudes"], g["part_index"], g["anchor_centres"],
+                          g["anchor_features"], g["latents"], int(g["box"]), float(g["apix"]), cfg)
+
+
+def load_trained_model(run_dir: str | Path) -> PartAwareModel | PartDiscoveryModel:
+    """The most advanced finished model of a run (stage 2, else stage 1), on the CPU, eval mode."""
+    run = RunFolder(run_dir)
+    saved = run.read_config()
+    if "train" not in saved:
+        raise InputError(run.config_path, "train", "a run trained by `cryospire train`", "no train section")
+    cfg = TrainConfig.from_dict(saved["train"])
+    for stage, build in (("hierarchical", lambda: hierarchical_model(run, cfg.hierarchical)),
+                         ("discovery", lambda: discovery_model(run, cfg.discovery, saved["n_particles"]))):
+        if (run.root / stage / "model.pt").exists():
+            return _load_state(build(), run.root / stage / "model.pt").eval()
+    raise InputError(run.root, "model", "a finished stage 1 or stage 2 (RUN/<stage>/model.pt)", "none yet")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+
+
+def _stage_consensus(ps, run, cfg, device, progress, should_stop) -> str:
+    out = run.stage_dir("consensus")
+    if (out / "gaussians.npz").exists():
+        return "finished"
+    init_path = out / "backprojection.mrc"
+    if init_path.exists():
+        init_map = read_map(init_path).data
+    else:
+        init_map = backproject(ps, device=device, progress=progress).volume
+        write_map(init_path, init_map, ps.apix)
+    loop = LoopConfig(epochs=cfg.consensus.epochs, batch_size=cfg.consensus.batch_size, seed=cfg.seed,
+                      checkpoint_minutes=cfg.checkpoint_minutes)
+    return fit_consensus(ps, init_map, out, cfg.consensus, loop, device, progress, should_stop).status
+
+
+def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
+    out = run.stage_dir("discovery")
+    if (out / "model.pt").exists():
+        return "finished"
+    dcfg = cfg.discovery
+    if dcfg.image_var == 1.0:  # scale the data term once, from the data, and remember it
+        dcfg = dataclasses.replace(dcfg, image_var=image_variance(ps, seed=dcfg.seed))
+        cfg.discovery = dcfg
+        run.update_config(train=cfg)
+    model = discovery_model(run, dcfg, len(ps)).to(device)
+    res = run_loop(model, model.make_optimizer(), ps, _loop(dcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
+                   "stage 1: part discovery", device, progress, should_stop)
+    if res.status != "finished":
+        return res.status
+    latents = model.latents.numpy()
+    rng = np.random.default_rng(dcfg.seed)
+    sample = np.sort(rng.choice(len(ps), size=min(cfg.gate_sample, len(ps)), replace=False))
+    with torch.no_grad():
+        z = torch.as_tensor(latents[sample], device=device)
+        gates = model.gates(z).cpu().numpy()
+        # The improved map: one sharp conformation (the particle nearest the mean latent), where
+        # the consensus is smeared by motion.
+        rep = int(np.argmin(np.linalg.norm(latents - latents.mean(0), axis=1)))
+        write_map(out / "map.mrc", model.volume(torch.as_tensor(latents[rep], device=device)).cpu().numpy(), ps.apix)
+    _save_npz(out / "outputs.npz", {"latents": latents, "gate_sample_index": sample, "gates_sample": gates,
+                                    "features": model.features().detach().cpu().numpy()})
+    _save_state(out / "model.pt", model)
+    return "finished"
+
+
+def _stage_parts(ps, run, cfg, device, progress, should_stop) -> str:
+    out = run.stage_dir("parts")
+    if (out / "clustering.npz").exists():
+        return "finished"
+    model = _load_state(discovery_model(run, cfg.discovery, len(ps)), run.root / "discovery" / "model.pt")
+    outputs = np.load(run.root / "discovery" / "outputs.npz")
+    with torch.no_grad():
+        centres = model.base.centres.numpy()
+        amps = model.base.amplitudes.numpy()
+    clustering = discover_parts(outputs["features"], centres, amps, outputs["gates_sample"], cfg.parts_level1,
+                                cfg.parts_level2, seed=cfg.seed)
+    clustering.to_npz(out / "clustering.npz")
+    return "finished"
+
+
+def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
+    out = run.stage_dir("hierarchical")
+    if (out / "model.pt").exists():
+        return "finished"
+    hcfg = cfg.hierarchical
+    if hcfg.image_var == 1.0:
+        hcfg = dataclasses.replace(hcfg, image_var=cfg.discovery.image_var)
+        cfg.hierarchical = hcfg
+        run.update_config(train=cfg)
+    if not (out / "seed.npz").exists():
+        _write_stage2_seed(ps, run, cfg, device)
+    model = hierarchical_model(run, hcfg).to(device)
+    res = run_loop(model, model.make_optimizer(), ps, _loop(hcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
+                   "stage 2: hierarchical", device, progress, should_stop)
+    if res.status != "finished":
+        return res.status
+    _save_state(out / "model.pt", model)
+    return "finished"
+
+
+def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device: torch.device) -> None:
+    """Stage-2 Gaussians seeded from stage 1's improved map, each assigned the part of its nearest
+    coarse Gaussian; anchors from the clustering; latents from stage 1."""
+    hcfg = cfg.hierarchical
+    improved = read_map(run.root / "discovery" / "map.mrc").data
+    seed_cfg = dataclasses.replace(cfg.consensus, n_gaussians=hcfg.n_gaussians)
+    centres, widths, amps = seed_from_map(improved, ps.apix, seed_cfg, np.random.default_rng(hcfg.seed))
+    mixture = GaussianMixture(centres, widths, amps, ps.box, ps.apix, hcfg.min_width_px).to(device)
+    fit_to_map(mixture, torch.as_tensor(improved, device=device), cfg.consensus.map_fit_steps, lr=0.05)
+    g = mixture.export()
+    clustering = PartClustering.from_npz(run.root / "parts" / "clustering.npz")
+    coarse = np.load(run.root / "discovery" / "seed.npz")["centres"]
+    part_index = assign_to_parts(g["centres"], coarse, clustering.part_index)
+    latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
+    _save_npz(run.stage_dir("hierarchical") / "seed.npz",
+              {**g, "amplitudes": g["amplitudes"] * _gate0(hcfg.gate_bias), "part_index": part_index,
+               "anchor_centres": clustering.anchor_centres, "anchor_features": clustering.anchor_features,
+               "latents": latents})
+
+
+_RUNNERS: dict[str, Callable] = {
+    "consensus": _stage_consensus,
+    "discovery": _stage_discovery,
+    "parts": _stage_parts,
+    "hierarchical": _stage_hierarchical,
+}
+
+
+def train(
+    particles: ParticleSet,
+    run: RunFolder,
+    cfg: TrainConfig,
+    device: torch.device,
+    stages: tuple[str, ...] = STAGES,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> str:
+    """Run ``stages`` in order into ``run`` (the caller holds the run's lock); returns
+    ``finished`` or ``cancelled``. RUN/latents.npy is updated after each latent stage."""
+    torch.manual_seed(cfg.seed)
+    for stage in stages:
+        status = _RUNNERS[stage](particles, run, cfg, device, progress, should_stop)
+        if status != "finished":
+            return status
+        _publish_latents(run)
+    return "finished"
+
+
+def _publish_latents(run: RunFolder) -> None:
+    """RUN/latents.npy from the most advanced finished stage."""
+    if (run.root / "hierarchical" / "model.pt").exists():
+        state = torch.load(run.root / "hierarchical" / "model.pt", map_location="cpu", weights_only=True)
+        latents = state["latents.embedding.weight"].numpy()
+    elif (run.root / "discovery" / "outputs.npz").exists():
+        latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
+    else:
+        return
+    with atomic_path(run.root / "latents.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, latents.astype(np.float32))

@@ -1,0 +1,98 @@
+"""npe2 sample data: a simulated ``hinge`` data set and a consensus run on it.
+
+Made on first use with the same commands a user would type (``cryospire simulate``,
+``backproject``, ``consensus``) and cached in ``platformdirs.user_cache_dir("cryospire")``
+(the environment variable ``CRYOSPIRE_CACHE`` overrides it), one folder per
+:class:`SampleSpec`. A step whose output already exists is not redone, so the second use is
+instant and an interrupted first use continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._layers import LayerDataTuple, read_map_layer, run_layers
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What the sample data are: simulator preset, box (px), number of images, SNR, and the
+    consensus stage's image epochs and 3D pre-fit steps."""
+
+    preset: str = "hinge"
+    box: int = 64
+    n: int = 2000
+    snr: float = 0.1
+    epochs: int = 1
+    map_fit_steps: int = 100
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.preset}_{self.box}px_{self.n}_snr{self.snr:g}_e{self.epochs}_m{self.map_fit_steps}"
+
+
+DEFAULT_SPEC = SampleSpec()
+
+
+def cache_dir() -> Path:
+    """Where sample data live: ``$CRYOSPIRE_CACHE`` if set, else the user cache folder."""
+    env = os.environ.get("CRYOSPIRE_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cryospire"))
+
+
+def _cryospire(*argv: str) -> None:
+    """Run one ``cryospire`` command in this process; a failure is an error naming it."""
+    from cryospire_core.cli.main import main
+
+    code = main([*argv, "--quiet"])
+    if code:
+        raise RuntimeError(f"making sample data: 'cryospire {' '.join(argv)}' failed with exit code {code}")
+
+
+def ensure_sample(spec: SampleSpec = DEFAULT_SPEC, with_run: bool = False) -> Path:
+    """Make (once) the sample folder of ``spec`` and return it.
+
+    Layout: ``data/`` (``cryospire simulate`` output, ground truth in ``data/gt``),
+    ``backprojection.mrc`` and, with ``with_run``, ``run/`` (a consensus run seeded from that
+    backprojection).
+    """
+    root = cache_dir() / spec.folder_name
+    data, bp, run = root / "data", root / "backprojection.mrc", root / "run"
+    if not (data / "metadata.json").is_file():
+        _cryospire("simulate", "--preset", spec.preset, "--box", str(spec.box), "--n", str(spec.n),
+                   "--snr", str(spec.snr), "--seed", "0", "--out", str(data), "--overwrite")
+    star = str(data / "particles.star")
+    if not bp.is_file():
+        _cryospire("backproject", star, "--out", str(bp), "--device", "cpu")
+    if with_run and not (run / "consensus" / "map.mrc").is_file():
+        resume = ["--resume"] if (run / "config.json").is_file() else []
+        _cryospire("consensus", star, "--out", str(run), "--map", str(bp), "--epochs", str(spec.epochs),
+                   "--map-fit-steps", str(spec.map_fit_steps), "--device", "cpu", *resume)
+    return root
+
+
+def _gt_state_layer(root: Path) -> LayerDataTuple:
+    """The ground-truth map of the middle state (the hinge half-way through its swing)."""
+    vols = sorted((root / "data" / "gt").glob("vol_*.mrc"))
+    vol = vols[len(vols) // 2]
+    return read_map_layer(vol, name=f"ground truth {vol.stem}", colormap="green")
+
+
+def hinge_sample(spec: SampleSpec = DEFAULT_SPEC) -> list[LayerDataTuple]:
+    """Sample "cryospire hinge (simulated)": a ground-truth state and the backprojection of all
+    images (a blur of every state: the hinge's motion is what the method recovers)."""
+    root = ensure_sample(spec)
+    return [_gt_state_layer(root), read_map_layer(root / "backprojection.mrc", name="backprojection", rendering="mip")]
+
+
+def consensus_sample(spec: SampleSpec = DEFAULT_SPEC) -> list[LayerDataTuple]:
+    """Sample "cryospire consensus run": the run folder's layers (consensus map, Gaussians) and
+    a ground-truth state to compare with."""
+    root = ensure_sample(spec, with_run=True)
+    return [*run_layers(root / "run"), _gt_state_layer(root)]

@@ -1,0 +1,162 @@
+"""Stage 1 (part discovery): starts as its seed, trains every part it should, separates the
+latents of a two-state hinge, and resumes exactly through engine.run_loop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from cryospire_core.ctf import make_ctf_params
+from cryospire_core.discovery import DiscoveryConfig, PairMLP, PartDiscoveryModel, coarsen, image_variance
+from cryospire_core.engine import Batch, LoopConfig, run_loop
+from cryospire_core.geometry import random_rotations
+from cryospire_core.load import load_particles
+from cryospire_core.phantoms import make_phantom
+from cryospire_core.render import project, rasterize
+from cryospire_core.simulate import simulate, write_simulation
+
+BOX, APIX = 32, 12.0
+
+
+def tiny_mixture(g: int = 60, seed: int = 0) -> dict:
+    """A seed mixture like a consensus export: centres in a ball, widths 1.2-2 px."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(g, 3)) * 4.0 * APIX
+    return {"centres": centres.astype(np.float32), "widths": rng.uniform(1.2, 2.0, g).astype(np.float32) * APIX,
+            "amplitudes": rng.uniform(0.5, 1.5, g).astype(np.float32), "box": np.int64(BOX), "apix": np.float64(APIX)}
+
+
+def random_batch(index, seed: int = 0) -> Batch:
+    """A batch with random poses, shifts and CTFs and random images (B, BOX, BOX)."""
+    rng = np.random.default_rng(seed)
+    b = len(index)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return Batch(index=torch.as_tensor(index, dtype=torch.int64), images=t(rng.normal(size=(b, BOX, BOX))),
+                 rotations=t(random_rotations(b, rng)), shifts=t(rng.uniform(-10, 10, (b, 2))),
+                 ctf=t(make_ctf_params(b, rng.uniform(1e4, 2e4, b), rng.uniform(1e4, 2e4, b), rng.uniform(0, 180, b))))
+
+
+def seed_images(g: dict, batch: Batch) -> torch.Tensor:
+    t = lambda k: torch.as_tensor(g[k], dtype=torch.float32)  # noqa: E731
+    return project(t("centres"), t("widths"), t("amplitudes"), batch.rotations, batch.shifts, BOX, APIX, ctf=batch.ctf)
+
+
+@pytest.mark.parametrize("form", ["dense", "lowrank"])
+def test_initial_model_reproduces_its_seed_for_any_latent(form):
+    g = tiny_mixture()
+    model = PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100, mlp_form=form))
+    batch = random_batch(np.arange(6))
+    want = seed_images(g, batch)
+    scale = want.abs().max()
+    for z in (None, torch.randn(6, 4) * 3.0):
+        got = model.render_images(batch, z).detach()
+        assert (got - want).abs().max() < 1e-4 * scale
+    z = torch.randn(3, 4)
+    assert model.shifts(z).abs().max() == 0
+    torch.testing.assert_close(model.gates(z), torch.full((3, 60), 1 / (1 + np.exp(-3.0))))
+    assert model.features().shape == (60, 24)
+
+
+def test_coarsen_keeps_mass_and_shape():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(600, 3)) * 5 * APIX
+    widths = np.full(600, 1.0 * APIX)
+    amps = rng.uniform(0.5, 1.5, 600)
+    c, s, m = coarsen(centres, widths, amps, 150)
+    assert c.shape == (150, 3) and s.shape == (150,) and m.shape == (150,)
+    np.testing.assert_allclose(np.sum(m * s**3), np.sum(amps * widths**3), rtol=1e-6)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    fine = rasterize(t(centres), t(widths), t(amps), BOX, APIX).numpy().ravel()
+    coarse = rasterize(t(c), t(s), t(m), BOX, APIX).numpy().ravel()
+    assert np.corrcoef(fine, coarse)[0, 1] > 0.95
+    same = coarsen(centres[:40], widths[:40], amps[:40], 150)
+    np.testing.assert_array_equal(same[0], centres[:40])
+
+
+def test_pair_mlp_forms_split_the_first_layer():
+    torch.manual_seed(0)
+    z, f = torch.randn(5, 4), torch.randn(7, 24)
+    for form in ("dense", "lowrank"):
+        mlp = PairMLP(4, 24, 3, hidden=16, depth=2, form=form, rank=4)
+        torch.nn.init.normal_(mlp.head.weight if form == "dense" else mlp.u_head.weight)
+        out = mlp(z, f)
+        assert out.shape == (5, 7, 3)
+        # Image 2's outputs do not depend on the rest of the batch.
+        torch.testing.assert_close(mlp(z[2:3], f)[0], out[2])
+    with pytest.raises(ValueError):
+        PairMLP(4, 24, 3, 16, 1, form="sparse")
+
+
+@pytest.mark.parametrize("form", ["dense", "lowrank"])
+def test_gradients_reach_latents_features_and_mlps(form):
+    g = tiny_mixture()
+    model = PartDiscoveryModel.from_consensus(g, 40, DiscoveryConfig(mlp_form=form))
+    opt = model.make_optimizer()
+    before = model.latents.numpy()
+    batch = random_batch(np.arange(10, 18))
+    for _ in range(3):  # the zero-initialised last layers open the way after one step
+        opt.zero_grad(set_to_none=True)
+        loss, metrics = model.loss(batch)
+        loss.backward()
+        opt.step()
+    assert set(metrics) == {"data", "prior"}
+    moved = np.flatnonzero(np.abs(model.latents.numpy() - before).max(1) > 0)
+    assert moved.tolist() == list(range(10, 18))
+    opt.zero_grad(set_to_none=True)
+    model.loss(batch)[0].backward()
+    assert model.latents.weight.grad is not None
+    for name, p in model.named_parameters():
+        if name != "latents.embedding.weight":
+            assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+@pytest.fixture(scope="module")
+def hinge_two_states(tmp_path_factory):
+    """(ParticleSet, labels, seed mixture): the hinge phantom's two extreme states, 32 px,
+    1,000 images, SNR 10; the seed is the beads at the mean of the two states' positions."""
+    box = 32
+    ph = make_phantom("hinge", box, 384.0 / box)
+    two = dataclasses.replace(ph, centres=ph.centres[[0, -1]], presence=ph.presence[[0, -1]],
+                              populations=np.array([0.5, 0.5]), state_names=("open", "closed"))
+    out = write_simulation(tmp_path_factory.mktemp("hinge2") / "data", simulate("hinge", box, 1000, snr=10.0, seed=1, phantom=two))
+    seed = {"centres": two.centres.mean(0), "widths": two.sigmas, "amplitudes": two.amplitudes,
+            "box": np.int64(box), "apix": np.float64(two.apix)}
+    return load_particles(out / "particles.star"), np.load(out / "gt" / "labels.npy"), seed
+
+
+def test_latents_of_two_hinge_states_separate(hinge_two_states, tmp_path):
+    ps, labels, seed = hinge_two_states
+    cfg = DiscoveryConfig(image_var=image_variance(ps), epochs=6)
+    model = PartDiscoveryModel.from_consensus(seed, len(ps), cfg)
+    result = run_loop(model, model.make_optimizer(), ps, LoopConfig(epochs=cfg.epochs), tmp_path / "ck.pt", "discovery",
+                      torch.device("cpu"))
+    assert result.history[-1] < 0.6 * result.history[0]
+    z = model.latents.numpy()
+    found = KMeans(2, n_init=4, random_state=0).fit_predict(z)
+    accuracy = max(np.mean(found == labels), np.mean(found != labels))
+    assert accuracy > 0.9, accuracy
+    # Decoding without images: one volume per latent, gates in [0, 1].
+    vol = model.volume(torch.as_tensor(z[0]))
+    assert vol.shape == (32, 32, 32)
+    gates = model.gates(torch.as_tensor(z[:5]))
+    assert gates.min() >= 0 and gates.max() <= 1
+
+
+def _train(seed, ps, epochs, ckpt):
+    model = PartDiscoveryModel.from_consensus(seed, len(ps), DiscoveryConfig(mlp_form="lowrank"))
+    run_loop(model, model.make_optimizer(), ps, LoopConfig(epochs=epochs, batch_size=32), ckpt, "discovery", torch.device("cpu"))
+    return model
+
+
+def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path):
+    ps, _, seed = hinge_two_states
+    ps = ps.subset(np.arange(128))
+    straight = _train(seed, ps, 2, tmp_path / "a.pt")
+    _train(seed, ps, 1, tmp_path / "b.pt")
+    resumed = _train(seed, ps, 2, tmp_path / "b.pt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -1,0 +1,245 @@
+"""Part discovery: clustering rules on synthetic features, editing, hand-off, label maps, masks."""
+
+from __future__ import annotations
+
+import time
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryospire_core import parts
+from cryospire_core.mrc import write_map
+from cryospire_core.phantoms import make_phantom
+
+F = 24
+BLOBS = np.array([[-60.0, 0.0, 0.0], [60.0, 0.0, 0.0], [0.0, 80.0, 0.0]])
+
+
+def _synthetic(n_per: int = 100, elongated: bool = False, seed: int = 0):
+    """Three groups of Gaussians: features from three well-separated clusters (+ noise), centres
+    in three blobs (Å); with ``elongated`` the third group is a 180 Å rod instead of a blob.
+    Returns features (G, F), centres (G, 3), amplitudes (G,), truth (G,)."""
+    rng = np.random.default_rng(seed)
+    feature_centres = rng.normal(size=(3, F)) * 3.0
+    feats, cents = [], []
+    for k in range(3):
+        feats.append(feature_centres[k] + rng.normal(scale=0.5, size=(n_per, F)))
+        if elongated and k == 2:
+            rod = np.c_[rng.uniform(-90, 90, n_per), rng.normal(scale=5, size=(n_per, 2))]
+            cents.append(BLOBS[k] + rod)
+        else:
+            cents.append(BLOBS[k] + rng.normal(scale=8.0, size=(n_per, 3)))
+    amps = rng.uniform(0.5, 1.5, 3 * n_per)
+    return np.concatenate(feats), np.concatenate(cents), amps, np.repeat(np.arange(3), n_per)
+
+
+def test_three_groups_give_three_parts_exactly():
+    f, c, a, truth = _synthetic()
+    res = parts.discover_parts(f, c, a, seed=1)
+    assert res.n_level1 == 3 and res.n_parts == 3
+    assert parts.adjusted_rand(res.part_index, truth) == 1.0
+    assert list(res.level1_k) == list(range(2, 9))
+    assert int(res.level1_k[np.argmax(res.level1_silhouette)]) == 3
+    assert "K1=3" in res.rule
+    # Anchors: a Gaussian of the part, the one nearest the part's weighted centroid.
+    for k in range(3):
+        members = np.flatnonzero(res.part_index == k)
+        centroid = np.average(c[members], axis=0, weights=a[members])
+        d = np.linalg.norm(c[members] - centroid, axis=1)
+        assert res.anchor_index[k] == members[np.argmin(d)]
+        np.testing.assert_array_equal(res.anchor_centres[k], c[res.anchor_index[k]].astype(np.float32))
+        np.testing.assert_array_equal(res.anchor_features[k], f[res.anchor_index[k]].astype(np.float32))
+
+
+def test_featureless_gaussians_give_one_level1_cluster():
+    rng = np.random.default_rng(2)
+    c = rng.normal(scale=10.0, size=(300, 3))
+    res = parts.discover_parts(rng.normal(size=(300, F)), c, np.ones(300), seed=0)
+    assert res.n_level1 == 1
+    assert res.level1_silhouette.max() < parts.ONE_PART_SILHOUETTE
+    assert "K1=1" in res.rule
+
+
+def test_gates_separate_gaussians_that_appear_together():
+    """Features barely differ (too little for level 1 alone), but half the Gaussians are switched
+    off in half the images: with the gates, level 1 finds the two groups."""
+    rng = np.random.default_rng(3)
+    G, N = 200, 64
+    c = rng.normal(scale=10.0, size=(G, 3))
+    gates = np.clip(rng.normal(0.95, 0.03, size=(N, G)), 0, 1)
+    gates[: N // 2, G // 2:] = np.clip(rng.normal(0.05, 0.03, size=(N // 2, G // 2)), 0, 1)
+    truth = np.repeat([0, 1], G // 2)
+    feats = rng.normal(size=(G, F)) + 0.5 * truth[:, None]
+    assert parts.discover_parts(feats, c, np.ones(G), n_level2=None, seed=0).n_level1 == 1
+    res = parts.discover_parts(feats, c, np.ones(G), gates=gates, n_level2=None, seed=0)
+    assert res.n_level1 == 2
+    assert parts.adjusted_rand(res.part_index, truth) == 1.0
+    pres = res.part_presence[res.part_index[[0, G - 1]]]
+    assert pres[0] > 0.9 and 0.4 < pres[1] < 0.6
+
+
+def test_level2_splits_an_elongated_region_into_compact_parts():
+    f, c, a, truth = _synthetic(elongated=True)
+    res = parts.discover_parts(f, c, a, seed=0)
+    assert res.n_level1 == 3
+    per_gaussian_level1 = res.level1[res.part_index]
+    assert parts.adjusted_rand(per_gaussian_level1, truth) == 1.0
+    rod_parts = np.unique(res.part_index[truth == 2])
+    assert len(rod_parts) >= 2
+    for k in range(res.n_parts):  # no part mixes groups
+        assert len(np.unique(truth[res.part_index == k])) == 1
+    assert len(np.unique(res.part_index[truth == 0])) == 1 and len(np.unique(res.part_index[truth == 1])) == 1
+    limit = parts.MAX_PART_RG * res.molecule_rg
+    assert np.all(res.part_rg <= limit)
+    rod_rg = parts._rg(c[truth == 2], a[truth == 2])
+    assert rod_rg > limit  # the rod really needed splitting
+
+
+def test_level2_splits_separate_blobs_sharing_a_feature_by_silhouette():
+    """Two small distant blobs with one feature (e.g. two Fabs moving alike) become two parts."""
+    rng = np.random.default_rng(4)
+    c = np.concatenate([BLOBS[0] + rng.normal(scale=5, size=(80, 3)), BLOBS[1] + rng.normal(scale=5, size=(80, 3)),
+                        rng.normal(scale=40, size=(240, 3))])
+    f = np.concatenate([np.full((160, F), 4.0), np.zeros((240, F))]) + rng.normal(scale=0.3, size=(400, F))
+    res = parts.discover_parts(f, c, np.ones(400), n_level1=2, seed=0)
+    assert res.part_index[0] != res.part_index[100]
+    assert len(np.unique(res.part_index[:80])) == 1 and len(np.unique(res.part_index[80:160])) == 1
+
+
+def test_overrides_and_determinism(tmp_path):
+    f, c, a, _ = _synthetic()
+    two = parts.discover_parts(f, c, a, n_level1=2, n_level2=None, seed=0)
+    assert two.n_level1 == 2 and two.n_parts == 2 and len(two.level1_k) == 0
+    six = parts.discover_parts(f, c, a, n_level1=3, n_level2=2, seed=0)
+    assert six.n_parts == 6 and list(np.bincount(six.level1)) == [2, 2, 2]
+    with pytest.raises(ValueError, match="n_level1"):
+        parts.discover_parts(f, c, a, n_level1=0)
+
+    a1 = parts.discover_parts(f, c, a, seed=5)
+    a2 = parts.discover_parts(f, c, a, seed=5)
+    np.testing.assert_array_equal(a1.part_index, a2.part_index)
+    np.testing.assert_array_equal(a1.anchor_index, a2.anchor_index)
+
+    six.to_npz(tmp_path / "clustering.npz")
+    back = parts.PartClustering.from_npz(tmp_path / "clustering.npz")
+    np.testing.assert_array_equal(back.part_index, six.part_index)
+    np.testing.assert_array_equal(back.anchor_features, six.anchor_features)
+    assert back.rule == six.rule and back.n_level1 == 3
+    again = parts.recluster(back.inputs, 3, 2)
+    np.testing.assert_array_equal(again.part_index, six.part_index)
+
+
+def test_recluster_is_fast_at_2048_gaussians():
+    f, c, a, _ = _synthetic(n_per=683)
+    inputs = parts.clustering_inputs(f[:2048], c[:2048], a[:2048], seed=0)
+    parts.recluster(inputs, 3, 2)  # warm-up (imports, thread pools)
+    given = min(_timed(lambda: parts.recluster(inputs, 3, 2)) for _ in range(3))
+    auto = min(_timed(lambda: parts.recluster(inputs)) for _ in range(2))
+    assert given < 1.0, given
+    assert auto < 1.0, auto
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def test_merge_and_split_parts():
+    idx = np.array([0, 0, 1, 1, 2, 2, 3])
+    np.testing.assert_array_equal(parts.merge_parts(idx, 0, 2), [0, 0, 1, 1, 0, 0, 2])
+    np.testing.assert_array_equal(parts.merge_parts(idx, 3, 1), [0, 0, 2, 2, 1, 1, 2])
+    with pytest.raises(ValueError):
+        parts.merge_parts(idx, 1, 1)
+    rng = np.random.default_rng(0)
+    centres = np.concatenate([rng.normal(-50, 2, (10, 3)), rng.normal(50, 2, (10, 3)), rng.normal(0, 2, (5, 3))])
+    before = np.r_[np.zeros(20, int), np.ones(5, int)]
+    after = parts.split_part(before, centres, 0, 2)
+    np.testing.assert_array_equal(after, np.r_[np.zeros(10, int), np.full(10, 2), np.ones(5, int)])
+    with pytest.raises(ValueError):
+        parts.split_part(before, centres, 1, 6)
+
+
+def test_edited_parts_get_new_anchors():
+    f, c, a, truth = _synthetic()
+    res = parts.discover_parts(f, c, a, seed=0)
+    merged = parts.with_part_index(res, parts.merge_parts(res.part_index, 0, 1))
+    assert merged.n_parts == 2 and merged.part_index[truth == 2][0] == 1
+    assert merged.anchor_index[1] == res.anchor_index[2]  # the untouched part keeps its anchor
+    assert merged.part_index[merged.anchor_index[0]] == 0 and "edited" in merged.rule
+    split = parts.with_part_index(res, parts.split_part(res.part_index, c, 2, 2))
+    assert split.n_parts == 4 and list(split.level1) == [0, 1, 2, 2]
+    with pytest.raises(ValueError):
+        parts.with_part_index(res, np.where(res.part_index == 1, 2, res.part_index))  # label 1 unused
+
+
+def test_assign_to_parts_uses_nearest_coarse_gaussian():
+    coarse = np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 0]])
+    new = np.array([[1.0, 0, 0], [9, 1, 0], [30, 0, 0], [14, 0, 0], [16, 0, 0]])
+    np.testing.assert_array_equal(parts.assign_to_parts(new, coarse, np.array([2, 0, 1])), [2, 0, 1, 0, 1])
+
+
+def _two_part_mixture(box=32, apix=2.0):
+    """Two parts of 20 Gaussians each, around x = -12 Å and x = +12 Å."""
+    rng = np.random.default_rng(0)
+    centres = np.concatenate([rng.normal(scale=2.0, size=(20, 3)) + [-12, 0, 0],
+                              rng.normal(scale=2.0, size=(20, 3)) + [12, 0, 0]])
+    return centres, np.full(40, 2.5), np.ones(40), np.repeat([0, 1], 20), box, apix
+
+
+def _voxel(xyz, box, apix):
+    """(z, y, x) index of the voxel nearest to the point (x, y, z) Å."""
+    return tuple(int(round(v / apix)) + box // 2 for v in xyz[::-1])
+
+
+def test_part_label_volume_labels_each_parts_density():
+    centres, widths, amps, idx, box, apix = _two_part_mixture()
+    labels = parts.part_label_volume(centres, widths, amps, idx, box, apix)
+    assert labels.dtype == np.int32 and labels.shape == (box,) * 3
+    assert set(np.unique(labels)) == {0, 1, 2}
+    for g in range(40):
+        assert labels[_voxel(centres[g], box, apix)] == idx[g] + 1
+    assert labels[0, 0, 0] == 0 and labels[_voxel([0, 28, 0], box, apix)] == 0
+    # An explicit threshold above the maximum leaves nothing.
+    assert parts.part_label_volume(centres, widths, amps, idx, box, apix, threshold=1e9).max() == 0
+
+
+def test_part_masks_are_soft_and_written_with_the_voxel_size(tmp_path):
+    box, apix = 32, 2.0
+    labels = np.zeros((box,) * 3, np.int32)
+    labels[12:20, 12:20, 4:12] = 1
+    labels[12:20, 12:20, 20:28] = 2
+    masks = parts.part_masks(labels, apix, soft_edge_px=4.0, dilate_px=1.0)
+    assert masks.shape == (2, box, box, box) and masks.dtype == np.float32
+    assert masks.min() >= 0.0 and masks.max() <= 1.0
+    assert np.all(masks[0][labels == 1] == 1.0) and np.all(masks[1][labels == 2] == 1.0)
+    row = masks[0][16, 16, :]  # along x through part 1 (x = 4..11)
+    assert row[12] == 1.0  # within the 1 px dilation
+    assert 0.0 < row[14] < 1.0 and row[14] > row[15]  # the raised-cosine edge
+    assert row[17] == 0.0 and masks[0][labels == 2].max() == 0.0  # beyond 1 + 4 px, and far away
+    assert parts.part_masks(labels, apix, n_parts=3)[2].max() == 0.0  # an empty part gets an empty mask
+    write_map(tmp_path / "mask_part_01.mrc", masks[0], apix)
+    with mrcfile.open(tmp_path / "mask_part_01.mrc") as m:
+        assert float(m.voxel_size.x) == pytest.approx(apix)
+        np.testing.assert_array_equal(m.data, masks[0])
+
+
+def test_gt_domains_and_part_discovery_on_a_phantom(tmp_path):
+    ph = make_phantom("hinge", 32, 4.0, seed=0)
+    np.savez(tmp_path / "beads.npz", domains=ph.domains, centres=ph.centres, sigmas=ph.sigmas)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(ph.n_beads, size=min(400, ph.n_beads), replace=False)
+    centres = ph.centres[0, pick] + rng.normal(scale=0.2, size=(len(pick), 3))
+    domains = parts.gt_domains_for_gaussians(centres, tmp_path / "beads.npz")
+    np.testing.assert_array_equal(domains, ph.domains[pick])
+    np.testing.assert_array_equal(parts.gt_domains_for_gaussians(centres, {"centres": ph.centres, "domains": ph.domains}),
+                                  domains)
+    # Features that encode the domain (what stage 1 should learn) recover the domains.
+    n_dom = int(ph.domains.max()) + 1
+    code = rng.normal(size=(n_dom, F)) * 3
+    feats = code[domains] + rng.normal(scale=0.5, size=(len(pick), F))
+    res = parts.discover_parts(feats, centres, np.ones(len(pick)), n_level2=None, seed=0)
+    assert parts.adjusted_rand(res.part_index, domains) == pytest.approx(1.0)
+    with pytest.raises(Exception, match="beads"):
+        parts.gt_domains_for_gaussians(centres, tmp_path / "missing.npz")

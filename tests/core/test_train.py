@@ -1,0 +1,84 @@
+"""`cryospire train` runs every stage into one run folder that `render` and `evaluate` read back,
+and a cancelled run resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryospire_core.cli.main import main
+from cryospire_core.load import load_particles
+from cryospire_core.mrc import read_map
+from cryospire_core.runfolder import RunFolder
+from cryospire_core.train import TrainConfig, load_trained_model, train
+
+SMALL = ["--epochs-consensus", "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128",
+         "--gaussians-2", "256", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(homogeneous_32, tmp_path_factory):
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", str(homogeneous_32 / "particles.star"), "--out", str(run), *SMALL]) == 0
+    return run
+
+
+def test_run_folder_holds_every_stage(trained, homogeneous_32):
+    for rel in ("config.json", "latents.npy", "consensus/map.mrc", "discovery/model.pt", "discovery/map.mrc",
+                "parts/clustering.npz", "hierarchical/model.pt"):
+        assert (trained / rel).is_file(), rel
+    latents = np.load(trained / "latents.npy")
+    assert latents.shape == (2000, 4) and latents.dtype == np.float32 and np.isfinite(latents).all()
+    model = load_trained_model(trained)
+    np.testing.assert_array_equal(model.latents.numpy(), latents)  # rows in input particle order
+    cfg = RunFolder(trained).read_config()
+    assert cfg["train"]["profile"] == "cpu" and cfg["train"]["hierarchical"]["n_gaussians"] == 256
+    assert cfg["train_command"]["epochs_1"] == 1 and cfg["n_particles"] == 2000
+
+
+def test_rerun_without_resume_is_refused(trained, homogeneous_32, capsys):
+    assert main(["train", str(homogeneous_32 / "particles.star"), "--out", str(trained), *SMALL]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_render_writes_maps_at_latents_and_particles(trained, tmp_path):
+    model = load_trained_model(trained)
+    z = model.latents.numpy()[[3, 7]]
+    np.savetxt(tmp_path / "z.txt", z)
+    np.savetxt(tmp_path / "idx.txt", [3, 7], fmt="%d")
+    assert main(["render", str(trained), "--z", str(tmp_path / "z.txt"), "--out", str(tmp_path / "a")]) == 0
+    assert main(["render", str(trained), "--particles", str(tmp_path / "idx.txt"), "--out", str(tmp_path / "b")]) == 0
+    for k in (0, 1):
+        a, b = read_map(tmp_path / "a" / f"vol_{k:03d}.mrc"), read_map(tmp_path / "b" / f"vol_{k:03d}.mrc")
+        assert a.data.shape == (32, 32, 32) and a.apix == pytest.approx(b.apix)
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-5 * np.abs(a.data).max())
+    np.savetxt(tmp_path / "bad.txt", np.zeros((2, 3)))
+    assert main(["render", str(trained), "--z", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "c")]) == 1
+
+
+def test_evaluate_scores_a_run(trained, homogeneous_32, tmp_path):
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--gt", str(homogeneous_32 / "gt"), "--run", str(trained), "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_cancelled_training_resumes_to_finish(homogeneous_32, tmp_path):
+    ps = load_particles(homogeneous_32 / "particles.star")
+    cfg = TrainConfig.for_profile("cpu")
+    for section, g in (("discovery", 128), ("hierarchical", 256)):
+        setattr(cfg, section, type(getattr(cfg, section))(**{**vars(getattr(cfg, section)), "n_gaussians": g, "epochs": 1}))
+    cfg.consensus.epochs = 1
+    run = RunFolder(tmp_path / "run")
+    run.update_config(train=cfg, n_particles=len(ps))
+    calls = {"n": 0}
+
+    def stop_in_stage_1():
+        calls["n"] += 1
+        return (tmp_path / "run" / "discovery" / "checkpoint.pt").exists() or calls["n"] > 60
+
+    assert train(ps, run, cfg, torch.device("cpu"), progress=None, should_stop=stop_in_stage_1) == "cancelled"
+    assert (tmp_path / "run" / "consensus" / "gaussians.npz").exists()
+    assert not (tmp_path / "run" / "hierarchical" / "model.pt").exists()
+    assert train(ps, run, cfg, torch.device("cpu")) == "finished"
+    assert np.load(tmp_path / "run" / "latents.npy").shape == (len(ps), 4)

@@ -1,0 +1,68 @@
+"""Sample data: made once into $CRYOSPIRE_CACHE, then served from there; the manifest is valid
+and its sample entries reach the generator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.layers import Layer
+
+from cryospire_napari import _sample_data
+from cryospire_napari._sample_data import SampleSpec, cache_dir, consensus_sample, hinge_sample
+
+SMALL = SampleSpec(box=32, n=256, snr=1.0, epochs=1, map_fit_steps=20)
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("CRYOSPIRE_CACHE")
+    assert "cryospire" in str(cache_dir())
+
+
+def test_samples_are_made_once_and_return_layers(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path))
+    hinge = hinge_sample(SMALL)
+    assert [kw["name"] for _, kw, _ in hinge] == ["ground truth vol_050", "backprojection"]
+    for data, kw, kind in hinge:
+        assert kind == "image" and data.shape == (32, 32, 32) and data.dtype == np.float32
+        assert kw["scale"] == pytest.approx((12.0,) * 3)  # 384 Å field of view / 32 px
+        assert kw["translate"] == pytest.approx((-16 * 12.0,) * 3)
+    root = tmp_path / SMALL.folder_name
+    assert (root / "data" / "metadata.json").is_file() and not (root / "run").exists()
+
+    run = consensus_sample(SMALL)
+    assert [kw["name"] for _, kw, _ in run] == ["consensus map", "consensus gaussians", "ground truth vol_050"]
+    points = Layer.create(*run[1])
+    assert points.data.shape[1] == 3 and len(points.data) >= 512
+    # Gaussians lie inside the box (world Å about the centre).
+    assert np.all(np.abs(points.data) <= 16 * 12.0)
+
+    def refuse(*argv):
+        raise AssertionError(f"sample data remade: {argv}")
+
+    monkeypatch.setattr(_sample_data, "_cryospire", refuse)
+    assert len(consensus_sample(SMALL)) == 3 and len(hinge_sample(SMALL)) == 2
+
+
+def test_manifest_validates_with_imports():
+    npe2 = Path(sys.executable).with_name("npe2")
+    res = subprocess.run([str(npe2), "validate", "--imports", "cryospire-napari"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "valid" in res.stdout
+
+
+@pytest.mark.slow
+def test_default_samples_open_from_napari_menu_entries(make_napari_viewer, monkeypatch, tmp_path):
+    """The real sample data (64 px, 2,000 images) through the manifest's sample_data entries."""
+    monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.open_sample("cryospire-napari", "consensus")
+    assert [layer.name for layer in viewer.layers] == ["consensus map", "consensus gaussians", "ground truth vol_050"]
+    assert viewer.layers["consensus map"].data.shape == (64, 64, 64)
+    viewer.open_sample("cryospire-napari", "hinge")
+    assert viewer.layers["backprojection"].data.shape == (64, 64, 64)
