@@ -57,6 +57,15 @@ class RunFolder:
                              f"the run was written by cryospire {cfg.get('cryospire', '?')}: upgrade to open it)", version)
         return cfg
 
+    def config_for(self, section: str, resume: bool) -> dict[str, Any]:
+        """The saved config, refusing to start ``section`` over a run that already has it unless
+        ``resume`` (a rerun of the same command must not silently overwrite a run)."""
+        saved = self.read_config()
+        if section in saved and not resume:
+            raise InputError(self.config_path, section, "a new run folder, or --resume to continue this run",
+                             f"a {section} run already in it")
+        return saved
+
     def update_config(self, **sections: Any) -> dict[str, Any]:
         """Store each section (a dataclass, a dict or a plain JSON value) under its name and write
         the config atomically."""

@@ -60,10 +60,7 @@ def _configs(args: argparse.Namespace, saved: dict) -> tuple[ConsensusConfig, Lo
 
 def run(args: argparse.Namespace) -> int:
     run_dir = RunFolder(args.out)
-    saved = run_dir.read_config()
-    if "consensus" in saved and not args.resume:
-        raise InputError(run_dir.config_path, "consensus", "a new run folder, or --resume to continue this run",
-                         "a consensus run already in it")
+    saved = run_dir.config_for("consensus", args.resume)
     device = resolve_device(args.device)
     with run_dir:
         cfg, loop = _configs(args, saved)

@@ -80,10 +80,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = RunFolder(args.out)
-    saved = run_dir.read_config()
-    if "train" in saved and not args.resume:
-        raise InputError(run_dir.config_path, "train", "a new run folder, or --resume to continue this run",
-                         "a trained run already in it")
+    saved = run_dir.config_for("train", args.resume)
     device = resolve_device(args.device)
     stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
     with run_dir:
