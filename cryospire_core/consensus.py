@@ -17,8 +17,10 @@ from skimage.filters import threshold_otsu
 from torch import nn
 
 from .atomic import atomic_path, write_json
+from .backproject import backproject
 from .engine import Batch, LoopConfig, run_loop
-from .mrc import write_map
+from .errors import InputError
+from .mrc import read_map, write_map
 from .particles import ParticleSet
 from .progress import ProgressCallback
 from .render import project, rasterize
@@ -162,21 +164,40 @@ class ConsensusResult:
     history: list[float]
 
 
+def seed_map(particles: ParticleSet, out_dir: Path, device: torch.device, progress: ProgressCallback | None = None,
+             user_map: str | None = None) -> np.ndarray:
+    """The (D, D, D) map the consensus is seeded from: ``user_map`` (checked to lie on the
+    particles' lattice), else the particles' backprojection, computed once and cached as
+    ``out_dir/backprojection.mrc`` so a resumed run does not redo it."""
+    if user_map is not None:
+        m = read_map(user_map)
+        if m.data.shape != (particles.box,) * 3 or not np.isclose(m.apix, particles.apix, rtol=1e-3):
+            raise InputError(user_map, "map grid", f"{particles.box}^3 voxels of {particles.apix:.4g} Å like the particles",
+                             f"{m.data.shape} of {m.apix:.4g} Å")
+        return m.data
+    cached = Path(out_dir) / "backprojection.mrc"
+    if cached.exists():
+        return read_map(cached).data
+    volume = backproject(particles, device=device, progress=progress).volume
+    write_map(cached, volume, particles.apix)
+    return volume
+
+
 def fit_consensus(
     particles: ParticleSet,
     init_map: np.ndarray,
     out_dir: Path,
     cfg: ConsensusConfig,
-    loop: LoopConfig,
     device: torch.device,
     progress: ProgressCallback | None = None,
     should_stop=None,
+    checkpoint_minutes: float = 5.0,
 ) -> ConsensusResult:
     """Fit the consensus mixture; writes ``checkpoint.pt`` while it runs and, when finished,
     ``gaussians.npz``, ``map.mrc`` and ``history.json`` into ``out_dir``.
 
-    particles: ParticleSet; init_map: (D, D, D) map on the data lattice to seed from;
-    loop: engine.LoopConfig. A checkpoint already in ``out_dir`` is resumed from (the seeding
+    particles: ParticleSet; init_map: (D, D, D) map on the data lattice to seed from (see
+    :func:`seed_map`); cfg's epochs, batch_size and seed drive the loop. A checkpoint already in ``out_dir`` is resumed from (the seeding
     and 3D pre-fit are skipped: the checkpoint holds their result).
     """
     out_dir = Path(out_dir)
@@ -189,6 +210,7 @@ def fit_consensus(
     if not checkpoint.exists() and cfg.map_fit_steps > 0:
         fit_to_map(model, torch.as_tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
     optimizer = make_optimizer(model, cfg.lr)
+    loop = LoopConfig.for_stage(cfg, checkpoint_minutes)
     result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop)
     if result.status == "finished":
         export = model.export()

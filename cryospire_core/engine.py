@@ -122,6 +122,12 @@ class LoopConfig:
     checkpoint_minutes: float = 5.0
     prefetch: int = 2
 
+    @classmethod
+    def for_stage(cls, stage_cfg, checkpoint_minutes: float = 5.0) -> LoopConfig:
+        """The loop of a stage config holding ``epochs``, ``batch_size`` and ``seed``."""
+        return cls(epochs=stage_cfg.epochs, batch_size=stage_cfg.batch_size, seed=stage_cfg.seed,
+                   checkpoint_minutes=checkpoint_minutes)
+
 
 @dataclass
 class LoopResult:

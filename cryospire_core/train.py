@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .backproject import backproject
-from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map
+from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map, seed_map
 from .discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
 from .engine import LoopConfig, run_loop
 from .errors import InputError
@@ -77,10 +76,6 @@ class TrainConfig:
         d["discovery"] = DiscoveryConfig(**d["discovery"])
         d["hierarchical"] = HierarchicalConfig(**d["hierarchical"])
         return cls(**d)
-
-
-def _loop(cfg, minutes: float) -> LoopConfig:
-    return LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_minutes=minutes)
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
@@ -148,15 +143,8 @@ def _stage_consensus(ps, run, cfg, device, progress, should_stop) -> str:
     out = run.stage_dir("consensus")
     if (out / "gaussians.npz").exists():
         return "finished"
-    init_path = out / "backprojection.mrc"
-    if init_path.exists():
-        init_map = read_map(init_path).data
-    else:
-        init_map = backproject(ps, device=device, progress=progress).volume
-        write_map(init_path, init_map, ps.apix)
-    loop = LoopConfig(epochs=cfg.consensus.epochs, batch_size=cfg.consensus.batch_size, seed=cfg.seed,
-                      checkpoint_minutes=cfg.checkpoint_minutes)
-    return fit_consensus(ps, init_map, out, cfg.consensus, loop, device, progress, should_stop).status
+    init_map = seed_map(ps, out, device, progress)
+    return fit_consensus(ps, init_map, out, cfg.consensus, device, progress, should_stop, cfg.checkpoint_minutes).status
 
 
 def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
@@ -169,7 +157,7 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
         cfg.discovery = dcfg
         run.update_config(train=cfg)
     model = discovery_model(run, dcfg, len(ps)).to(device)
-    res = run_loop(model, model.make_optimizer(), ps, _loop(dcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
+    res = run_loop(model, model.make_optimizer(), ps, LoopConfig.for_stage(dcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
                    "stage 1: part discovery", device, progress, should_stop)
     if res.status != "finished":
         return res.status
@@ -216,7 +204,7 @@ def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
     if not (out / "seed.npz").exists():
         _write_stage2_seed(ps, run, cfg, device)
     model = hierarchical_model(run, hcfg).to(device)
-    res = run_loop(model, model.make_optimizer(), ps, _loop(hcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
+    res = run_loop(model, model.make_optimizer(), ps, LoopConfig.for_stage(hcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
                    "stage 2: hierarchical", device, progress, should_stop)
     if res.status != "finished":
         return res.status

@@ -12,15 +12,11 @@ import argparse
 import sys
 import time
 
-import numpy as np
 
-from ..backproject import backproject
-from ..consensus import ConsensusConfig, fit_consensus
+from ..consensus import ConsensusConfig, fit_consensus, seed_map
 from ..device import add_device_arg, resolve_device
 from ..engine import LoopConfig
-from ..errors import InputError
 from ..load import add_particle_args, particles_from_args
-from ..mrc import read_map, write_map
 from ..progress import TerminalProgress
 from ..runfolder import RunFolder
 
@@ -48,14 +44,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_device_arg(parser)
 
 
-def _configs(args: argparse.Namespace, saved: dict) -> tuple[ConsensusConfig, LoopConfig]:
+def _config(args: argparse.Namespace, saved: dict) -> ConsensusConfig:
     if args.resume and "consensus" in saved:
-        return ConsensusConfig(**saved["consensus"]), LoopConfig(**saved["consensus_loop"])
-    cfg = ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          map_fit_steps=args.map_fit_steps, seed=args.seed)
-    loop = LoopConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                      checkpoint_minutes=args.checkpoint_minutes)
-    return cfg, loop
+        return ConsensusConfig(**saved["consensus"])
+    return ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           map_fit_steps=args.map_fit_steps, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,29 +56,22 @@ def run(args: argparse.Namespace) -> int:
     saved = run_dir.config_for("consensus", args.resume)
     device = resolve_device(args.device)
     with run_dir:
-        cfg, loop = _configs(args, saved)
-        if not (args.resume and "consensus" in saved):
-            run_dir.update_config(consensus_command={"argv": sys.argv[1:], **vars(args)}, consensus=cfg,
-                                  consensus_loop=loop)
+        cfg = _config(args, saved)
+        if args.resume and "consensus" in saved:
+            # The resumed model must be seeded from the same map as the killed one.
+            args.map = args.map or saved["consensus_command"].get("map")
+            args.checkpoint_minutes = saved["consensus_command"]["checkpoint_minutes"]
+        else:
+            run_dir.update_config(consensus_command={"argv": sys.argv[1:], **vars(args)}, consensus=cfg)
         ps = particles_from_args(args)
         stage = run_dir.stage_dir("consensus")
         print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}")
         bar = TerminalProgress(disable=args.quiet)
-        init_path = stage / "backprojection.mrc"
-        if args.map:
-            m = read_map(args.map)
-            if m.data.shape != (ps.box,) * 3 or not np.isclose(m.apix, ps.apix, rtol=1e-3):
-                raise InputError(args.map, "map grid", f"{ps.box}^3 voxels of {ps.apix:.4g} Å like the particles",
-                                 f"{m.data.shape} of {m.apix:.4g} Å")
-            init_map = m.data
-        elif init_path.exists():
-            init_map = read_map(init_path).data
-        else:
-            init_map = backproject(ps, device=device, progress=bar).volume
-            write_map(init_path, init_map, ps.apix)
         t0 = time.perf_counter()
         try:
-            result = fit_consensus(ps, init_map, stage, cfg, loop, device, progress=bar)
+            init_map = seed_map(ps, stage, device, progress=bar, user_map=args.map)
+            result = fit_consensus(ps, init_map, stage, cfg, device, progress=bar,
+                                   checkpoint_minutes=args.checkpoint_minutes)
         finally:
             bar.close()
     print(f"consensus {result.status} in {time.perf_counter() - t0:.1f} s: {result.model.amplitudes.numel()} Gaussians; "

@@ -15,7 +15,6 @@ import torch
 
 from cryospire_core.backproject import backproject
 from cryospire_core.consensus import ConsensusConfig, fit_consensus
-from cryospire_core.engine import LoopConfig
 from cryospire_core.load import load_particles
 from cryospire_core.metrics import auc, fsc, resolution
 from cryospire_core.mrc import read_map
@@ -31,7 +30,7 @@ def test_consensus_matches_backprojection_quality(homogeneous_32, tmp_path):
     gt = read_map(homogeneous_32 / "gt" / "vol_000.mrc").data
     mask = read_map(homogeneous_32 / "gt" / "mask.mrc").data
     bp = backproject(ps).volume
-    res = fit_consensus(ps, bp, tmp_path, ConsensusConfig(epochs=3), LoopConfig(epochs=3), torch.device("cpu"))
+    res = fit_consensus(ps, bp, tmp_path, ConsensusConfig(epochs=3), torch.device("cpu"))
     assert res.status == "finished"
     assert (tmp_path / "map.mrc").exists() and (tmp_path / "gaussians.npz").exists()
     bp_auc, _ = _score(bp, gt, mask)
