@@ -293,20 +293,15 @@ def analyze(
         np.savez(f, labels=labels, centres=centres, on_data_index=on_data, on_data_latents=latents[on_data])
     result.add("kmeans", km_path)
 
-    try:
-        import matplotlib  # noqa: F401  (optional: only the plots need it)
-    except ImportError:
-        result.notes.append("plots skipped: matplotlib is not installed")
-    else:
-        plot_latent_pca(scores, labels, fit.transform(latents[on_data]), out / "latent_pca.png",
-                        fit.explained_variance_ratio)
-        plot_pc_histograms(scores, out / "pc_histograms.png")
-        embedding, method = umap_embedding(latents, seed)
-        if method != "umap":
-            result.notes.append("umap-learn is not installed: embedding.png shows PC1/PC2 instead")
-        plot_embedding(embedding, labels, method, out / "embedding.png")
-        for name in ("latent_pca.png", "pc_histograms.png", "embedding.png"):
-            result.add("plot", out / name)
+    plot_latent_pca(scores, labels, fit.transform(latents[on_data]), out / "latent_pca.png",
+                    fit.explained_variance_ratio)
+    plot_pc_histograms(scores, out / "pc_histograms.png")
+    embedding, method = umap_embedding(latents, seed)
+    if method != "umap":
+        result.notes.append("umap-learn is not installed: embedding.png shows PC1/PC2 instead")
+    plot_embedding(embedding, labels, method, out / "embedding.png")
+    for name in ("latent_pca.png", "pc_histograms.png", "embedding.png"):
+        result.add("plot", out / name)
 
     for j, i in enumerate(on_data):
         path = out / f"state_{j:03d}.mrc"

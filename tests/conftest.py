@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from cryospire_core.load import load_particles
+from cryospire_core.phantoms import make_phantom
 from cryospire_core.simulate import simulate, write_simulation
 
 
@@ -19,3 +23,17 @@ def _simulated(tmp_path_factory, name: str, **kw) -> Path:
 def homogeneous_32(tmp_path_factory) -> Path:
     """`homogeneous` preset, 32 px, 2,000 images, SNR 0.5: a folder as `cryospire simulate` writes it."""
     return _simulated(tmp_path_factory, "hom32", preset="homogeneous", box=32, n=2000, snr=0.5, seed=3)
+
+
+@pytest.fixture(scope="session")
+def hinge_two_states(tmp_path_factory):
+    """(ParticleSet, labels, seed mixture): the hinge phantom's two extreme states, 32 px,
+    1,000 images, SNR 10; the seed is the beads at the mean of the two states' positions."""
+    box = 32
+    ph = make_phantom("hinge", box, 384.0 / box)
+    two = dataclasses.replace(ph, centres=ph.centres[[0, -1]], presence=ph.presence[[0, -1]],
+                              populations=np.array([0.5, 0.5]), state_names=("open", "closed"))
+    out = write_simulation(tmp_path_factory.mktemp("hinge2") / "data", simulate("hinge", box, 1000, snr=10.0, seed=1, phantom=two))
+    seed = {"centres": two.centres.mean(0), "widths": two.sigmas, "amplitudes": two.amplitudes,
+            "box": np.int64(box), "apix": np.float64(two.apix)}
+    return load_particles(out / "particles.star"), np.load(out / "gt" / "labels.npy"), seed

@@ -3,7 +3,6 @@ latents of a two-state hinge, and resumes exactly through engine.run_loop."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -14,10 +13,7 @@ from cryospire_core.ctf import make_ctf_params
 from cryospire_core.discovery import DiscoveryConfig, PairMLP, PartDiscoveryModel, coarsen, image_variance
 from cryospire_core.engine import Batch, LoopConfig, run_loop
 from cryospire_core.geometry import random_rotations
-from cryospire_core.load import load_particles
-from cryospire_core.phantoms import make_phantom
 from cryospire_core.render import project, rasterize
-from cryospire_core.simulate import simulate, write_simulation
 
 BOX, APIX = 32, 12.0
 
@@ -112,20 +108,6 @@ def test_gradients_reach_latents_features_and_mlps(form):
     for name, p in model.named_parameters():
         if name != "latents.embedding.weight":
             assert p.grad is not None and p.grad.abs().max() > 0, name
-
-
-@pytest.fixture(scope="module")
-def hinge_two_states(tmp_path_factory):
-    """(ParticleSet, labels, seed mixture): the hinge phantom's two extreme states, 32 px,
-    1,000 images, SNR 10; the seed is the beads at the mean of the two states' positions."""
-    box = 32
-    ph = make_phantom("hinge", box, 384.0 / box)
-    two = dataclasses.replace(ph, centres=ph.centres[[0, -1]], presence=ph.presence[[0, -1]],
-                              populations=np.array([0.5, 0.5]), state_names=("open", "closed"))
-    out = write_simulation(tmp_path_factory.mktemp("hinge2") / "data", simulate("hinge", box, 1000, snr=10.0, seed=1, phantom=two))
-    seed = {"centres": two.centres.mean(0), "widths": two.sigmas, "amplitudes": two.amplitudes,
-            "box": np.int64(box), "apix": np.float64(two.apix)}
-    return load_particles(out / "particles.star"), np.load(out / "gt" / "labels.npy"), seed
 
 
 def test_latents_of_two_hinge_states_separate(hinge_two_states, tmp_path):

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from cryospire_core.engine import LoopConfig, run_loop
 from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel, rotvec_to_rotation
 
-from .test_discovery import hinge_two_states, random_batch, seed_images, tiny_mixture  # noqa: F401
+from .test_discovery import random_batch, seed_images, tiny_mixture
 
 K = 3
 
@@ -119,7 +119,7 @@ def _train(g, ps, epochs, ckpt):
     return model
 
 
-def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path):  # noqa: F811
+def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path):
     ps, _, seed = hinge_two_states
     ps = ps.subset(np.arange(128))
     straight = _train(seed, ps, 2, tmp_path / "a.pt")
