@@ -1,6 +1,7 @@
 """Atomic file output: write beside the target, flush to disk, then rename over it.
 
-A crash or a full disk never leaves a half-written result under the final name.
+A crash or a full disk never leaves a half-written result under the final name, and a full disk
+(or quota) becomes one :class:`~cryospire_core.errors.ResourceError` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ResourceError, disk_full, is_disk_full
+
+# Below this many free bytes a failed write is blamed on the disk even when the writer (e.g.
+# torch.save given a file name, which writes from C++) does not report ENOSPC itself.
+_NEARLY_FULL_BYTES = 1 << 20
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,8 +30,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from exc
+        raise
     # mkstemp makes the file private (0600); results must be readable like any other file.
     umask = os.umask(0)
     os.umask(umask)
@@ -36,9 +48,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if is_disk_full(exc) or (not isinstance(exc, ResourceError) and _nearly_full(path.parent)):
+            raise disk_full(path) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES
+
+
+TEMP_GLOB = ".*.tmp*"
+"""Names of the temporary files :func:`atomic_path` writes (left behind only by a killed process)."""
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

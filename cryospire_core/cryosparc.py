@@ -36,6 +36,15 @@ _REQUIRED = (
     "ctf/cs_mm",
     "ctf/amp_contrast",
 )
+# Kind ("i" integer, "f" number, "S" text) and per-row shape of the fields we read.
+_FIELD_TYPES = {
+    "uid": ("i", ()), "blob/path": ("S", ()), "blob/idx": ("i", ()), "blob/shape": ("i", (2,)),
+    "blob/psize_A": ("f", ()), "alignments3D/pose": ("f", (3,)), "alignments3D/shift": ("f", (2,)),
+    "alignments3D/psize_A": ("f", ()), "ctf/df1_A": ("f", ()), "ctf/df2_A": ("f", ()),
+    "ctf/df_angle_rad": ("f", ()), "ctf/accel_kv": ("f", ()), "ctf/cs_mm": ("f", ()),
+    "ctf/amp_contrast": ("f", ()), "ctf/phase_shift_rad": ("f", ()), "ctf/exp_group_id": ("i", ()),
+}
+_KINDS = {"i": ("iu", "integers"), "f": ("iuf", "numbers"), "S": ("SU", "text")}
 # Folders above the .cs file searched for project-relative paths (jobs sit in project/J12/).
 _PARENT_LEVELS = 3
 
@@ -48,7 +57,10 @@ def _load(path: Path) -> np.ndarray:
     if magic != b"\x93NUMPY":  # e.g. cryosparc-tools' compressed format, or not a .cs at all
         raise InputError(path, "cs format", "a numpy .npy structured array (cryoSPARC .cs)", f"a file starting with {magic!r}")
     try:
+        _check_claimed_size(path)
         arr = np.load(path, allow_pickle=False)
+    except InputError:
+        raise
     except ValueError as exc:  # object fields need pickle: refused, a file must not run code
         raise InputError(path, "cs format", "a numpy structured array without pickled objects", exc) from exc
     except Exception as exc:
@@ -56,6 +68,31 @@ def _load(path: Path) -> np.ndarray:
     if arr.dtype.names is None or arr.ndim != 1:
         raise InputError(path, "cs format", "a 1D numpy structured array", f"{arr.dtype} {arr.shape}")
     return arr
+
+
+def _check_claimed_size(path: Path) -> None:
+    """Refuse a .npy header announcing more data than the file holds, before numpy allocates it."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        claimed = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = path.stat().st_size
+    if claimed > size:
+        raise InputError(path, "cs data", f"{claimed} bytes for {shape} rows of its fields",
+                         f"{size} bytes (truncated file?)")
+
+
+def _check_field_types(path: Path, rows: np.ndarray) -> None:
+    """InputError naming the first field whose dtype kind or per-row shape is not cryoSPARC's."""
+    for name, (kind, shape) in _FIELD_TYPES.items():
+        if name not in rows.dtype.names:
+            continue
+        dt = rows.dtype[name]
+        kinds, what = _KINDS[kind]
+        if dt.base.kind not in kinds or dt.shape != shape:
+            expected = f"{what} of shape {shape} per particle" if shape else f"one value ({what}) per particle"
+            raise InputError(path, name, expected, f"{dt.base} of shape {dt.shape}")
 
 
 def _find_passthrough(path: Path) -> Path | None:
@@ -125,6 +162,7 @@ def read_cs(
         raise InputError(path, ", ".join(missing), where, "none")
     if len(rows) == 0:
         raise InputError(path, "particles", "at least one particle", "none")
+    _check_field_types(path, rows)
 
     # Stack paths: few distinct values, resolved once each.
     uniques, codes = np.unique(rows["blob/path"], return_inverse=True)
@@ -133,7 +171,10 @@ def read_cs(
     parents = list(cs_dir.absolute().parents)[:_PARENT_LEVELS]
     files = []
     for name in uniques:
-        name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+        try:
+            name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+        except UnicodeDecodeError as exc:
+            raise InputError(path, "blob/path", "UTF-8 stack paths", repr(name)) from exc
         if name.startswith(">"):  # project-relative
             name = name[1:]
             dirs = [data_dir, *parents, cs_dir]

@@ -8,6 +8,7 @@ its last checkpoint at the exact step it reached.
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .errors import InputError, is_out_of_memory, out_of_memory
 from .particles import ParticleSet
 from .progress import ProgressCallback, ProgressEvent
 
@@ -147,13 +149,37 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Atomically write ``state``; a full disk raises ResourceError and keeps the old checkpoint."""
+    # A Python file object makes a failed write surface as OSError(ENOSPC); torch.save given a
+    # file name writes from C++ and reports only "unexpected pos".
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def read_weights(path: Path, field: str, expected: str):
+    """``torch.load(path, weights_only=True)`` on the CPU: nothing in the file can run code. A
+    file holding anything else, a corrupt or unreadable one raises InputError(path, field, expected)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(path, field, expected, f"{type(exc).__name__}: {reason[:200]}") from exc
 
 
 def load_checkpoint(path: Path) -> dict:
-    # weights_only: a checkpoint from elsewhere cannot run code when opened.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`save_checkpoint`, loaded on the CPU.
+
+    weights_only: a checkpoint from elsewhere cannot run code when opened; one holding anything
+    but tensors, numbers, strings and containers, a corrupt file, or one from a newer cryospire
+    raises InputError naming the file.
+    """
+    state = read_weights(path, "checkpoint", "a cryospire checkpoint (tensors, numbers and strings only)")
+    if not isinstance(state, dict) or not isinstance(state.get("version"), int):
+        raise InputError(path, "checkpoint", "a cryospire checkpoint (a dict with a version)", type(state).__name__)
+    if state["version"] > CHECKPOINT_VERSION:
+        raise InputError(path, "checkpoint version", f"at most {CHECKPOINT_VERSION} (written by a newer cryospire)",
+                         state["version"])
+    return state
 
 
 def run_loop(
@@ -173,7 +199,8 @@ def run_loop(
 
     should_stop is polled between steps; when it answers True a checkpoint is written and the
     loop returns with status ``cancelled``. after_step(epoch, step) runs after every step (e.g.
-    to clamp parameters).
+    to clamp parameters). Running out of memory in a step raises ResourceError (saying to lower
+    the batch size) and leaves the last checkpoint as it was.
     """
     checkpoint = Path(checkpoint)
     n = len(particles)
@@ -211,9 +238,15 @@ def run_loop(
                 snapshot()
                 return LoopResult("cancelled", epoch, step, history)
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = model.loss(batch)
-            loss.backward()
-            optimizer.step()
+            try:
+                loss, _ = model.loss(batch)
+                loss.backward()
+                optimizer.step()
+            except (RuntimeError, MemoryError) as exc:
+                # The last checkpoint stays as it was: nothing from this step is saved.
+                if is_out_of_memory(exc):
+                    raise out_of_memory(device, cfg.batch_size) from exc
+                raise
             step += 1
             run_sum += float(loss.detach())
             if after_step is not None:

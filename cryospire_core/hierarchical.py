@@ -38,7 +38,8 @@ class HierarchicalConfig:
     """Every knob of stage 2 (see :class:`discovery.DiscoveryConfig` for the shared ones).
 
     n_gaussians: G the stage-2 seed should have (the caller builds the seed); offset_weight:
-    weight of sum |df|^2.
+    weight of sum |df|^2; anchors: False drops the per-part rigid motions (every Gaussian moves
+    by its residual alone: the paper's "without anchors" ablation).
     """
 
     n_gaussians: int = 8192
@@ -54,6 +55,7 @@ class HierarchicalConfig:
     lr_gaussians: float = 2e-3
     prior_weight: float = 0.1
     offset_weight: float = 0.01
+    anchors: bool = True
     image_var: float = 1.0
     gate_bias: float = 3.0
     min_width_px: float = 0.7
@@ -159,7 +161,9 @@ class PartAwareModel(nn.Module):
 
     def part_motions(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents z (B, zdim) -> (rotvec (B, K, 3) radians, translation (B, K, 3) Å) of each part
-        (rotation about its anchor centre)."""
+        (rotation about its anchor centre); zero without anchors."""
+        if not self.cfg.anchors:
+            return z.new_zeros(len(z), self.n_parts, 3), z.new_zeros(len(z), self.n_parts, 3)
         out = self.anchor_mlp(z, self.anchor_feature)
         return out[..., :3], out[..., 3:] * self.apix
 

@@ -144,7 +144,7 @@ class ScoreTable:
         if self.apix:
             head += ["res@0.5 Å", "res@0.143 Å"]
         rows = []
-        for s in self.states[: max_rows or len(self.states)]:
+        for s in self.states[: len(self.states) if max_rows is None else max_rows]:
             row = [str(s.state), "-" if s.image is None else str(s.image), f"{s.auc:.4f}",
                    f"{freq_to_pixels(s.res_05):.2f}", f"{freq_to_pixels(s.res_0143):.2f}"]
             if self.apix:

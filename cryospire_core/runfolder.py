@@ -4,6 +4,12 @@ Layout::
 
     RUN/config.json              every option of every stage, the input particles, versions
     RUN/run.lock                 held while a process trains into the folder
+    RUN/<stage>/.<name>.<random>.tmp<suffix>   an atomic write in progress (removed when a killed
+                                 run's folder is locked again)
+
+Formats: ``config.json``'s ``format_version`` is :data:`RUN_FORMAT_VERSION`. A folder from a
+newer cryospire is refused (upgrade cryospire); format 1 is the first released one, so a folder
+with an older or missing version was not written by a released cryospire and is refused too.
     RUN/consensus/backprojection.mrc, gaussians.npz, map.mrc, history.json, checkpoint.pt
 """
 
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import write_json
+from .atomic import TEMP_GLOB, write_json
 from .errors import InputError
 
 RUN_FORMAT_VERSION = 1
@@ -48,9 +54,15 @@ class RunFolder:
             cfg = json.loads(self.config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(self.config_path, "config", "a JSON run config written by cryospire", exc) from exc
+        if not isinstance(cfg, dict):
+            raise InputError(self.config_path, "config", "a JSON object written by cryospire", type(cfg).__name__)
         version = cfg.get("format_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise InputError(self.config_path, "format_version", "an integer run-format version", version)
+        if version < RUN_FORMAT_VERSION:
+            raise InputError(self.config_path, "format_version",
+                             f"{RUN_FORMAT_VERSION} (older formats predate released cryospire versions: "
+                             "train again into a new run folder)", version)
         if version > RUN_FORMAT_VERSION:
             raise InputError(self.config_path, "format_version",
                              f"at most {RUN_FORMAT_VERSION} (this is cryospire {__version__}; "
@@ -94,6 +106,15 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of atomic writes a killed process left in the folder and
+        its stage folders (holding the lock, no other trainer is writing them)."""
+        for d in (self.root, *(p for p in self.root.iterdir() if p.is_dir())):
+            for tmp in d.glob(TEMP_GLOB):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

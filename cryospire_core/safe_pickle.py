@@ -3,7 +3,9 @@
 A pickle can name any importable callable, so unpickling a file from someone else is running
 their program. :func:`load_pickle` only lets a pickle rebuild numpy arrays, dtypes and scalars
 and plain containers (tuple, list, dict) of numbers and strings; any other global is refused
-before it is even imported.
+before it is even imported. A pickle also cannot make us allocate much more than its own size:
+arrays are rebuilt only from the data the file holds, and containers that share references
+(a list holding the same list a thousand times, a thousand times over) are refused.
 """
 
 from __future__ import annotations
@@ -24,16 +26,36 @@ except ImportError:  # numpy 1.x
 from .atomic import atomic_path
 from .errors import InputError
 
+
+class _NdarrayClass:
+    """Stands in for ``numpy.ndarray`` in a pickle: it may be passed to ``_reconstruct`` (as
+    every array pickle does) but not called, since ``ndarray(shape)`` allocates any shape."""
+
+
+def _reconstruct(subtype, shape, dtype):
+    # Array pickles rebuild an empty array, then fill it from the file with __setstate__
+    # (which checks the data length); a large shape here would allocate memory from nothing.
+    if subtype is not _NdarrayClass or int(np.prod(shape)) > 1:
+        raise pickle.UnpicklingError(f"unexpected array reconstruction {shape}")
+    return _multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
+def _latin1(text, encoding="latin1", errors="strict"):
+    # Protocol 2 stores raw bytes as _codecs.encode(text, "latin1"); other codecs are refused.
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"unexpected codec {encoding!r}")
+    return codecs.encode(text, encoding, errors)
+
+
 # (module, name) pairs a pickle may reference. numpy < 2 wrote ``numpy.core.*``; those names are
 # mapped to ``numpy._core.*`` below so that old files load without importing the deprecated alias.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,  # ndarray, protocol <= 4
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # ndarray, protocol <= 4
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,  # numpy scalars
     ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,  # ndarray, protocol 5
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayClass,
     ("numpy", "dtype"): np.dtype,
-    # Protocol 2 stores raw bytes as _codecs.encode(text, "latin1"): a pure conversion.
-    ("_codecs", "encode"): codecs.encode,
+    ("_codecs", "encode"): _latin1,
     **{("builtins", t.__name__): t for t in (tuple, list, dict, int, float, complex, str, bool)},
 }
 
@@ -65,18 +87,38 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_pickle(path: str | os.PathLike) -> Any:
     """Unpickle ``path`` allowing only numpy arrays/dtypes/scalars and builtin containers.
 
-    Raises InputError (naming the file and the forbidden global) for anything else, and for
-    missing or corrupt files.
+    Raises InputError (naming the file and the forbidden global) for anything else, for missing
+    or corrupt files, and for containers holding more items than the file has bytes (only
+    possible through shared references, which would multiply memory when converted to arrays).
     """
     if not os.path.isfile(path):
         raise InputError(path, "pickle file", "an existing file", "no such file")
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, str(path)).load()
+            obj = _RestrictedUnpickler(f, str(path)).load()
         except InputError:
             raise
         except Exception as exc:  # UnpicklingError, EOFError, ValueError... from a corrupt file
             raise InputError(path, "pickle content", "a readable pickle file", f"{type(exc).__name__}: {exc}") from exc
+    budget = os.path.getsize(path) + 16
+    if _count_items(obj, budget) > budget:
+        raise InputError(path, "pickle content", "arrays and containers no larger than the file",
+                         "containers that share references (a pickle bomb?)")
+    return obj
+
+
+def _count_items(obj: Any, budget: int) -> int:
+    """Items in the nested containers of ``obj`` (an array counts 1), stopping past ``budget``."""
+    count, stack = 0, [obj]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def save_pickle(path: str | os.PathLike, obj: Any) -> None:

@@ -109,7 +109,7 @@ def _image_names(path: Path, names: pd.Series) -> tuple[np.ndarray, list[str], n
     has_at = (parts[1] == "@").to_numpy()
     frames = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce").to_numpy(dtype=np.float64)
     stacks = parts[2].where(has_at, parts[0])
-    bad = ~np.isfinite(frames) | (frames < 1) | (stacks.str.len() == 0).to_numpy()
+    bad = ~np.isfinite(frames) | (frames < 1) | (frames != np.floor(frames)) | (stacks.str.len() == 0).to_numpy()
     if np.any(bad):
         expected = "entries like 000123@stack.mrcs (image numbers from 1)"
         raise InputError(path, "rlnImageName", expected, names.iloc[int(np.argmax(bad))])

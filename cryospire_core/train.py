@@ -13,6 +13,8 @@ Run folder (beyond the consensus files, see :mod:`runfolder`)::
     RUN/parts/clustering.npz
     RUN/hierarchical/seed.npz, model.pt, checkpoint.pt
     RUN/latents.npy          (N, zdim) float32, rows in input particle order (the last stage's)
+    RUN/selection.npy        (M,) int64, only with ``select``: the particles stage 2 kept (indices
+                             into the input); RUN/latents.npy then has their M rows, in input order
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ import torch
 from .atomic import atomic_path
 from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map, seed_map
 from .discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
-from .engine import LoopConfig, run_loop
+from .engine import LoopConfig, read_weights, run_loop
 from .errors import InputError
 from .hierarchical import HierarchicalConfig, PartAwareModel
 from .mrc import read_map, write_map
 from .particles import ParticleSet
-from .parts import PartClustering, assign_to_parts, discover_parts
+from .parts import PartClustering, assign_to_parts, discover_parts, dynamics_signature
 from .progress import ProgressCallback
 from .runfolder import RunFolder
+from .selection import read_selection
 
 STAGES = ("consensus", "discovery", "parts", "hierarchical")
 PROFILES = ("cpu", "paper")
+PART_SIGNALS = ("dynamics", "features")
 
 
 @dataclass
@@ -46,8 +50,11 @@ class TrainConfig:
     """Every option of ``cryospire train`` (saved as RUN/config.json section ``train``).
 
     profile: ``cpu`` or ``paper`` (sizes of every stage); parts_level1/parts_level2: ``auto`` or
-    a count (``--parts K`` fixes level 1); gate_sample: images whose stage-1 gates feed the
-    clustering; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage.
+    a count (``--parts K`` fixes level 1); parts_signal: what level 1 clusters, ``dynamics`` (each
+    Gaussian's decoded motion and presence, our default) or ``features`` (the paper's); gate_sample:
+    images whose stage-1 decoding feeds the clustering; select: a particle selection (index file,
+    or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
+    stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage.
     """
 
     profile: str = "cpu"
@@ -56,7 +63,9 @@ class TrainConfig:
     hierarchical: HierarchicalConfig = field(default_factory=HierarchicalConfig.cpu)
     parts_level1: str | int = "auto"
     parts_level2: str | int | None = "auto"
+    parts_signal: str = "dynamics"
     gate_sample: int = 512
+    select: str | None = None
     checkpoint_minutes: float = 5.0
     seed: int = 0
 
@@ -84,12 +93,17 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def _save_state(path: Path, model: torch.nn.Module) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    # Through a Python file object so a full disk surfaces as ENOSPC (see engine.save_checkpoint).
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(model.state_dict(), f)
+
+
+def _read_state(path: Path) -> dict:
+    return read_weights(path, "model", "a state dict saved by `cryospire train` (tensors only)")
 
 
 def _load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(_read_state(path))
     return model
 
 
@@ -185,8 +199,11 @@ def _stage_parts(ps, run, cfg, device, progress, should_stop) -> str:
     outputs = np.load(run.root / "discovery" / "outputs.npz")
     with torch.no_grad():
         centres = model.base.centres.numpy()
-        amps = model.base.amplitudes.numpy()
-    clustering = discover_parts(outputs["features"], centres, amps, outputs["gates_sample"], cfg.parts_level1,
+        masses = (model.base.amplitudes * model.widths**3).abs().numpy()
+        z = torch.as_tensor(outputs["latents"][outputs["gate_sample_index"]])
+        shifts, gates = model.shifts(z).numpy(), model.gates(z).numpy()
+    dynamics = dynamics_signature(shifts, gates, centres, masses, ps.apix) if cfg.parts_signal == "dynamics" else None
+    clustering = discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
                                 cfg.parts_level2, seed=cfg.seed)
     clustering.to_npz(out / "clustering.npz")
     return "finished"
@@ -201,8 +218,11 @@ def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
         hcfg = dataclasses.replace(hcfg, image_var=cfg.discovery.image_var)
         cfg.hierarchical = hcfg
         run.update_config(train=cfg)
+    keep = stage2_selection(run, cfg, ps)
+    if keep is not None:
+        ps = ps.subset(keep)
     if not (out / "seed.npz").exists():
-        _write_stage2_seed(ps, run, cfg, device)
+        _write_stage2_seed(ps, run, cfg, device, keep)
     model = hierarchical_model(run, hcfg).to(device)
     res = run_loop(model, model.make_optimizer(), ps, LoopConfig.for_stage(hcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
                    "stage 2: hierarchical", device, progress, should_stop)
@@ -212,9 +232,24 @@ def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
     return "finished"
 
 
-def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device: torch.device) -> None:
+def stage2_selection(run: RunFolder, cfg: TrainConfig, ps: ParticleSet) -> np.ndarray | None:
+    """Indices of the particles stage 2 trains on (None: all), read once from ``cfg.select`` and
+    kept as RUN/selection.npy so a resumed run uses the same set."""
+    path = run.root / "selection.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    if cfg.select is None:
+        return None
+    keep = read_selection(cfg.select, ps)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, keep)
+    return keep
+
+
+def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device: torch.device,
+                       keep: np.ndarray | None) -> None:
     """Stage-2 Gaussians seeded from stage 1's improved map, each assigned the part of its nearest
-    coarse Gaussian; anchors from the clustering; latents from stage 1."""
+    coarse Gaussian; anchors from the clustering; latents from stage 1 (of the kept particles)."""
     hcfg = cfg.hierarchical
     improved = read_map(run.root / "discovery" / "map.mrc").data
     seed_cfg = dataclasses.replace(cfg.consensus, n_gaussians=hcfg.n_gaussians)
@@ -226,6 +261,8 @@ def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device
     coarse = np.load(run.root / "discovery" / "seed.npz")["centres"]
     part_index = assign_to_parts(g["centres"], coarse, clustering.part_index)
     latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
+    if keep is not None:
+        latents = latents[keep]
     _save_npz(run.stage_dir("hierarchical") / "seed.npz",
               {**g, "amplitudes": g["amplitudes"] * _gate0(hcfg.gate_bias), "part_index": part_index,
                "anchor_centres": clustering.anchor_centres, "anchor_features": clustering.anchor_features,
@@ -263,8 +300,7 @@ def train(
 def _publish_latents(run: RunFolder) -> None:
     """RUN/latents.npy from the most advanced finished stage."""
     if (run.root / "hierarchical" / "model.pt").exists():
-        state = torch.load(run.root / "hierarchical" / "model.pt", map_location="cpu", weights_only=True)
-        latents = state["latents.embedding.weight"].numpy()
+        latents = _read_state(run.root / "hierarchical" / "model.pt")["latents.embedding.weight"].numpy()
     elif (run.root / "discovery" / "outputs.npz").exists():
         latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
     else:

@@ -39,6 +39,11 @@ STACK_CHUNK = 16
 CHIMERAX_ORIENTATION = ("towards", "up", "right")
 
 
+#: Axis names napari shows beside the sliders: a map's, and a particle stack's.
+MAP_AXES = ("z", "y", "x")
+STACK_AXES = ("image", "y", "x")
+
+
 # -- geometry ---------------------------------------------------------------------------------
 
 
@@ -125,6 +130,7 @@ def map_layer(
         "colormap": colormap,
         "blending": "translucent" if rendering == "iso" else "additive",
         "visible": visible,
+        "axis_labels": MAP_AXES[-data.ndim:],
         "metadata": meta,
     }
     return data, kwargs, "image"
@@ -221,6 +227,9 @@ def stack_layer(
         "translate": (0.0, *volume_translate((box, box), apix)),
         "contrast_limits": (lo, hi),
         "colormap": "gray",
+        # Named axes: napari's defaults (-3, -2, -1) showed "-3" beside the image slider, which
+        # read as if the stack started at image -3.
+        "axis_labels": STACK_AXES,
         "metadata": meta,
     }
     return data, kwargs, "image"

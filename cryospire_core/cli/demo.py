@@ -1,16 +1,21 @@
 """``cryospire demo``: the main job on built-in sample data, as the commands a user would type.
 
 It simulates a small ``hinge`` data set (a rigid core and a domain swinging about a hinge through
-100 states) with ground truth, reconstructs it by backprojection and as a Gaussian-mixture
-consensus, and scores both against every ground-truth state (the homogeneous floor) and the
-ceiling. Each step prints the ``cryospire`` command it runs, and a finished step is not redone
-when the demo runs again.
+100 states) with ground truth, reconstructs it by backprojection, trains a short CryoSPIRE run
+(consensus, part discovery, parts, part-aware model), scores the maps against every ground-truth
+state, and opens the run in napari with the plugin's docks (without a display: under
+``xvfb-run``, a PNG screenshot of the window instead). Each step prints the command it runs,
+and a finished step is not redone when the demo runs again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from ..device import add_device_arg
@@ -23,7 +28,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", type=int, default=64, help="box size in pixels (default 64)")
     parser.add_argument("--n", type=int, default=5000, help="number of particle images (default 5000)")
     parser.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (default 0.1)")
-    parser.add_argument("--epochs", type=int, default=3, help="consensus epochs (default 3)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each training stage (default 3)")
+    parser.add_argument("--viewer", choices=("auto", "window", "screenshot", "none"), default="auto",
+                        help="auto (default): a napari window when there is a display, else a screenshot "
+                             "(OUT/cryospire_demo.png, needs xvfb-run); none: skip")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arg(parser)
 
@@ -39,12 +47,15 @@ def run(args: argparse.Namespace) -> int:
                                   "--snr", str(args.snr), "--seed", "0", "--out", str(data), "--device", args.device]),
         (out / "backprojection.mrc", ["backproject", str(data / "particles.star"), "--out", str(out / "backprojection.mrc"),
                                       "--device", args.device]),
-        (run_dir / "consensus" / "map.mrc", ["consensus", str(data / "particles.star"), "--out", str(run_dir),
-                                             "--epochs", str(args.epochs), "--device", args.device]
+        (run_dir / "hierarchical" / "model.pt",
+         ["train", str(data / "particles.star"), "--out", str(run_dir), "--epochs-consensus", str(args.epochs),
+          "--epochs-1", str(args.epochs), "--epochs-2", str(args.epochs), "--device", args.device]
          + (["--resume"] if (run_dir / "config.json").exists() else [])),
         (None, ["evaluate", "--gt", str(data / "gt"), "--map", str(out / "backprojection.mrc"), "--rows", "5"]),
         (None, ["evaluate", "--gt", str(data / "gt"), "--map", str(run_dir / "consensus" / "map.mrc"), "--rows", "5",
                 "--out", str(out / "consensus_scores.json")]),
+        (None, ["evaluate", "--gt", str(data / "gt"), "--run", str(run_dir), "--rows", "5",
+                "--out", str(out / "run_scores.json")]),
     ]
     for done_marker, argv in steps:
         if done_marker is not None and done_marker.exists():
@@ -55,5 +66,25 @@ def run(args: argparse.Namespace) -> int:
         code = main(argv)
         if code:
             raise InputError(out, f"demo step '{argv[0]}'", "success", f"exit code {code}")
-    print(f"\nDemo finished: data in {data}, maps in {out} and {run_dir / 'consensus'}.")
-    return 0
+    print(f"\nDemo finished: data in {data}, backprojection in {out}, the trained run in {run_dir}.")
+    return show(run_dir, out / "cryospire_demo.png", args.viewer)
+
+
+def show(run_dir: Path, png: Path, mode: str) -> int:
+    """Open the run in napari in a separate process (this package never imports napari)."""
+    if mode == "none":
+        return 0
+    if mode == "auto":
+        mode = "window" if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") else "screenshot"
+    cmd = [sys.executable, "-m", "cryospire_napari.open", str(run_dir)]
+    if mode == "screenshot":
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            xvfb = shutil.which("xvfb-run")
+            if xvfb is None:
+                print("no display and no xvfb-run: skipping the napari screenshot "
+                      f"(open the run later with: napari {run_dir})")
+                return 0
+            cmd = [xvfb, "-a", *cmd]
+        cmd += ["--screenshot", str(png)]
+    print(f"\n$ {shlex.join(cmd)}", flush=True)
+    return subprocess.run(cmd).returncode

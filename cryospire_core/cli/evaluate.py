@@ -5,6 +5,8 @@ Examples::
     cryospire evaluate --gt sim64/gt --map consensus.mrc          # homogeneous floor
     cryospire evaluate --gt sim64/gt --maps "maps/state_*.mrc"     # one map per state
     cryospire evaluate --gt sim64/gt --maps maps/ --out scores.json
+    cryospire evaluate --gt sim64/gt --run RUN                     # + part ARI and gate medians
+    cryospire evaluate --gt held/gt --run RUN --latents held.npy   # latents from `cryospire infer`
 
 Every state is scored by FSC inside the ground truth's evaluation mask (AUC, resolution at
 FSC 0.5 and 0.143); the ceiling (each ground-truth map against itself) is printed too.
@@ -13,6 +15,7 @@ FSC 0.5 and 0.143); the ceiling (each ground-truth map against itself) is printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 from pathlib import Path
 
@@ -32,7 +35,10 @@ from ..metrics import (
     read_grid_map,
     score_states,
 )
+from ..partscores import domain_presence, format_presence, load_beads, part_ari
+from ..parts import PartClustering
 from ..train import load_trained_model
+from .render import read_rows
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +50,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                                       "latent nearest each state's mean latent (needs gt/labels.npy)")
     which.add_argument("--maps", help="one map per state, in state order: a folder of .mrc files or a glob pattern "
                                       "(sorted naturally: state_2 before state_10)")
+    parser.add_argument("--latents", help="with --run: score these latents (.npy, rows matching gt/labels.npy, "
+                                          "e.g. from `cryospire infer`) instead of the run's own")
     parser.add_argument("--out", help="write the scores as JSON here")
     parser.add_argument("--rows", type=int, default=None, help="print at most this many state rows (default all)")
 
@@ -68,33 +76,59 @@ def score_per_state_maps(gt: GroundTruth, paths: list[Path]) -> ScoreTable:
     return score_states(pairs, gt.mask, "per-state maps", gt.apix)
 
 
-def score_run(gt: GroundTruth, run_dir: str) -> ScoreTable:
-    """CryoBench per-conformation scores of a trained run against ``gt``."""
+def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) -> tuple[ScoreTable, dict]:
+    """CryoBench per-conformation scores of a trained run against ``gt`` (at the run's latents,
+    or those in ``latents_path``), and its part scores when ``gt/beads.npz`` exists."""
     labels_path = gt.folder / "labels.npy"
-    if not labels_path.is_file():
+    if gt.labels is None:
         raise InputError(labels_path, "labels", "the state of every image (gt/labels.npy)", "no such file")
-    labels = np.load(labels_path)
     model = load_trained_model(run_dir)
-    latents = model.latents.numpy()
+    labels = gt.labels
+    if latents_path is None:
+        latents, source = model.latents.numpy(), "the run's particles"
+        selection = Path(run_dir) / "selection.npy"
+        if selection.is_file() and len(latents) != len(labels):  # stage 2 kept a subset
+            labels = labels[np.load(selection, allow_pickle=False)]
+    else:
+        latents, source = read_rows(latents_path, "--latents", float), latents_path
+        if latents.ndim != 2 or latents.shape[1] != model.cfg.zdim:
+            raise InputError(latents_path, "--latents", f"rows of {model.cfg.zdim} numbers (the run's latent size)",
+                             latents.shape)
     if len(labels) != len(latents):
-        raise InputError(labels_path, "labels", f"one per particle of the run ({len(latents)})", len(labels))
+        raise InputError(labels_path, "labels", f"one per latent of {source} ({len(latents)})", len(labels))
 
     def render(z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
 
-    return per_conformation(latents, labels, gt, render, gt.mask, gt.apix, title=f"per-conformation FSC: {run_dir}")
+    table = per_conformation(latents, labels, gt, render, gt.mask, gt.apix,
+                             title=f"per-conformation FSC: {run_dir} at {source}")
+    extra = {}
+    beads_path = gt.folder / "beads.npz"
+    clustering_path = Path(run_dir) / "parts" / "clustering.npz"
+    if beads_path.is_file() and clustering_path.is_file():
+        beads = load_beads(beads_path)
+        extra["part_ari"] = part_ari(PartClustering.from_npz(clustering_path), beads)
+        presence = domain_presence(model, latents, labels, beads)
+        extra["presence"] = [dataclasses.asdict(r) for r in presence]
+        print(f"parts: adjusted Rand index vs ground-truth domains {extra['part_ari']:.3f}")
+        if presence:
+            print(format_presence(presence))
+    return table, extra
 
 
 def run(args: argparse.Namespace) -> int:
     gt = load_ground_truth(args.gt)
     print(f"ground truth: {len(gt)} states, {gt.box} px at {gt.apix:.4g} Å/px, "
           f"{'mask ' + str(gt.folder / 'mask.mrc') if gt.mask is not None else 'no mask (unmasked FSC)'}")
+    if args.latents is not None and args.run is None:
+        raise InputError(args.latents, "--latents", "to be used with --run", "--map/--maps")
+    extra = {}
     if args.map is not None:
         table = homogeneous_floor(read_grid_map(args.map, gt.box, gt.apix).data, gt, gt.mask, gt.apix,
                                   title=f"homogeneous floor: {args.map} vs every state")
     elif args.run is not None:
-        table = score_run(gt, args.run)
+        table, extra = score_run(gt, args.run, args.latents)
     else:
         table = score_per_state_maps(gt, state_map_paths(args.maps))
     top = ceiling(gt, gt.mask, gt.apix)
@@ -103,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"ceiling (ground truth vs itself): AUC mean {s['mean_auc']:.4f} "
           f"(max possible {(gt.box // 2 - 1) / gt.box:.4f})")
     if args.out:
-        write_json(args.out, {"scores": table.to_dict(), "ceiling": top.to_dict()})
+        write_json(args.out, {"scores": table.to_dict(), "ceiling": top.to_dict(), **extra})
         print(f"wrote {args.out}")
     return 0

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
 
 COMMANDS: dict[str, str] = {
     "demo": "run the main job on built-in sample data (simulate, reconstruct, score)",
@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "consensus": "fit a homogeneous Gaussian-mixture map to the particles (stage 0)",
     "train": "consensus, part discovery, parts and the part-aware model into a run folder",
     "render": "write maps of a trained run at given latents or particles",
+    "infer": "latents for new particles under a trained run's frozen model",
     "analyze": "PCA, k-means states, traversals, plots, part label map and masks of a run",
 }
 
@@ -50,9 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except InputError as exc:
+    except (InputError, ResourceError) as exc:
         print(f"cryospire {name}: error: {exc}", file=sys.stderr)
         return 1
+    except (OSError, RuntimeError, MemoryError) as exc:
+        # A full disk or exhausted memory outside the atomic writers and the training loop (which
+        # raise ResourceError themselves) still ends in one line saying what to change.
+        if is_disk_full(exc):
+            print(f"cryospire {name}: error: {disk_full(getattr(exc, 'filename', None))}", file=sys.stderr)
+            return 1
+        if is_out_of_memory(exc):
+            device = getattr(args, "device", None) or "auto"
+            device = "the device" if device == "auto" else device
+            error = out_of_memory(device, getattr(args, "batch_size", None))
+            print(f"cryospire {name}: error: {error}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print(f"cryospire {name}: interrupted", file=sys.stderr)
         return 130

@@ -12,13 +12,17 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
 
 from ..device import add_device_arg, resolve_device
 from ..errors import InputError
 from ..load import add_particle_args, particles_from_args
 from ..progress import TerminalProgress
+from ..parts import PartClustering
 from ..runfolder import RunFolder
-from ..train import PROFILES, STAGES, TrainConfig, train
+from ..train import PART_SIGNALS, PROFILES, STAGES, TrainConfig, train
 
 
 def _count(text: str) -> str | int:
@@ -33,6 +37,10 @@ def _count(text: str) -> str | int:
     return k
 
 
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_particle_args(parser)
     parser.add_argument("--out", required=True, help="run folder (created if missing)")
@@ -41,6 +49,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", type=_count, default="auto", help="level-1 part count: auto (default) or K")
     parser.add_argument("--parts-level2", type=_count, default="auto",
                         help="spatial splits per level-1 part: auto (default) or K")
+    parser.add_argument("--parts-signal", choices=PART_SIGNALS, default="dynamics",
+                        help="what level 1 clusters: dynamics (each Gaussian's decoded motion and presence; "
+                             "default) or features (the learned features, as in the paper)")
+    parser.add_argument("--select", help="particles stage 2 keeps: 0-based indices (.npy/.txt) or a .star/.cs subset "
+                                         "of PARTICLES (drop junk after looking at stage 1; with --resume it applies "
+                                         "when stage 2 has not started)")
+    parser.add_argument("--no-anchors", action="store_true",
+                        help="stage 2 without per-part rigid motions (an ablation: Gaussians move only by residuals)")
     parser.add_argument("--stage", choices=STAGES, action="append",
                         help="run only this stage (repeatable); unfinished stages resume, `--stage parts` "
                              "re-clusters with the given --parts")
@@ -59,7 +75,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.for_profile(args.profile, seed=args.seed, parts_level1=args.parts,
-                                  parts_level2=args.parts_level2, checkpoint_minutes=args.checkpoint_minutes)
+                                  parts_level2=args.parts_level2, parts_signal=args.parts_signal,
+                                  select=_absolute(args.select), checkpoint_minutes=args.checkpoint_minutes)
     rep = dataclasses.replace
     if args.epochs_consensus is not None:
         cfg.consensus = rep(cfg.consensus, epochs=args.epochs_consensus)
@@ -71,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.discovery = rep(cfg.discovery, n_gaussians=args.gaussians_1)
     if args.gaussians_2 is not None:
         cfg.hierarchical = rep(cfg.hierarchical, n_gaussians=args.gaussians_2)
+    if args.no_anchors:
+        cfg.hierarchical = rep(cfg.hierarchical, anchors=False)
     if args.batch_size is not None:
         cfg.consensus = rep(cfg.consensus, batch_size=args.batch_size)
         cfg.discovery = rep(cfg.discovery, batch_size=args.batch_size)
@@ -88,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
         if "train" in saved:
             cfg = TrainConfig.from_dict(saved["train"])
             if args.stage and "parts" in args.stage:  # re-clustering with new counts is the point
-                cfg.parts_level1, cfg.parts_level2 = args.parts, args.parts_level2
+                cfg.parts_level1, cfg.parts_level2, cfg.parts_signal = args.parts, args.parts_level2, args.parts_signal
+            if args.select is not None:
+                if (run_dir.root / "hierarchical").exists():
+                    raise InputError(args.select, "--select", "a run whose stage 2 has not started",
+                                     "RUN/hierarchical exists (start a new run from a copy of its stage-1 folders)")
+                cfg.select = _absolute(args.select)
             if saved.get("n_particles") != len(ps):
                 raise InputError(args.particles, "particles", f"the {saved.get('n_particles')} particles the run was "
                                  "trained on", len(ps))
@@ -105,5 +129,18 @@ def run(args: argparse.Namespace) -> int:
             status = train(ps, run_dir, cfg, device, stages, progress=bar)
         finally:
             bar.close()
+    clustering = run_dir.root / "parts" / "clustering.npz"
+    if "parts" in stages and clustering.exists():
+        print(parts_summary(PartClustering.from_npz(clustering)))
     print(f"train {status} in {time.perf_counter() - t0:.0f} s; run folder {run_dir.root}")
     return 0
+
+
+def parts_summary(c: PartClustering) -> str:
+    """How the parts were chosen, and one line per part."""
+    lines = [f"parts: {c.n_parts} ({c.rule})"]
+    sizes = np.bincount(c.part_index, minlength=c.n_parts)
+    for k in range(c.n_parts):
+        lines.append(f"  part {k + 1:>2}: level-1 cluster {c.level1[k] + 1}, {sizes[k]:>5d} Gaussians, "
+                     f"Rg {c.part_rg[k]:5.1f} Å, presence {c.part_presence[k]:.2f}")
+    return "\n".join(lines)

@@ -1,12 +1,16 @@
 """Make the plugin screenshots from the sample data, as a person would see them in napari.
 
 Run from the repository under a display (``xvfb-run -a -s "-screen 0 1400x1000x24"
-.venv/bin/python docs/screenshots/make_screenshots.py``); the sample data are made on first
-use in the cache folder (``CRYOSPIRE_CACHE`` overrides it).
+.venv/bin/python docs/screenshots/make_screenshots.py [files|docks|all]``); the sample data
+are made on first use in the cache folder (``CRYOSPIRE_CACHE`` overrides it). ``docks`` trains
+a small run through the train dock (a few minutes on 2 CPU cores) for train_dock.png,
+review.png and parts_dock.png.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import napari
@@ -35,7 +39,74 @@ def viewer_with(path: Path, title: str) -> napari.Viewer:
     return viewer
 
 
-def main() -> None:
+def wait(app, until, timeout: float = 900.0) -> None:
+    """Run the event loop until ``until()`` is true."""
+    end = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > end:
+            raise TimeoutError("screenshot scenario did not reach its state")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def dock_screenshots() -> None:
+    """The train dock during stage 1, the review of the proposed parts, and the parts dock."""
+    import dataclasses
+    import tempfile
+
+    from cryospire_core.simulate import simulate, write_simulation
+    from cryospire_core.train import TrainConfig
+    from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME, PartsWidget
+    from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget
+
+    tmp = Path(tempfile.mkdtemp(prefix="cryospire_shots_"))
+    write_simulation(tmp / "data", simulate("hinge", 48, 3000, snr=1.0, seed=1))
+    cfg = TrainConfig.for_profile("cpu")
+    rep = dataclasses.replace
+    cfg.consensus = rep(cfg.consensus, epochs=2, map_fit_steps=100, n_gaussians=512)
+    cfg.discovery = rep(cfg.discovery, epochs=6, n_gaussians=512)
+    cfg.hierarchical = rep(cfg.hierarchical, epochs=2, n_gaussians=1024, hidden=64, depth=2)
+
+    viewer = napari.Viewer(title="cryospire: train dock")
+    viewer.window.resize(1400, 900)
+    app = napari.qt.get_qapp()
+    dock = TrainWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="cryospire: Train", area="right")
+    dock.config = cfg
+    dock.particles.edit.setText(str(tmp / "data" / "particles.star"))
+    dock.out.edit.setText(str(tmp / "run"))
+    dock.review.setChecked(True)
+    dock.start()
+    wait(app, lambda: "stage 1" in dock.stage_label.text() and dock.bar.value() > 0.6 * dock.bar.maximum()
+         and PREVIEW_NAME in viewer.layers)
+    set_chimerax_view(viewer)
+    viewer.layers[PREVIEW_NAME].rendering = "iso"
+    shoot(viewer, "train_dock.png")
+    wait(app, lambda: not dock.running and not dock.parts.busy and LABELS_NAME in viewer.layers)
+    viewer.layers[PREVIEW_NAME].visible = False
+    viewer.layers[POINTS_NAME].visible = False  # the part map (Labels) alone
+    viewer.layers.selection.active = viewer.layers[LABELS_NAME]
+    set_chimerax_view(viewer)
+    shoot(viewer, "review.png")
+    viewer.close()
+
+    viewer = napari.Viewer(title="cryospire: parts")
+    viewer.window.resize(1400, 900)
+    parts = PartsWidget(viewer)
+    viewer.window.add_dock_widget(parts, name="cryospire: Parts", area="right")
+    parts.load_run(tmp / "run")
+    wait(app, lambda: not parts.busy and parts.state is not None)
+    if parts.state.n_parts >= 2:
+        parts.split(0, 2)
+        wait(app, lambda: not parts.busy)
+    set_chimerax_view(viewer)
+    viewer.layers[LABELS_NAME].visible = False
+    parts.table.selectRow(0)
+    shoot(viewer, "parts_dock.png")
+    viewer.close()
+
+
+def file_screenshots() -> None:
     root = ensure_sample(DEFAULT_SPEC, with_run=True)
 
     viewer = viewer_with(root / "run", "cryospire: consensus run")
@@ -50,6 +121,14 @@ def main() -> None:
     viewer.dims.set_point(0, 7)
     shoot(viewer, "particles_star.png")
     viewer.close()
+
+
+def main() -> None:
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if which in ("files", "all"):
+        file_screenshots()
+    if which in ("docks", "all"):
+        dock_screenshots()
     print(f"screenshots in {OUT}")
 
 

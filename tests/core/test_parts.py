@@ -61,18 +61,57 @@ def test_featureless_gaussians_give_one_level1_cluster():
     assert "K1=1" in res.rule
 
 
+def _rigid_hinge(seed: int = 3, G: int = 300, N: int = 96, apix: float = 6.0):
+    """Two touching domains of Gaussians (Å): domain 1 swings about a pivot by a per-image angle,
+    domain 0 stays; a tenth of the Gaussians are light and their decoded shifts are pure noise
+    (as for junk Gaussians of a trained model). Returns centres, masses, shifts (N, G, 3) Å,
+    gates (N, G), truth (G,), light (G,) bool."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat([0, 1], G // 2)
+    centres = np.where(truth[:, None] == 0, [-30.0, 0, 0], [30.0, 0, 0]) + rng.normal(scale=7.0, size=(G, 3))
+    angles = np.deg2rad(rng.uniform(-40, 40, N))
+    rel = centres - [0.0, 0.0, 0.0]
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    moved = np.stack([cos * rel[:, 0] - sin * rel[:, 1], sin * rel[:, 0] + cos * rel[:, 1],
+                      np.broadcast_to(rel[:, 2], (N, G))], axis=2)
+    shifts = np.where(truth[None, :, None] == 1, moved - rel, 0.0) + rng.normal(scale=0.5, size=(N, G, 3))
+    light = rng.random(G) < 0.1
+    shifts[:, light] = rng.normal(scale=15.0, size=(N, light.sum(), 3))
+    masses = np.where(light, 0.02, 1.0)
+    gates = np.clip(rng.normal(0.95, 0.02, size=(N, G)), 0, 1)
+    return centres, masses, shifts, gates, truth, light
+
+
+def test_dynamics_find_a_rigidly_moving_domain_that_features_miss():
+    """Features carry almost nothing; the decoded motion separates the swinging domain, and the
+    neighbour averaging puts the light noisy Gaussians with their neighbourhood."""
+    c, m, shifts, gates, truth, light = _rigid_hinge()
+    feats = np.random.default_rng(0).normal(size=(len(c), F))
+    assert parts.discover_parts(feats, c, m, n_level2=None, seed=0).n_level1 == 1
+    dyn = parts.dynamics_signature(shifts, gates, c, m, apix=6.0)
+    assert dyn.shape == (len(c), parts.DYNAMICS_COMPONENTS)
+    res = parts.discover_parts(feats, c, m, dyn, gates.mean(0), n_level2=None, seed=0)
+    assert res.n_level1 == 2
+    assert parts.adjusted_rand(res.part_index, truth) > 0.95
+    assert parts.adjusted_rand(res.part_index[light], truth[light]) > 0.8
+    # Without the averaging the light Gaussians' noise dominates their rows.
+    raw = parts.dynamics_signature(shifts, gates, c, m, apix=6.0, neighbours=1)
+    assert parts.adjusted_rand(parts.discover_parts(feats, c, m, raw, n_level1=2, n_level2=None).part_index,
+                               truth) < parts.adjusted_rand(res.part_index, truth)
+
+
 def test_gates_separate_gaussians_that_appear_together():
-    """Features barely differ (too little for level 1 alone), but half the Gaussians are switched
-    off in half the images: with the gates, level 1 finds the two groups."""
+    """No motion at all, but half the Gaussians are switched off in half the images: the gates in
+    the dynamics find the two groups, and each part's presence is its mean gate."""
     rng = np.random.default_rng(3)
     G, N = 200, 64
     c = rng.normal(scale=10.0, size=(G, 3))
     gates = np.clip(rng.normal(0.95, 0.03, size=(N, G)), 0, 1)
     gates[: N // 2, G // 2:] = np.clip(rng.normal(0.05, 0.03, size=(N // 2, G // 2)), 0, 1)
     truth = np.repeat([0, 1], G // 2)
-    feats = rng.normal(size=(G, F)) + 0.5 * truth[:, None]
-    assert parts.discover_parts(feats, c, np.ones(G), n_level2=None, seed=0).n_level1 == 1
-    res = parts.discover_parts(feats, c, np.ones(G), gates=gates, n_level2=None, seed=0)
+    shifts = rng.normal(scale=0.3, size=(N, G, 3))
+    dyn = parts.dynamics_signature(shifts, gates, c, np.ones(G), apix=6.0, neighbours=1)
+    res = parts.discover_parts(rng.normal(size=(G, F)), c, np.ones(G), dyn, gates.mean(0), n_level2=None, seed=0)
     assert res.n_level1 == 2
     assert parts.adjusted_rand(res.part_index, truth) == 1.0
     pres = res.part_presence[res.part_index[[0, G - 1]]]
@@ -243,3 +282,15 @@ def test_gt_domains_and_part_discovery_on_a_phantom(tmp_path):
     assert parts.adjusted_rand(res.part_index, domains) == pytest.approx(1.0)
     with pytest.raises(Exception, match="beads"):
         parts.gt_domains_for_gaussians(centres, tmp_path / "missing.npz")
+
+
+def test_a_handful_of_odd_gaussians_is_not_a_part():
+    """Three Gaussians inside blob 0 with features unlike anything else: automatic level 1 puts
+    them with their spatial neighbours instead of making a three-Gaussian part."""
+    f, c, a, truth = _synthetic()
+    odd_f = np.full((3, F), 25.0)
+    odd_c = BLOBS[0] + np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    res = parts.discover_parts(np.r_[f, odd_f], np.r_[c, odd_c], np.r_[a, np.ones(3)], seed=1)
+    assert res.n_parts == 3
+    assert np.all(res.part_index[-3:] == res.part_index[0])
+    assert "join their spatial neighbours" in res.rule

@@ -1,7 +1,9 @@
 """safe_pickle: numpy pickles load, anything that could run code is refused before it runs."""
 
+import codecs
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +84,46 @@ def test_save_pickle_round_trip_and_leaves_no_temp_files(tmp_path):
     got = load_pickle(p)
     np.testing.assert_array_equal(got[0], obj[0])
     assert sorted(x.name for x in p.parent.iterdir()) == ["poses.pkl"]
+
+
+class _Reduces:
+    """Pickles as a call of ``fn(*args)`` with callables the loader allows by name."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+
+
+@pytest.mark.parametrize("payload, found", [
+    (_Reduces(_reconstruct, (np.ndarray, (10**12,), b"b")), "reconstruction"),  # 1 TB from nothing
+    (_Reduces(np.ndarray, ((10**12,),)), "takes no arguments"),
+    (_Reduces(codecs.encode, (b"x" * 100, "zlib")), "codec"),
+])
+def test_allowed_names_cannot_allocate_or_decode_beyond_the_file(tmp_path, payload, found):
+    p = tmp_path / "big.pkl"
+    p.write_bytes(pickle.dumps((np.zeros(2), payload), protocol=4))
+    with pytest.raises(InputError, match=found):
+        load_pickle(p)
+
+
+def test_shared_reference_bomb_is_refused_without_expanding_it(tmp_path):
+    row = [0.5] * 1000
+    bomb = [[row] * 1000] * 1000  # 10^9 floats once converted by np.asarray; ~12 kB pickled
+    p = tmp_path / "poses.pkl"
+    p.write_bytes(pickle.dumps(bomb, protocol=4))
+    assert p.stat().st_size < 20_000
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="share references"):
+        load_pickle(p)
+    assert time.perf_counter() - t0 < 2.0
+    honest = [list(np.arange(100.0))] * 2  # two references to one list: still within the file size
+    p.write_bytes(pickle.dumps(honest, protocol=4))
+    assert load_pickle(p) == honest

@@ -3,6 +3,8 @@ and a cancelled run resumes."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,29 @@ def test_cancelled_training_resumes_to_finish(homogeneous_32, tmp_path):
     assert not (tmp_path / "run" / "hierarchical" / "model.pt").exists()
     assert train(ps, run, cfg, torch.device("cpu")) == "finished"
     assert np.load(tmp_path / "run" / "latents.npy").shape == (len(ps), 4)
+
+
+def test_selection_between_the_stages_drops_particles_from_stage_2(trained, homogeneous_32, tmp_path):
+    run = tmp_path / "selected"
+    run.mkdir()
+    for rel in ("config.json", "consensus", "discovery", "parts"):
+        src = trained / rel
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, run / rel)
+    keep = np.arange(0, 2000, 3)
+    np.savetxt(tmp_path / "keep.txt", keep, fmt="%d")
+    star = str(homogeneous_32 / "particles.star")
+    assert main(["train", star, "--out", str(run), "--resume", "--select", str(tmp_path / "keep.txt"), *SMALL]) == 0
+    np.testing.assert_array_equal(np.load(run / "selection.npy"), keep)
+    latents = np.load(run / "latents.npy")
+    assert latents.shape == (len(keep), 4)
+    stage1 = np.load(trained / "discovery" / "outputs.npz")["latents"]
+    np.testing.assert_array_equal(np.load(run / "hierarchical" / "seed.npz")["latents"], stage1[keep])
+    assert RunFolder(run).read_config()["train"]["select"] == str((tmp_path / "keep.txt").resolve())
+    # Once stage 2 exists, a new selection is refused instead of mixing particle sets.
+    assert main(["train", star, "--out", str(run), "--resume", "--select", str(tmp_path / "keep.txt"), *SMALL]) == 1
+
+
+def test_evaluate_reports_part_scores_with_bead_ground_truth(trained, homogeneous_32, capsys):
+    assert main(["evaluate", "--gt", str(homogeneous_32 / "gt"), "--run", str(trained), "--rows", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "adjusted Rand index" in out

@@ -181,3 +181,16 @@ def test_viewer_opens_run_and_reports_broken_files(make_napari_viewer, tmp_path)
         viewer.open(bad, plugin=None)
     assert str(direct.value) in str(shown.value)
     assert len(viewer.layers) == 2
+
+
+def test_stack_slider_is_named_image(make_napari_viewer, tmp_path):
+    """The stack's first axis is labelled "image" (napari's default label "-3" beside the slider
+    read as a stack starting at image -3) and its slider runs over the image indices."""
+    images = np.random.default_rng(3).normal(size=(20, 8, 8)).astype(np.float32)
+    write_stack(tmp_path / "parts.mrcs", images, apix=2.0)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(tmp_path / "parts.mrcs", plugin=PLUGIN)
+    assert layer.axis_labels == ("image", "y", "x")
+    assert viewer.dims.axis_labels[0] == "image"
+    assert viewer.dims.range[0].start == 0 and viewer.dims.range[0].stop == 19
+    assert 0 <= viewer.dims.current_step[0] <= 19

@@ -57,12 +57,38 @@ def test_manifest_validates_with_imports():
 
 
 @pytest.mark.slow
-def test_default_samples_open_from_napari_menu_entries(make_napari_viewer, monkeypatch, tmp_path):
+def test_default_samples_open_from_napari_menu_entries(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     """The real sample data (64 px, 2,000 images) through the manifest's sample_data entries."""
     monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path))
     viewer = make_napari_viewer()
-    viewer.open_sample("cryospire-napari", "consensus")
-    assert [layer.name for layer in viewer.layers] == ["consensus map", "consensus gaussians", "ground truth vol_050"]
+    viewer.open_sample("cryospire-napari", "consensus")  # first use: made in a worker
+    qtbot.waitUntil(lambda: "consensus gaussians" in viewer.layers, timeout=900_000)
+    assert {layer.name for layer in viewer.layers} == {"consensus map", "consensus gaussians", "ground truth vol_050"}
     assert viewer.layers["consensus map"].data.shape == (64, 64, 64)
-    viewer.open_sample("cryospire-napari", "hinge")
+    viewer.open_sample("cryospire-napari", "hinge")  # made by then: at once
     assert viewer.layers["backprojection"].data.shape == (64, 64, 64)
+
+
+def test_first_use_from_the_menu_does_not_block_the_viewer(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """Through the manifest's entry, a sample not made yet returns its ground-truth map at once
+    (rendered from the phantom, equal to the simulation's) and the rest arrives from a worker."""
+    import time
+
+    from cryospire_core.mrc import read_map
+
+    monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path))
+    monkeypatch.setattr(_sample_data, "DEFAULT_SPEC", SMALL)
+    viewer = make_napari_viewer()
+    t0 = time.perf_counter()
+    viewer.open_sample("cryospire-napari", "consensus")
+    took = time.perf_counter() - t0
+    print(f"\nsample menu returned after {took:.2f} s")
+    assert [layer.name for layer in viewer.layers] == ["ground truth vol_050"]
+    qtbot.waitUntil(lambda: "consensus gaussians" in viewer.layers, timeout=120_000)
+    assert {"consensus map", "consensus gaussians", "ground truth vol_050"} == {layer.name for layer in viewer.layers}
+    written = read_map(tmp_path / SMALL.folder_name / "data" / "gt" / "vol_050.mrc").data
+    np.testing.assert_allclose(viewer.layers["ground truth vol_050"].data, written, rtol=1e-4, atol=1e-4 * written.max())
+    assert _sample_data.is_made(SMALL, with_run=True)
+    viewer.layers.clear()
+    viewer.open_sample("cryospire-napari", "consensus")  # made: served at once, all layers
+    assert len(viewer.layers) == 3

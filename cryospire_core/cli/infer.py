@@ -1,0 +1,78 @@
+"""``cryospire infer``: latents for particles the run has not seen, with the model frozen.
+
+Example::
+
+    cryospire infer RUN new/particles.star --out new_latents.npy
+    cryospire render RUN --z new_latents.npy --out maps/      # maps at those latents
+
+Writes OUT (N x zdim float32, rows in particle order) and OUT with ``.json`` (the options, the
+run and the particles). A killed inference continues from ``OUT.checkpoint.pt`` when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path, write_json
+from ..device import add_device_arg, resolve_device
+from ..errors import InputError
+from ..infer import InferConfig, infer_latents
+from ..load import add_particle_args, particles_from_args
+from ..progress import TerminalProgress
+from ..train import load_trained_model
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder trained by `cryospire train`")
+    add_particle_args(parser)
+    parser.add_argument("--out", required=True, help="output latents (.npy)")
+    defaults = InferConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help=f"refinement passes over the particles (default {defaults.epochs})")
+    parser.add_argument("--candidates", type=int, default=defaults.candidates,
+                        help=f"starting latents tried per particle (default {defaults.candidates})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"particles per step (default {defaults.batch_size})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arg(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise InputError(out, "--out", "a .npy file name", out.suffix or "no suffix")
+    for name in ("epochs", "candidates", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(None, f"--{name.replace('_', '-')}", "a whole number >= 1", getattr(args, name))
+    cfg = InferConfig(candidates=args.candidates, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    model = load_trained_model(args.run)
+    ps = particles_from_args(args)
+    if ps.box != model.box or not np.isclose(ps.apix, model.apix, rtol=1e-3):
+        raise InputError(args.particles, "box and pixel size",
+                         f"{model.box} px at {model.apix:.4g} Å like the run's particles", f"{ps.box} px at {ps.apix:.4g} Å")
+    device = resolve_device(args.device)
+    bar = TerminalProgress(disable=args.quiet)
+    t0 = time.perf_counter()
+    try:
+        latents, status = infer_latents(model.to(device), ps, cfg, out.with_name(out.name + ".checkpoint.pt"), device,
+                                        progress=bar)
+    finally:
+        bar.close()
+    if latents is None:
+        print(f"infer {status}; rerun the same command to continue")
+        return 1
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, latents.astype(np.float32))
+    write_json(out.with_suffix(".json"), {"run": str(Path(args.run).resolve()), "particles": str(args.particles),
+                                          "n_particles": len(ps), "infer": dataclasses.asdict(cfg),
+                                          "command": {"argv": sys.argv[1:], **vars(args)}})
+    out.with_name(out.name + ".checkpoint.pt").unlink(missing_ok=True)
+    print(f"infer finished in {time.perf_counter() - t0:.0f} s: {len(ps)} latents written to {out}")
+    return 0

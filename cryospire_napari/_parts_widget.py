@@ -1,0 +1,429 @@
+"""The parts dock: the discovered parts of a run as layers and a table, with re-clustering,
+merge, split and export of per-part soft masks.
+
+Shows RUN/parts/clustering.npz over the stage-1 Gaussians: a Labels layer ``parts`` (each voxel
+labelled 1 + the part with the most density there, :func:`cryospire_core.parts.part_label_volume`)
+and a Points layer ``part gaussians`` (centres coloured by part, diameter 2 x width). Colours
+come from one palette shared by the Labels colormap, the points and the table's swatches.
+
+Every edit (re-cluster with new counts, merge two parts, split one) recomputes the clustering
+and the label map in a background job and, while stage 2 has not been seeded from the
+clustering yet, writes it back atomically to RUN/parts/clustering.npz so that "Continue to
+stage 2" (train dock) or ``cryospire train --resume`` trains on the edited parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from napari.utils import notifications
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cryospire_core.errors import InputError
+from cryospire_core.parts import (
+    PartClustering,
+    merge_parts,
+    part_label_volume,
+    part_masks,
+    recluster,
+    split_part,
+    with_part_index,
+)
+
+from ._layers import volume_translate
+from ._workers import CloseWatcher, LatestJob, notify_error, warm_up
+
+LABELS_NAME = "parts"
+POINTS_NAME = "part gaussians"
+
+
+#: matplotlib's tab10 then the light shades of tab20 (not imported: matplotlib's import alone
+#: stalls the viewer ~0.2 s).
+PALETTE = ("1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "7f7f7f", "bcbd22", "17becf",
+           "aec7e8", "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "c7c7c7", "dbdb8d", "9edae5")
+
+
+def part_colours(n: int) -> np.ndarray:
+    """(n, 4) RGBA in [0, 1] from :data:`PALETTE`, cycling (distinct for n <= 20)."""
+    rgb = np.array([[int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)] for h in PALETTE])
+    return np.concatenate([rgb[np.arange(n) % len(rgb)], np.ones((n, 1))], axis=1)
+
+
+@dataclass
+class PartsState:
+    """The parts of one run as the dock shows them.
+
+    root: run folder; clustering: the current (possibly edited) clustering; widths: (G,) Å and
+    amplitudes: (G,) of the stage-1 Gaussians (their centres are ``clustering.inputs.centres``);
+    box, apix: the
+    map lattice; labels: (D, D, D) int32 part map (0 solvent, k + 1 part k); saved: whether
+    edits go back to RUN/parts/clustering.npz (False once stage 2 has been seeded from it).
+    """
+
+    root: Path
+    clustering: PartClustering
+    widths: np.ndarray
+    amplitudes: np.ndarray
+    box: int
+    apix: float
+    labels: np.ndarray
+    saved: bool
+
+    @property
+    def n_parts(self) -> int:
+        return self.clustering.n_parts
+
+    def counts(self) -> np.ndarray:
+        """(K,) Gaussians per part."""
+        return np.bincount(self.clustering.part_index, minlength=self.n_parts)
+
+
+def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(widths (G,) Å, amplitudes (G,)) of the trained stage-1 Gaussians (RUN/discovery/model.pt),
+    else of the stage-1 seed."""
+    from cryospire_core.engine import read_weights
+    from cryospire_core.runfolder import RunFolder
+    from cryospire_core.train import TrainConfig, discovery_model
+
+    run = RunFolder(root)
+    if (root / "discovery" / "model.pt").is_file():
+        saved = run.read_config()
+        model = discovery_model(run, TrainConfig.from_dict(saved["train"]).discovery, saved["n_particles"])
+        model.load_state_dict(read_weights(root / "discovery" / "model.pt", "model", "a stage-1 state dict"))
+        g = model.base.export()
+        return g["widths"], g["amplitudes"]
+    with np.load(root / "discovery" / "seed.npz") as seed:
+        return np.asarray(seed["widths"], np.float32), np.asarray(seed["amplitudes"], np.float32)
+
+
+def load_parts(root: str | Path) -> PartsState:
+    """Read the parts of a run folder (InputError when part discovery has not run yet)."""
+    from cryospire_core.runfolder import RunFolder
+
+    root = Path(root)
+    RunFolder(root).read_config()  # a run from a newer cryospire is refused here, clearly
+    clustering = PartClustering.from_npz(root / "parts" / "clustering.npz")
+    seed_path = root / "discovery" / "seed.npz"
+    if not seed_path.is_file():
+        raise InputError(seed_path, "stage-1 seed", "the stage-1 Gaussians of the run", "no such file")
+    with np.load(seed_path) as seed:
+        box, apix = int(seed["box"]), float(seed["apix"])
+    widths, amplitudes = _stage1_gaussians(root)
+    if len(widths) != len(clustering.part_index):
+        raise InputError(root / "parts" / "clustering.npz", "part_index",
+                         f"one part per stage-1 Gaussian ({len(widths)})", len(clustering.part_index))
+    saved = not (root / "hierarchical" / "seed.npz").exists()
+    state = PartsState(root, clustering, widths, amplitudes, box, apix, np.zeros((box,) * 3, np.int32), saved)
+    state.labels = label_volume(state, clustering)
+    return state
+
+
+def label_volume(state: PartsState, clustering: PartClustering) -> np.ndarray:
+    """(D, D, D) int32 part map of ``clustering`` on the state's lattice."""
+    return part_label_volume(clustering.inputs.centres, state.widths, state.amplitudes, clustering.part_index,
+                             state.box, state.apix)
+
+
+def edited(state: PartsState, clustering: PartClustering) -> PartsState:
+    """A new state for an edited clustering (label map recomputed; written back when allowed)."""
+    labels = label_volume(state, clustering)
+    if state.saved:
+        clustering.to_npz(state.root / "parts" / "clustering.npz")
+    return dataclasses.replace(state, clustering=clustering, labels=labels)
+
+
+class PartsWidget(QWidget):
+    """Dock: the parts of a run (see the module docstring)."""
+
+    COLUMNS = ("colour", "name", "Gaussians", "visible")
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state: PartsState | None = None
+        self.visible: np.ndarray = np.zeros(0, bool)
+        self._showing: PartsState | None = None
+        self.job = LatestJob("parts")
+        warm_up()
+
+        self.run_edit = QLineEdit()
+        self.run_edit.setPlaceholderText("run folder")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(self._browse_run)
+        load = QPushButton("Load")
+        load.clicked.connect(lambda: self.load_run(self.run_edit.text()))
+        run_row = QHBoxLayout()
+        for w in (self.run_edit, browse, load):
+            run_row.addWidget(w)
+
+        self.level1 = QSpinBox()
+        self.level1.setRange(0, 64)
+        self.level1.setSpecialValueText("auto")
+        self.level2 = QSpinBox()
+        self.level2.setRange(0, 16)
+        self.level2.setSpecialValueText("auto")
+        self.recluster_button = QPushButton("Re-cluster")
+        self.recluster_button.clicked.connect(lambda: self.recluster(self._count(self.level1), self._count(self.level2)))
+        counts = QFormLayout()
+        counts.addRow("level-1 clusters", self.level1)
+        counts.addRow("level-2 splits", self.level2)
+
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.itemChanged.connect(self._item_changed)
+
+        self.merge_button = QPushButton("Merge 2 selected")
+        self.merge_button.clicked.connect(self._merge_selected)
+        self.split_k = QSpinBox()
+        self.split_k.setRange(2, 8)
+        self.split_k.setMinimumWidth(60)
+        self.split_button = QPushButton("Split selected into")
+        self.split_button.clicked.connect(self._split_selected)
+        edit_row = QHBoxLayout()
+        for w in (self.merge_button, self.split_button, self.split_k):
+            edit_row.addWidget(w)
+        self.export_button = QPushButton("Export soft masks...")
+        self.export_button.clicked.connect(self._export_dialog)
+        self.status = QLabel("no run loaded")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(run_row)
+        layout.addLayout(counts)
+        layout.addWidget(self.recluster_button)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(edit_row)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.status)
+        self._enable()
+        self._close_watcher = CloseWatcher(self, self.shutdown)
+
+    def shutdown(self) -> None:
+        """Drop pending work (the viewer or the dock is closing)."""
+        self.job.cancel()
+        self._showing = None
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    # -- loading and editing (each runs in the background job) ----------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.job.busy or self._showing is not None
+
+    def load_run(self, root: str | Path) -> None:
+        """Show the parts of the run folder ``root`` (asynchronous; errors become notifications)."""
+        root = Path(root)
+        self.run_edit.setText(str(root))
+        self.status.setText(f"loading parts of {root.name}...")
+        self.job.submit(lambda: load_parts(root), self._show)
+
+    def recluster(self, n_level1: str | int = "auto", n_level2: str | int | None = "auto") -> None:
+        """Re-run both clustering levels on the saved inputs with new counts (no retraining)."""
+        state = self._require()
+        if state is None:
+            return
+        self.status.setText(f"re-clustering (level 1: {n_level1}, level 2: {n_level2})...")
+        self.job.submit(lambda: edited(state, recluster(state.clustering.inputs, n_level1, n_level2)), self._show)
+
+    def merge(self, a: int, b: int) -> None:
+        """Merge parts ``a`` and ``b`` (0-based; the lower number stays)."""
+        state = self._require()
+        if state is None:
+            return
+        a, b = sorted((int(a), int(b)))
+        self._edit(state, lambda c: merge_parts(c.part_index, a, b), f"merging parts {a + 1} and {b + 1}")
+
+    def split(self, k: int, n: int) -> None:
+        """Cut part ``k`` (0-based) into ``n`` spatial pieces."""
+        state = self._require()
+        if state is None:
+            return
+        self._edit(state, lambda c: split_part(c.part_index, c.inputs.centres, int(k), int(n), c.inputs.seed),
+                   f"splitting part {k + 1} into {n}")
+
+    def _edit(self, state: PartsState, new_index, what: str) -> None:
+        self.status.setText(what + "...")
+        self.job.submit(lambda: edited(state, with_part_index(state.clustering, new_index(state.clustering))), self._show)
+
+    def export_masks(self, folder: str | Path) -> list[Path]:
+        """Write one soft mask per part (``part_<k>_mask.mrc``, k from 1) into ``folder``."""
+        from cryospire_core.mrc import write_map
+
+        state = self._require()
+        if state is None:
+            return []
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        masks = part_masks(state.labels, state.apix, n_parts=state.n_parts)
+        paths = []
+        for k, mask in enumerate(masks):
+            paths.append(folder / f"part_{k + 1:02d}_mask.mrc")
+            write_map(paths[-1], mask, state.apix)
+        notifications.show_info(f"wrote {len(paths)} soft masks to {folder}")
+        return paths
+
+    # -- display ---------------------------------------------------------------------------------
+
+    def _show(self, state: PartsState) -> None:
+        """Put ``state`` into the layers and the table (GUI thread).
+
+        Creating a napari layer stalls the viewer for ~0.1-0.2 s, so a missing layer is created
+        alone and the rest continues in the next turn of the event loop (two short stalls
+        rather than one long one).
+        """
+        if LABELS_NAME not in self.viewer.layers or POINTS_NAME not in self.viewer.layers:
+            self._showing = state
+            self._create_layer(state)
+            QTimer.singleShot(0, self._continue_show)
+            return
+        self._showing = None
+        self.state = state
+        K = state.n_parts
+        self.visible = np.ones(K, bool)
+        colours = part_colours(K)
+        centres = state.clustering.inputs.centres[:, ::-1]  # (x, y, z) Å -> napari (z, y, x)
+        point_colours = colours[state.clustering.part_index]
+        sizes = 2.0 * state.widths
+        features = {"part": state.clustering.part_index + 1}
+        labels = self.viewer.layers[LABELS_NAME]
+        labels.data = state.labels
+        labels.scale = (state.apix,) * 3
+        labels.translate = volume_translate(state.labels.shape, state.apix)
+        labels.metadata["apix"] = state.apix
+        points = self.viewer.layers[POINTS_NAME]
+        points.data = centres
+        points.size = sizes
+        points.features = features
+        points.face_color = point_colours
+        self._apply_visibility()
+        self._fill_table(colours)
+        saved = "edits saved to the run" if state.saved else "edits not saved: stage 2 was already seeded from the run's parts"
+        self.status.setText(f"{K} parts; {saved}")
+        self.status.setToolTip(state.clustering.rule)
+        self._enable()
+
+    def _continue_show(self) -> None:
+        if self._showing is not None:  # None: the dock closed meanwhile
+            self._show(self._showing)
+
+    def _create_layer(self, state: PartsState) -> None:
+        """Add the first missing one of the two layers (filled in by :meth:`_show`)."""
+        if LABELS_NAME not in self.viewer.layers:
+            self.viewer.add_labels(state.labels, name=LABELS_NAME, scale=(state.apix,) * 3,
+                                   translate=volume_translate(state.labels.shape, state.apix), opacity=0.6,
+                                   blending="translucent_no_depth")
+        else:
+            self.viewer.add_points(state.clustering.inputs.centres[:, ::-1], size=2.0 * state.widths, border_width=0,
+                                   name=POINTS_NAME, opacity=0.9)
+
+    def _apply_visibility(self) -> None:
+        state = self.state
+        colours = part_colours(state.n_parts)
+        colours[~self.visible, 3] = 0.0
+        colour_dict = {None: np.zeros(4), 0: np.zeros(4)}
+        colour_dict.update({k + 1: colours[k] for k in range(state.n_parts)})
+        self.viewer.layers[LABELS_NAME].colormap = DirectLabelColormap(color_dict=colour_dict)
+        self.viewer.layers[POINTS_NAME].shown = self.visible[state.clustering.part_index]
+
+    def _fill_table(self, colours: np.ndarray) -> None:
+        counts = self.state.counts()
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(counts))
+        for k, n in enumerate(counts):
+            swatch = QTableWidgetItem()
+            # A decoration (not the background) so the colour stays visible when the row is selected.
+            swatch.setData(Qt.DecorationRole, QColor.fromRgbF(*colours[k]))
+            swatch.setFlags(Qt.ItemIsSelectable | Qt.ItemIsEnabled)
+            name = QTableWidgetItem(f"part {k + 1}")
+            name.setFlags(Qt.ItemIsSelectable | Qt.ItemIsEnabled)
+            count = QTableWidgetItem(str(int(n)))
+            count.setFlags(Qt.ItemIsSelectable | Qt.ItemIsEnabled)
+            visible = QTableWidgetItem()
+            visible.setFlags(Qt.ItemIsSelectable | Qt.ItemIsEnabled | Qt.ItemIsUserCheckable)
+            visible.setCheckState(Qt.Checked if self.visible[k] else Qt.Unchecked)
+            for col, item in enumerate((swatch, name, count, visible)):
+                self.table.setItem(k, col, item)
+        self.table.resizeColumnsToContents()
+        self.table.blockSignals(False)
+
+    def set_part_visible(self, k: int, visible: bool) -> None:
+        """Show or hide part ``k`` (0-based) in both layers (the table's checkbox does this)."""
+        self.table.item(k, 3).setCheckState(Qt.Checked if visible else Qt.Unchecked)
+
+    def _item_changed(self, item: QTableWidgetItem) -> None:
+        if item.column() == 3 and self.state is not None:
+            self.visible[item.row()] = item.checkState() == Qt.Checked
+            self._apply_visibility()
+
+    # -- small helpers ---------------------------------------------------------------------------
+
+    def _require(self) -> PartsState | None:
+        if self.state is None:
+            notifications.show_warning("load a run with discovered parts first")
+        return self.state
+
+    @staticmethod
+    def _count(spin: QSpinBox) -> str | int:
+        return "auto" if spin.value() == 0 else spin.value()
+
+    def selected_parts(self) -> list[int]:
+        return sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+
+    def _merge_selected(self) -> None:
+        rows = self.selected_parts()
+        if len(rows) != 2:
+            notifications.show_warning(f"select exactly 2 parts to merge ({len(rows)} selected)")
+            return
+        self.merge(*rows)
+
+    def _split_selected(self) -> None:
+        rows = self.selected_parts()
+        if len(rows) != 1:
+            notifications.show_warning(f"select exactly 1 part to split ({len(rows)} selected)")
+            return
+        self.split(rows[0], self.split_k.value())
+
+    def _browse_run(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Run folder")
+        if folder:
+            self.load_run(folder)
+
+    def _export_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the part masks")
+        if folder:
+            try:
+                self.export_masks(folder)
+            except (OSError, InputError) as exc:
+                notify_error(exc, "export masks")
+
+    def _enable(self) -> None:
+        has = self.state is not None
+        for w in (self.recluster_button, self.merge_button, self.split_button, self.export_button):
+            w.setEnabled(has)

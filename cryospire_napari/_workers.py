@@ -1,0 +1,312 @@
+"""Background work for the docks: the training job, coalesced short jobs, and error reporting.
+
+One long-lived worker trains (napari's thread pool has as many threads as cores, 2 here, so
+the docks never start a second long one); everything else (re-clustering, label maps, map
+previews) goes through :class:`LatestJob`, which keeps at most one job running and one pending
+and drops stale requests (latest wins). Layers are touched only in the callbacks, which napari
+runs on the GUI thread.
+
+The training thread never talks to Qt: progress events go into a :class:`TrainMonitor`
+(a locked list) that the dock drains on a timer, so a fast training loop cannot flood the
+event loop with signals.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import notifications
+from qtpy.QtCore import QEvent, QObject
+
+from cryospire_core.errors import InputError
+from cryospire_core.progress import ProgressEvent
+
+
+def error_message(exc: BaseException) -> str:
+    """The text a user sees for a failed job: an InputError's own sentence ("<file>: <field>:
+    expected ..., found ..."), else the exception type and message."""
+    return str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a job returns instead of raising: napari would otherwise report the exception a
+    second time (and re-raise it in the event loop when no error handler is connected)."""
+
+    exc: Exception
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning :class:`Failure` instead of raising an Exception."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # reported by the caller's GUI-thread callback
+            return Failure(exc)
+
+    return call
+
+
+def dispatch(on_done: Callable[[Any], None], on_error: Callable[[Exception], None]) -> Callable[[Any], None]:
+    """A ``returned`` slot sending a :class:`Failure` to on_error and anything else to on_done."""
+
+    def slot(result: Any) -> None:
+        if isinstance(result, Failure):
+            on_error(result.exc)
+        else:
+            on_done(result)
+
+    return slot
+
+
+def notify_error(exc: BaseException, what: str = "") -> None:
+    """Show a failed job as a napari error notification (the viewer stays usable)."""
+    prefix = f"{what}: " if what else ""
+    notifications.show_error(prefix + error_message(exc))
+
+
+def warm_up() -> None:
+    """Pay once, when a dock opens, the one-off costs that would otherwise freeze the viewer
+    while training runs: importing the training code (torch, scipy, scikit-learn: loading their
+    compiled libraries holds the GIL, so an import in the worker thread stalls the GUI thread
+    too), torch's first optimizer step (~0.7 s of lazy imports, which stalled the viewer right
+    after the backprojection), and the first Image, Labels and Points layer objects (lazy imports
+    and pint's unit registry, ~0.7 s). All are cached by Python afterwards.
+    """
+    import torch
+    from napari.layers import Image, Labels, Points
+
+    for module in ("cryospire_core.load", "cryospire_core.train"):
+        importlib.import_module(module)
+    p = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([p])
+    p.sum().backward()
+    optimizer.step()
+
+    Image(np.zeros((2, 2, 2), np.float32))
+    Labels(np.zeros((2, 2, 2), np.int32))
+    Points(np.zeros((1, 3)))
+
+
+def warm_up_viewer(viewer: Any) -> None:
+    """Add and remove a tiny Image, Labels and Points layer, so the first-time costs of their
+    controls and visuals (classes, shaders: ~0.1 s each here) are paid when the dock opens,
+    not when training adds the real layers."""
+    for layer in (viewer.add_image(np.zeros((2, 2, 2), np.float32)), viewer.add_labels(np.zeros((2, 2, 2), np.int32)),
+                  viewer.add_points(np.zeros((1, 3)))):
+        viewer.layers.remove(layer)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def default_torch_threads() -> int:
+    """Intra-op threads for the training thread: one core fewer than the machine has (at least
+    one), so the GUI thread keeps a core."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass
+class TrainRequest:
+    """What the train dock asks for.
+
+    particles: .star / .cs, or an image stack with ``poses`` and ``ctf`` (cryoDRGN pkls);
+    out: run folder; profile: ``cpu`` / ``paper``; device: ``auto`` / ``cpu`` / ``cuda``;
+    resume: continue the run in ``out`` (refused for a new start over an existing run, as the
+    command line does); config: a TrainConfig overriding the profile for a new run (tests inject
+    tiny ones); torch_threads: intra-op threads of the training thread (None: torch's default,
+    one per core), by default one core fewer than the machine has so the GUI thread keeps one
+    (benchmarks/gui_stall.py: on 2 cores, 1 thread trained no slower than 2 and stalled the
+    viewer no more).
+    """
+
+    particles: Path
+    out: Path
+    poses: Path | None = None
+    ctf: Path | None = None
+    profile: str = "cpu"
+    device: str = "auto"
+    resume: bool = False
+    config: Any = None
+    torch_threads: int | None = field(default_factory=default_torch_threads)
+
+
+@dataclass
+class TrainMonitor:
+    """Shared between the training thread (writes) and the GUI (reads, on a timer)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    _events: list[ProgressEvent] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def drain(self) -> list[ProgressEvent]:
+        """Events since the last call, oldest first."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+
+def run_training(request: TrainRequest, stages: tuple[str, ...], monitor: TrainMonitor) -> str:
+    """Train ``stages`` into ``request.out`` exactly as ``cryospire train`` does (same run
+    layout, config sections, lock and resume rules); returns ``finished`` or ``cancelled``.
+    Runs in the worker thread; stops at the next step once ``monitor.stop`` is set, leaving a
+    checkpoint that a later call with ``resume=True`` continues from."""
+    import torch
+
+    from cryospire_core.device import resolve_device
+    from cryospire_core.load import load_particles
+    from cryospire_core.runfolder import RunFolder
+    from cryospire_core.train import TrainConfig, train
+
+    try:
+        if request.torch_threads is not None:
+            torch.set_num_threads(request.torch_threads)
+        run = RunFolder(request.out)
+        saved = run.config_for("train", request.resume)
+        device = resolve_device(request.device)
+        with run:
+            ps = load_particles(request.particles, poses=request.poses, ctf=request.ctf)
+            if "train" in saved:
+                cfg = TrainConfig.from_dict(saved["train"])
+                if saved.get("n_particles") != len(ps):
+                    raise InputError(request.particles, "particles",
+                                     f"the {saved.get('n_particles')} particles the run was trained on", len(ps))
+            else:
+                cfg = request.config if request.config is not None else TrainConfig.for_profile(request.profile)
+            command = {"gui": "napari train dock", "particles": str(request.particles),
+                       "poses": request.poses and str(request.poses), "ctf": request.ctf and str(request.ctf),
+                       "profile": cfg.profile, "device": request.device}
+            run.update_config(train=cfg, n_particles=len(ps), train_command=command)
+            return train(ps, run, cfg, device, stages, progress=monitor, should_stop=monitor.should_stop)
+    finally:
+        monitor.done.set()
+
+
+class TrainJob:
+    """One training run in a napari thread worker.
+
+    on_done(status) and on_error(exc) run on the GUI thread (an exception in the thread reaches
+    on_error only, see :class:`Failure`). ``stop()`` asks the loop to
+    checkpoint and return at its next step; ``wait(timeout)`` blocks until the thread is out of
+    :func:`run_training` (the run's lock released).
+    """
+
+    def __init__(self, request: TrainRequest, stages: tuple[str, ...], on_done: Callable[[str], None],
+                 on_error: Callable[[BaseException], None]) -> None:
+        self.request, self.stages = request, stages
+        self.monitor = TrainMonitor()
+        self.worker = create_worker(guarded(run_training), request, stages, self.monitor, _start_thread=False,
+                                    _connect={"returned": dispatch(on_done, on_error)})
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.monitor.stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.monitor.done.wait(timeout)
+
+
+def disconnect_all(signal) -> None:
+    """Disconnect every slot of a Qt signal (none connected is fine)."""
+    try:
+        signal.disconnect()
+    except (TypeError, RuntimeError):
+        pass
+
+
+class CloseWatcher(QObject):
+    """Calls ``on_close()`` when ``widget`` or any widget holding it (its dock, the napari main
+    window) is about to close, or when the widget is taken out of its dock.
+
+    napari has no public "viewer closing" event, so this follows Qt: it filters the Close
+    events of the widget's ancestors, and follows re-parenting (a dock widget is built first,
+    then put in a dock, then the dock in the main window). Docks use it to stop their workers
+    before Qt deletes them.
+    """
+
+    def __init__(self, widget: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._widget = widget
+        self._on_close = on_close
+        self._docked = widget.parentWidget() is not None
+        self._watch_ancestors()
+
+    def _watch_ancestors(self) -> None:
+        # Installing twice is a no-op in Qt. No references are kept: holding the main window
+        # from a dock widget would keep napari's viewer alive after it closes.
+        w = self._widget
+        while w is not None:
+            w.installEventFilter(self)
+            w = w.parentWidget()
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        if event.type() == QEvent.ParentChange:
+            if obj is self._widget and self._widget.parentWidget() is None and self._docked:
+                self._on_close()  # napari's remove_dock_widget un-parents the widget
+            self._docked = self._widget.parentWidget() is not None
+            self._watch_ancestors()
+        elif event.type() == QEvent.Close:
+            self._on_close()
+        return False
+
+
+# -- short jobs -----------------------------------------------------------------------------------
+
+
+class LatestJob:
+    """Runs short jobs one at a time in a worker thread; a job submitted while one runs waits,
+    replacing any job already waiting (latest wins), so rapid clicks never queue up stale work.
+
+    ``submit(fn, on_done)``: fn() runs in the worker; on_done(result) on the GUI thread.
+    Errors become notifications prefixed with ``what``.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._pending: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+        self._worker = None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None or self._pending is not None
+
+    def cancel(self) -> None:
+        """Drop the waiting job and the running job's result (its widget is closing)."""
+        self._pending = None
+        if self._worker is not None:
+            disconnect_all(self._worker.returned)
+
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
+        self._pending = (fn, on_done)
+        if self._worker is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self._pending is None:
+            self._worker = None
+            return
+        fn, on_done = self._pending
+        self._pending = None
+        report = dispatch(on_done, lambda exc: notify_error(exc, self.what))
+        worker = create_worker(guarded(fn), _start_thread=False, _connect={"returned": report, "finished": self._next})
+        self._worker = worker
+        worker.start()

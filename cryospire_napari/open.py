@@ -1,0 +1,62 @@
+"""Open a run folder in napari with the cryospire docks: ``python -m cryospire_napari.open RUN``.
+
+The run's layers (maps, Gaussians, parts) are opened with the plugin's reader, the Parts dock
+shows the run's parts and the Train dock is docked beside it, and the camera takes ChimeraX's
+view. ``--screenshot PNG`` writes a screenshot of the whole window instead of staying open (for
+machines without a display: run it under ``xvfb-run -a``). ``cryospire demo`` calls this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def open_run(run: Path, screenshot: Path | None = None) -> int:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from ._layers import set_chimerax_view
+    from ._parts_widget import PartsWidget
+    from ._train_widget import TrainWidget
+
+    viewer = napari.Viewer(title=f"cryospire: {run.name}", show=True)
+    viewer.window.resize(1500, 950)
+    viewer.open(str(run), plugin="cryospire-napari")
+    parts = PartsWidget(viewer)
+    viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
+    viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
+    if (run / "parts" / "clustering.npz").is_file():
+        parts.load_run(run)
+    set_chimerax_view(viewer)
+    if screenshot is None:
+        napari.run()
+        return 0
+    app = QApplication.instance()
+    for _ in range(600):  # let the Parts dock's background load finish (at most ~60 s)
+        app.processEvents()
+        if not parts.busy:
+            break
+        parts.thread().msleep(100)
+    app.processEvents()
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(screenshot), canvas_only=False)
+    viewer.close()
+    print(f"wrote {screenshot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cryospire_napari.open", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder written by `cryospire train` (or the consensus)")
+    parser.add_argument("--screenshot", type=Path, help="write a PNG of the window and exit")
+    args = parser.parse_args(argv)
+    if not (args.run / "config.json").is_file():
+        print(f"{args.run}: run folder: expected a folder with config.json, found none", file=sys.stderr)
+        return 1
+    return open_run(args.run, args.screenshot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

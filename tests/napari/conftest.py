@@ -1,0 +1,45 @@
+"""Tiny data and configs for the dock tests: a 32 px hinge data set of 300 images and a
+TrainConfig with 1 epoch per stage and small Gaussian counts (each stage takes ~1 s here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from cryospire_core.load import load_particles
+from cryospire_core.runfolder import RunFolder
+from cryospire_core.simulate import simulate, write_simulation
+from cryospire_core.train import TrainConfig, train
+
+
+def tiny_config() -> TrainConfig:
+    """1 epoch per stage, 128 / 128 / 256 Gaussians, a small stage-2 MLP."""
+    cfg = TrainConfig.for_profile("cpu")
+    rep = dataclasses.replace
+    cfg.consensus = rep(cfg.consensus, epochs=1, map_fit_steps=20, n_gaussians=128)
+    cfg.discovery = rep(cfg.discovery, epochs=1, n_gaussians=128)
+    cfg.hierarchical = rep(cfg.hierarchical, epochs=1, n_gaussians=256, hidden=32, depth=1)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_star(tmp_path_factory) -> Path:
+    """particles.star of a simulated hinge: 32 px, 300 images, SNR 10."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    write_simulation(out, simulate("hinge", 32, 300, snr=10.0, seed=1))
+    return out / "particles.star"
+
+
+@pytest.fixture(scope="session")
+def parts_run(tiny_star, tmp_path_factory) -> Path:
+    """A run trained (by the core, no GUI) up to part discovery: RUN/parts/clustering.npz."""
+    torch.set_num_threads(1)
+    ps = load_particles(tiny_star)
+    cfg = tiny_config()
+    run = RunFolder(tmp_path_factory.mktemp("parts") / "run")
+    run.update_config(train=cfg, n_particles=len(ps))
+    assert train(ps, run, cfg, torch.device("cpu"), stages=("consensus", "discovery", "parts")) == "finished"
+    return run.root
