@@ -25,6 +25,17 @@ def tiny_config() -> TrainConfig:
     return cfg
 
 
+@pytest.fixture
+def notes():
+    """The napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
 @pytest.fixture(scope="session")
 def tiny_star(tmp_path_factory) -> Path:
     """particles.star of a simulated hinge: 32 px, 300 images, SNR 10."""

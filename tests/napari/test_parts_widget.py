@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
 from cryospire_core.mrc import read_map
@@ -20,14 +19,6 @@ from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME, PartsWidget
 def run(parts_run, tmp_path):
     """A private copy (the dock writes edits back into RUN/parts/clustering.npz)."""
     return shutil.copytree(parts_run, tmp_path / "run")
-
-
-@pytest.fixture
-def notes():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def loaded(make_napari_viewer, qtbot, run) -> PartsWidget:

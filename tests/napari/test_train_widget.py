@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
 from cryospire_core.parts import PartClustering
@@ -22,14 +21,6 @@ from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget
 from .conftest import tiny_config
 
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture
-def notes():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 @pytest.fixture
