@@ -135,15 +135,18 @@ def test_kill_minus_nine_then_resume_five_times(particles, tmp_path):
         shutil.copytree(consensus_done, dest)
         return dest
 
-    # Round 2: inside stage 1, a checkpoint every step; killed when a temporary file is seen.
-    run = fresh("run2")
-    proc = _start(particles, run, "--resume", "--checkpoint-minutes", "0")
-    seen = _wait(proc, lambda: any(p.parent.name == "discovery" for p in _temporaries(run))
-                 and (run / "discovery" / "seed.npz").exists())
-    killed = _kill(proc)
-    log.append(("stage 1 checkpoint write", "on a temporary file" if seen else "(process ended first)", killed,
-                bool(_temporaries(run))))
-    _resume_and_check(particles, run)
+    def kill_in_checkpoint_write(name: str, stage: str, label: str) -> None:
+        """A checkpoint every step; killed while a temporary file is in RUN/``stage``."""
+        run = fresh(name)
+        proc = _start(particles, run, "--resume", "--checkpoint-minutes", "0")
+        seen = _wait(proc, lambda: any(p.parent.name == stage for p in _temporaries(run)))
+        killed = _kill(proc)
+        log.append((label, "on a temporary file" if seen else "(process ended first)", killed,
+                    bool(_temporaries(run))))
+        _resume_and_check(particles, run)
+
+    # Round 2: inside stage 1, while a file (checkpoint or seed) is being written.
+    kill_in_checkpoint_write("run2", "discovery", "stage 1 atomic write")
 
     # Round 3: between the clustering and stage 2's first step (the stage-2 seed fit).
     run = fresh("run3")
@@ -156,14 +159,8 @@ def test_kill_minus_nine_then_resume_five_times(particles, tmp_path):
                 (run / "hierarchical" / "seed.npz").exists()))
     _resume_and_check(particles, run)
 
-    # Round 4: inside stage 2, a checkpoint every step; killed when a temporary file is seen.
-    run = fresh("run4")
-    proc = _start(particles, run, "--resume", "--checkpoint-minutes", "0")
-    seen = _wait(proc, lambda: any(p.parent.name == "hierarchical" for p in _temporaries(run)))
-    killed = _kill(proc)
-    log.append(("stage 2 checkpoint write", "on a temporary file" if seen else "(process ended first)", killed,
-                bool(_temporaries(run))))
-    _resume_and_check(particles, run)
+    # Round 4: inside stage 2, while a file (checkpoint or seed) is being written.
+    kill_in_checkpoint_write("run4", "hierarchical", "stage 2 atomic write")
 
     # Round 5: a uniform random moment of the remaining run (startup, stage 1, parts or stage 2).
     run = fresh("run5")
