@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 VARIANTS = {
     "baseline": ({}, []),
     "no-anchors": ({"hierarchical": {"anchors": False}}, []),
@@ -50,16 +52,11 @@ def score(run: Path, gt: Path) -> dict:
         cryospire("evaluate", "--gt", str(gt), "--run", str(run), "--rows", "0", "--out", str(out))
     data = json.loads(out.read_text())
     s = data["scores"]["summary"]
-    parts = json.loads((run / "config.json").read_text())
-    return {"mean": s["mean_auc"], "median": s["median_auc"], "ari": data.get("part_ari", float("nan")),
-            "parts": _n_parts(run), "anchors": parts["train"]["hierarchical"].get("anchors", True)}
-
-
-def _n_parts(run: Path) -> int:
-    import numpy as np
-
+    cfg = json.loads((run / "config.json").read_text())
     with np.load(run / "parts" / "clustering.npz") as z:
-        return int(z["level1"].shape[0])
+        n_parts = int(z["level1"].shape[0])
+    return {"mean": s["mean_auc"], "median": s["median_auc"], "ari": data.get("part_ari", float("nan")),
+            "parts": n_parts, "anchors": cfg["train"]["hierarchical"].get("anchors", True)}
 
 
 def make_variant(base: Path, out: Path, name: str, particles: str, epochs_2: int | None) -> float:

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 
 from . import parts
-from .atomic import atomic_path
+from .atomic import atomic_path, write_npy, write_npz
 from .errors import InputError
 
 #: A volume for one latent: z (zdim,) float32 -> (D, D, D) float32 on the data lattice.
@@ -280,17 +280,15 @@ def analyze(
 
     fit = pca(latents)
     scores = fit.transform(latents)
-    with atomic_path(out / "pca.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, mean=fit.mean, components=fit.components, explained_variance=fit.explained_variance,
-                 scores=scores.astype(np.float32))
+    write_npz(out / "pca.npz", mean=fit.mean, components=fit.components,
+              explained_variance=fit.explained_variance, scores=scores.astype(np.float32))
     result.add("pca", out / "pca.npz")
     say(f"PCA: explained variance ratio {np.round(fit.explained_variance_ratio, 3).tolist()}")
 
     labels, centres = kmeans_states(latents, k, seed)
     on_data = np.array([nearest_particles(latents, c, 1)[0] for c in centres], dtype=np.int64)
     km_path = out / f"kmeans_{k}.npz"
-    with atomic_path(km_path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, labels=labels, centres=centres, on_data_index=on_data, on_data_latents=latents[on_data])
+    write_npz(km_path, labels=labels, centres=centres, on_data_index=on_data, on_data_latents=latents[on_data])
     result.add("kmeans", km_path)
 
     plot_latent_pca(scores, labels, fit.transform(latents[on_data]), out / "latent_pca.png",
@@ -312,8 +310,7 @@ def analyze(
     for pc in range(1, min(n_pcs, latents.shape[1]) + 1):
         points = traversal(latents, pc, pc_steps, fit=fit).astype(np.float32)
         folder = out / f"pc{pc}"
-        with atomic_path(folder / "latents.npy") as tmp:
-            np.save(tmp, points)
+        write_npy(folder / "latents.npy", points)
         for s, z in enumerate(points):
             path = folder / f"vol_{s:03d}.mrc"
             mrc.write_map(path, _render(render_fn, z), apix)

@@ -12,6 +12,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from .errors import ResourceError, disk_full, is_disk_full
@@ -78,3 +80,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Atomically write ``arrays`` as an uncompressed ``.npz`` at exactly ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Atomically write ``array`` as ``.npy`` at exactly ``path`` (no pickled objects)."""
+    # np.save on a file object: given a name, it would append ".npy".
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)

@@ -16,7 +16,7 @@ import torch
 from skimage.filters import threshold_otsu
 from torch import nn
 
-from .atomic import atomic_path, write_json
+from .atomic import write_json, write_npz
 from .backproject import backproject
 from .engine import Batch, LoopConfig, run_loop
 from .errors import InputError
@@ -214,9 +214,7 @@ def fit_consensus(
     result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop)
     if result.status == "finished":
         export = model.export()
-        with atomic_path(out_dir / "gaussians.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **export)
+        write_npz(out_dir / "gaussians.npz", **export)
         with torch.no_grad():
             write_map(out_dir / "map.mrc", model.volume().cpu().numpy(), particles.apix)
         write_json(out_dir / "history.json", {"epoch_loss": result.history})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import write_npy
 from .errors import InputError
 from .geometry import matrix_to_rotvec, rotvec_to_matrix
 from .mrc import find_file, open_stacks, relative_paths
@@ -292,6 +292,4 @@ def write_cs(path: str | os.PathLike, ps: ParticleSet) -> None:
         rows = prov.rows
     else:
         rows = _rows_from_particles(ps, path.parent)
-    # np.save on a file object: given a name, it would append ".npy".
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, rows, allow_pickle=False)
+    write_npy(path, rows)

@@ -40,7 +40,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from .atomic import atomic_path
+from .atomic import write_npz
 from .errors import InputError
 
 #: Candidate level-1 cluster counts for the automatic choice.
@@ -145,8 +145,7 @@ class PartClustering:
         for key in ("dynamics", "presence"):
             if getattr(self.inputs, key) is not None:
                 arrays[key] = getattr(self.inputs, key)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        write_npz(path, **arrays)
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> PartClustering:

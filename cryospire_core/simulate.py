@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 
 from . import __version__
-from .atomic import atomic_path, write_json
+from .atomic import write_json, write_npy, write_npz
 from .ctf import compute_ctf, make_ctf_params
 from .errors import InputError
 from .fourier import freq_grid_2d, ifft2_centered, rfft_centered_crop, shift_phase
@@ -347,12 +347,10 @@ def write_simulation(
     dilate, edge = max(2.0, ph.box / 32), max(3.0, ph.box / 16)
     mrc.write_map(gt / "mask.mrc", evaluation_mask(union, threshold, dilate, edge), ph.apix)
     mrc.write_map(gt / "domains.mrc", domain_map(ph, 0, threshold, dev), ph.apix)
-    with atomic_path(gt / "labels.npy") as tmp:
-        np.save(tmp, result.labels.astype(np.int64))
-    with atomic_path(gt / "beads.npz") as tmp:
-        np.savez(tmp, domains=ph.domains, domain_names=np.asarray(ph.domain_names), sigmas=ph.sigmas,
-                 amplitudes=ph.amplitudes, centres=ph.centres, presence=ph.presence,
-                 populations=ph.populations, state_names=np.asarray(ph.state_names))
+    write_npy(gt / "labels.npy", result.labels.astype(np.int64))
+    write_npz(gt / "beads.npz", domains=ph.domains, domain_names=np.asarray(ph.domain_names), sigmas=ph.sigmas,
+              amplitudes=ph.amplitudes, centres=ph.centres, presence=ph.presence,
+              populations=ph.populations, state_names=np.asarray(ph.state_names))
 
     stack = out / "particles.mrcs"
     n, signal, noise_sq = len(result), 0.0, 0.0

@@ -9,7 +9,8 @@ rendering, analysis and inference on any machine.
 
 Run folder (beyond the consensus files, see :mod:`runfolder`)::
 
-    RUN/discovery/seed.npz, model.pt, latents.npy, gates_sample.npy, map.mrc, checkpoint.pt
+    RUN/discovery/seed.npz, model.pt, outputs.npz (latents, features, gates of a sample), map.mrc,
+                   checkpoint.pt
     RUN/parts/clustering.npz
     RUN/hierarchical/seed.npz, model.pt, checkpoint.pt
     RUN/latents.npy          (N, zdim) float32, rows in input particle order (the last stage's)
@@ -27,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import write_npy, write_npz
 from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map, seed_map
 from .discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
-from .engine import LoopConfig, read_weights, run_loop
+from .engine import LoopConfig, read_weights, run_loop, save_checkpoint
 from .errors import InputError
 from .hierarchical import HierarchicalConfig, PartAwareModel
 from .mrc import read_map, write_map
@@ -87,15 +88,8 @@ class TrainConfig:
         return cls(**d)
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _save_state(path: Path, model: torch.nn.Module) -> None:
-    # Through a Python file object so a full disk surfaces as ENOSPC (see engine.save_checkpoint).
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(model.state_dict(), f)
+    save_checkpoint(path, model.state_dict())
 
 
 def _read_state(path: Path) -> dict:
@@ -118,7 +112,7 @@ def discovery_model(run: RunFolder, cfg: DiscoveryConfig, n_particles: int) -> P
         gaussians = dict(np.load(run.root / "consensus" / "gaussians.npz"))
         model = PartDiscoveryModel.from_consensus(gaussians, n_particles, cfg)
         g = model.base.export()
-        _save_npz(seed_path, {**g, "amplitudes": g["amplitudes"] * _gate0(cfg.gate_bias)})
+        write_npz(seed_path, **{**g, "amplitudes": g["amplitudes"] * _gate0(cfg.gate_bias)})
     g = dict(np.load(seed_path))
     return PartDiscoveryModel(g["centres"], g["widths"], g["amplitudes"], n_particles, int(g["box"]), float(g["apix"]), cfg)
 
@@ -185,8 +179,8 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
         # the consensus is smeared by motion.
         rep = int(np.argmin(np.linalg.norm(latents - latents.mean(0), axis=1)))
         write_map(out / "map.mrc", model.volume(torch.as_tensor(latents[rep], device=device)).cpu().numpy(), ps.apix)
-    _save_npz(out / "outputs.npz", {"latents": latents, "gate_sample_index": sample, "gates_sample": gates,
-                                    "features": model.features().detach().cpu().numpy()})
+    write_npz(out / "outputs.npz", latents=latents, gate_sample_index=sample, gates_sample=gates,
+              features=model.features().detach().cpu().numpy())
     _save_state(out / "model.pt", model)
     return "finished"
 
@@ -200,8 +194,8 @@ def _stage_parts(ps, run, cfg, device, progress, should_stop) -> str:
     with torch.no_grad():
         centres = model.base.centres.numpy()
         masses = (model.base.amplitudes * model.widths**3).abs().numpy()
-        z = torch.as_tensor(outputs["latents"][outputs["gate_sample_index"]])
-        shifts, gates = model.shifts(z).numpy(), model.gates(z).numpy()
+        shifts = model.shifts(torch.as_tensor(outputs["latents"][outputs["gate_sample_index"]])).numpy()
+    gates = outputs["gates_sample"]  # the same model at the same latents, computed after stage 1
     dynamics = dynamics_signature(shifts, gates, centres, masses, ps.apix) if cfg.parts_signal == "dynamics" else None
     clustering = discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
                                 cfg.parts_level2, seed=cfg.seed)
@@ -241,8 +235,7 @@ def stage2_selection(run: RunFolder, cfg: TrainConfig, ps: ParticleSet) -> np.nd
     if cfg.select is None:
         return None
     keep = read_selection(cfg.select, ps)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, keep)
+    write_npy(path, keep)
     return keep
 
 
@@ -263,10 +256,9 @@ def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device
     latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
     if keep is not None:
         latents = latents[keep]
-    _save_npz(run.stage_dir("hierarchical") / "seed.npz",
-              {**g, "amplitudes": g["amplitudes"] * _gate0(hcfg.gate_bias), "part_index": part_index,
-               "anchor_centres": clustering.anchor_centres, "anchor_features": clustering.anchor_features,
-               "latents": latents})
+    write_npz(run.stage_dir("hierarchical") / "seed.npz",
+              **{**g, "amplitudes": g["amplitudes"] * _gate0(hcfg.gate_bias)}, part_index=part_index,
+              anchor_centres=clustering.anchor_centres, anchor_features=clustering.anchor_features, latents=latents)
 
 
 _RUNNERS: dict[str, Callable] = {
@@ -305,5 +297,4 @@ def _publish_latents(run: RunFolder) -> None:
         latents = np.load(run.root / "discovery" / "outputs.npz")["latents"]
     else:
         return
-    with atomic_path(run.root / "latents.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, latents.astype(np.float32))
+    write_npy(run.root / "latents.npy", latents.astype(np.float32))

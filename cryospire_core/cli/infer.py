@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_json, write_npy
 from ..device import add_device_arg, resolve_device
 from ..errors import InputError
 from ..infer import InferConfig, infer_latents
@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if latents is None:
         print(f"infer {status}; rerun the same command to continue")
         return 1
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.save(f, latents.astype(np.float32))
+    write_npy(out, latents.astype(np.float32))
     write_json(out.with_suffix(".json"), {"run": str(Path(args.run).resolve()), "particles": str(args.particles),
                                           "n_particles": len(ps), "infer": dataclasses.asdict(cfg),
                                           "command": {"argv": sys.argv[1:], **vars(args)}})

@@ -15,6 +15,8 @@ from cryospire_core.engine import Batch, LoopConfig, run_loop
 from cryospire_core.geometry import random_rotations
 from cryospire_core.render import project, rasterize
 
+from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
+
 BOX, APIX = 32, 12.0
 
 
@@ -102,12 +104,7 @@ def test_gradients_reach_latents_features_and_mlps(form):
     assert set(metrics) == {"data", "prior"}
     moved = np.flatnonzero(np.abs(model.latents.numpy() - before).max(1) > 0)
     assert moved.tolist() == list(range(10, 18))
-    opt.zero_grad(set_to_none=True)
-    model.loss(batch)[0].backward()
-    assert model.latents.weight.grad is not None
-    for name, p in model.named_parameters():
-        if name != "latents.embedding.weight":
-            assert p.grad is not None and p.grad.abs().max() > 0, name
+    assert_every_parameter_gets_gradient(model, opt, batch)
 
 
 def test_latents_of_two_hinge_states_separate(hinge_two_states, tmp_path):
@@ -137,8 +134,4 @@ def _train(seed, ps, epochs, ckpt):
 def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path):
     ps, _, seed = hinge_two_states
     ps = ps.subset(np.arange(128))
-    straight = _train(seed, ps, 2, tmp_path / "a.pt")
-    _train(seed, ps, 1, tmp_path / "b.pt")
-    resumed = _train(seed, ps, 2, tmp_path / "b.pt")
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_resume_is_exact(lambda epochs, ckpt: _train(seed, ps, epochs, ckpt), tmp_path)

@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 from cryospire_core.engine import LoopConfig, run_loop
 from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel, rotvec_to_rotation
 
+from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
 from .test_discovery import random_batch, seed_images, tiny_mixture
 
 K = 3
@@ -97,12 +98,7 @@ def test_gradients_reach_latents_features_and_mlps(form):
     assert set(metrics) == {"data", "prior", "offset"}
     assert np.flatnonzero(np.abs(model.latents.numpy() - before).max(1) > 0).tolist() == list(range(20, 28))
     assert model.feature_offset.abs().max() > 0
-    opt.zero_grad(set_to_none=True)
-    model.loss(batch)[0].backward()
-    assert model.latents.weight.grad is not None
-    for name, p in model.named_parameters():
-        if name != "latents.embedding.weight":
-            assert p.grad is not None and p.grad.abs().max() > 0, name
+    assert_every_parameter_gets_gradient(model, opt, batch)
 
 
 def test_bad_part_index_is_refused():
@@ -122,8 +118,4 @@ def _train(g, ps, epochs, ckpt):
 def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path):
     ps, _, seed = hinge_two_states
     ps = ps.subset(np.arange(128))
-    straight = _train(seed, ps, 2, tmp_path / "a.pt")
-    _train(seed, ps, 1, tmp_path / "b.pt")
-    resumed = _train(seed, ps, 2, tmp_path / "b.pt")
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_resume_is_exact(lambda epochs, ckpt: _train(seed, ps, epochs, ckpt), tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 from skimage.io import imread
 
 from cryospire_napari.open import main
