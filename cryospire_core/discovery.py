@@ -235,10 +235,22 @@ class PartDiscoveryModel(nn.Module):
         """(G,) Å, shared by every image."""
         return self.base.widths
 
-    def volume(self, z: torch.Tensor) -> torch.Tensor:
-        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D)."""
+    def volume(self, z: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D);
+        ``gates`` (G,) replace the decoded presence when given."""
         centres, amps = self.decode(z.reshape(1, -1))
+        if gates is not None:
+            amps = gates[None] * self.base.amplitudes
         return rasterize(centres[0], self.widths, amps[0], self.box, self.apix)
+
+    def improved_map(self, latents: torch.Tensor, gates_sample: torch.Tensor) -> torch.Tensor:
+        """The map that seeds stage 2, (D, D, D): one sharp conformation (the particle nearest
+        the mean of ``latents`` (N, zdim), where the consensus is smeared by motion) with every
+        Gaussian at its present-state gate, the 95th percentile of ``gates_sample`` (n, G). A
+        conformation that lacks an optional part would otherwise seed stage 2 with few Gaussians
+        on it, and those few learn to stay on."""
+        rep = int(torch.argmin(torch.linalg.norm(latents - latents.mean(0), dim=1)))
+        return self.volume(latents[rep], torch.quantile(gates_sample, 0.95, dim=0))
 
     def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted images (B, D, D) of a batch (its poses, shifts and CTFs) at latents z

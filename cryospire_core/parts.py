@@ -62,8 +62,11 @@ SILHOUETTE_SAMPLE = 2048
 DYNAMICS_NEIGHBOURS = 16
 #: Principal components of the dynamics signature that level 1 clusters.
 DYNAMICS_COMPONENTS = 8
-#: A gate change of 1 (present to absent) weighs like a displacement of this many pixels.
-GATE_PX = 3.0
+#: A gate change of 1 (present to absent) weighs like a displacement of this many pixels. Chosen
+#: on the stage-1 models of the hinge, assembly and mixed presets: the part ARI is flat for
+#: 5-30 px and drops on mixed at 3 px (0.75), where a half-present cap's on/off signal is
+#: outweighed by its neighbours' motion.
+GATE_PX = 10.0
 
 
 @dataclass

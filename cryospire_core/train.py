@@ -174,11 +174,10 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
     sample = np.sort(rng.choice(len(ps), size=min(cfg.gate_sample, len(ps)), replace=False))
     with torch.no_grad():
         z = torch.as_tensor(latents[sample], device=device)
-        gates = model.gates(z).cpu().numpy()
-        # The improved map: one sharp conformation (the particle nearest the mean latent), where
-        # the consensus is smeared by motion.
-        rep = int(np.argmin(np.linalg.norm(latents - latents.mean(0), axis=1)))
-        write_map(out / "map.mrc", model.volume(torch.as_tensor(latents[rep], device=device)).cpu().numpy(), ps.apix)
+        gates = model.gates(z)
+        improved = model.improved_map(torch.as_tensor(latents, device=device), gates)
+        gates = gates.cpu().numpy()
+    write_map(out / "map.mrc", improved.cpu().numpy(), ps.apix)
     write_npz(out / "outputs.npz", latents=latents, gate_sample_index=sample, gates_sample=gates,
               features=model.features().detach().cpu().numpy())
     _save_state(out / "model.pt", model)
