@@ -135,3 +135,20 @@ def test_checkpoint_resume_gives_identical_parameters(hinge_two_states, tmp_path
     ps, _, seed = hinge_two_states
     ps = ps.subset(np.arange(128))
     assert_resume_is_exact(lambda epochs, ckpt: _train(seed, ps, epochs, ckpt), tmp_path)
+
+
+def test_improved_map_seeds_parts_the_representative_conformation_lacks():
+    g = tiny_mixture()
+    model = PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100))
+    with torch.no_grad():
+        model.gate_mlp.head.bias.fill_(-30.0)  # every Gaussian decodes as absent at every latent
+    latents = torch.randn(20, 4)
+    gates_sample = torch.ones(100, 60)
+    gates_sample[10:, :10] = 0.0  # Gaussians 0-9 are present in only 10% of the sampled images
+    with torch.no_grad():
+        assert model.volume(latents[0]).abs().max() < 1e-6
+        got = model.improved_map(latents, gates_sample)
+        # Fully present: the seed amplitudes over the initial gate.
+        want = rasterize(torch.as_tensor(g["centres"]), torch.as_tensor(g["widths"]),
+                         torch.as_tensor(g["amplitudes"]) / torch.sigmoid(torch.tensor(3.0)), BOX, APIX)
+    torch.testing.assert_close(got, want, atol=1e-4 * float(want.abs().max()), rtol=0)
