@@ -16,7 +16,7 @@ memory before the first step, and the same at batch 8, giving a per-image slope 
 the ``--batch-size`` guidance in the README); on CUDA, ``torch.cuda.max_memory_allocated``.
 "ref" is the issue's dense PyTorch reference on this machine at 64 px, batch 64: 33 images/s
 at the stage-1 size, 3 images/s at the paper's stage-2 size (only comparable on the CPU at 64 px).
-Writes the table to benchmarks/results/speed_<device>.txt.
+Writes the table to benchmarks/results/speed_<device>[_<precision>].txt.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def main() -> None:
                 f"linear fit through batch 8 and the batch shown\n" + table(rows, head))
         print("\n" + text)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"speed_{device}.txt").write_text(f"$ python benchmarks/speed.py {' '.join(sys.argv[1:])}\n{text}\n")
+        suffix = "" if args.precision == "auto" else f"_{args.precision}"
+        (RESULTS / f"speed_{device}{suffix}.txt").write_text(f"$ python benchmarks/speed.py {' '.join(sys.argv[1:])}\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a data-parallel run: rank in [0, world_size), local_rank on its
-    node (the GPU it uses). The default is the single-process run (every method is then a no-op)."""
+    node (the GPU it uses). The default is the single-process run."""
 
     rank: int = 0
     world_size: int = 1
@@ -80,7 +80,8 @@ class Distributed:
             for t in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(t.data, src=0)
 
-    def all_reduce_step(self, model: torch.nn.Module, loss: torch.Tensor, flags: tuple[bool, ...] = ()) -> tuple[float, tuple[bool, ...]]:
+    def all_reduce_step(self, model: torch.nn.Module, loss: torch.Tensor,
+                        flags: tuple[bool, ...] = ()) -> tuple[float, tuple[bool, ...]]:
         """Sum the dense gradients of ``model`` and ``loss`` (this rank's weighted loss, a 0-d
         tensor) over the ranks in one all-reduce; OR each flag (e.g. stop, save) over the ranks.
 

@@ -171,7 +171,8 @@ def _stage_consensus(ps, run, cfg, device, progress, should_stop, dist) -> str:
     out = run.stage_dir("consensus")
     if (out / "gaussians.npz").exists():
         return "finished"
-    _on_main(dist, lambda: seed_map(ps, out, device, progress))  # computed once, cached
+    if dist.active:  # rank 0 computes and caches the map; the others read it
+        _on_main(dist, lambda: seed_map(ps, out, device, progress))
     init_map = seed_map(ps, out, device, progress)
     loop = cfg.loop(cfg.consensus, device)
     return fit_consensus(ps, init_map, out, cfg.consensus, device, progress, should_stop, cfg.checkpoint_minutes,
@@ -187,7 +188,8 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop, dist) -> str:
         dcfg = dataclasses.replace(dcfg, image_var=image_variance(ps, seed=dcfg.seed))
         cfg.discovery = dcfg
         _on_main(dist, lambda: run.update_config(train=cfg))
-    _on_main(dist, lambda: discovery_model(run, dcfg, len(ps)))  # writes the seed on first use
+    if dist.active and not (out / "seed.npz").exists():  # rank 0 writes the seed, the others read it
+        _on_main(dist, lambda: discovery_model(run, dcfg, len(ps)))
     model = discovery_model(run, dcfg, len(ps)).to(device)
     res = run_loop(model, model.make_optimizer(), ps, cfg.loop(dcfg, device), out / "checkpoint.pt",
                    "stage 1: part discovery", device, progress, should_stop, dist=dist)
