@@ -18,6 +18,7 @@ from torch import nn
 
 from .atomic import write_json, write_npz
 from .backproject import backproject
+from .distributed import Distributed
 from .engine import Batch, LoopConfig, run_loop
 from .errors import InputError
 from .mrc import read_map, write_map
@@ -192,13 +193,16 @@ def fit_consensus(
     progress: ProgressCallback | None = None,
     should_stop=None,
     checkpoint_minutes: float = 5.0,
+    precision: str = "fp32",
+    dist: Distributed = Distributed(),
 ) -> ConsensusResult:
     """Fit the consensus mixture; writes ``checkpoint.pt`` while it runs and, when finished,
     ``gaussians.npz``, ``map.mrc`` and ``history.json`` into ``out_dir``.
 
     particles: ParticleSet; init_map: (D, D, D) map on the data lattice to seed from (see
     :func:`seed_map`); cfg's epochs, batch_size and seed drive the loop. A checkpoint already in ``out_dir`` is resumed from (the seeding
-    and 3D pre-fit are skipped: the checkpoint holds their result).
+    and 3D pre-fit are skipped: the checkpoint holds their result). precision: a resolved
+    :mod:`precision` name; dist: in a data-parallel run every rank calls this, rank 0 writes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,9 +214,9 @@ def fit_consensus(
     if not checkpoint.exists() and cfg.map_fit_steps > 0:
         fit_to_map(model, torch.as_tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
     optimizer = make_optimizer(model, cfg.lr)
-    loop = LoopConfig.for_stage(cfg, checkpoint_minutes)
-    result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop)
-    if result.status == "finished":
+    loop = LoopConfig.for_stage(cfg, checkpoint_minutes, precision)
+    result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop, dist=dist)
+    if result.status == "finished" and dist.is_main:
         export = model.export()
         write_npz(out_dir / "gaussians.npz", **export)
         with torch.no_grad():

@@ -34,6 +34,7 @@ from .consensus import GaussianMixture
 from .engine import Batch
 from .latents import LatentTable, MultiOptimizer, make_optimizer
 from .particles import ParticleSet
+from .precision import to_float32
 from .render import project, rasterize
 
 MLP_FORMS = ("dense", "lowrank")
@@ -132,6 +133,7 @@ class PairMLP(nn.Module):
             nn.init.zeros_(self.u_head.bias)
 
     def forward(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """(B, G, out) float32 (the layers themselves run in the autocast dtype when one is active)."""
         zh = self.z_in(z)  # (B, H) once per image
         fh = self.f_in(f)  # (G, H) once per item, shared by the batch
         if self.form == "dense":
@@ -139,11 +141,13 @@ class PairMLP(nn.Module):
             # threshold (32 MiB), so they come from the reused heap instead of fresh pages
             # (measured ~3x faster at 4,096-8,192 Gaussians, batch 64, width 32).
             step = max(1, PAIR_CHUNK_ELEMENTS // (zh.shape[0] * zh.shape[1]))
-            return torch.cat([self.head(self.trunk(torch.relu(zh[:, None, :] + fh[None, i : i + step, :])))
-                              for i in range(0, fh.shape[0], step)], 1)
-        u = self.u_head(self.trunk(torch.relu(zh))).view(-1, self.rank, self.out)  # (B, r, out)
-        v = self.v_head(self.f_trunk(torch.relu(fh)))  # (G, r)
-        return torch.einsum("gr,bro->bgo", v, u) + self.bias
+            out = torch.cat([self.head(self.trunk(torch.relu(zh[:, None, :] + fh[None, i : i + step, :])))
+                             for i in range(0, fh.shape[0], step)], 1)
+        else:
+            u = self.u_head(self.trunk(torch.relu(zh))).view(-1, self.rank, self.out)  # (B, r, out)
+            v = self.v_head(self.f_trunk(torch.relu(fh)))  # (G, r)
+            out = torch.einsum("gr,bro->bgo", v, u) + self.bias
+        return to_float32(out)  # under autocast the MLP runs in bf16/fp16; what follows in float32
 
 
 def coarsen(centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n: int, seed: int = 0):

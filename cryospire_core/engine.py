@@ -1,9 +1,11 @@
 """The training loop every stage shares.
 
 It owns what is the same for the consensus and the heterogeneous models: batches read ahead
-from memory-mapped stacks, seeded shuffling, the device, progress events, cancellation between
-steps, atomic checkpoints (every epoch and every few minutes) and resuming a killed run from
-its last checkpoint at the exact step it reached.
+from memory-mapped stacks by a background thread (a bounded queue: memory does not grow with the
+stack), seeded shuffling, the device, mixed precision (:mod:`precision`), data-parallel training
+over several processes (:mod:`distributed`), progress events, cancellation between steps, atomic
+checkpoints (every epoch and every few minutes) and resuming a killed run from its last
+checkpoint at the exact step it reached.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .distributed import Distributed
 from .errors import InputError, is_out_of_memory, out_of_memory
 from .particles import ParticleSet
+from .precision import autocast, grad_scaler
 from .progress import ProgressCallback, ProgressEvent
 
 CHECKPOINT_VERSION = 1
@@ -59,12 +63,20 @@ def read_batch(particles: ParticleSet, idx: np.ndarray, device: torch.device) ->
 def iterate_batches(
     particles: ParticleSet, order: np.ndarray, batch_size: int, device: torch.device, prefetch: int = 2
 ) -> Iterator[Batch]:
-    """Yield batches of ``order`` while a thread reads the next ``prefetch`` batches from disk.
+    """Yield batches of ``order`` while a thread reads the next ``prefetch`` batches from disk."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return iterate_chunks(particles, chunks, device, prefetch)
+
+
+def iterate_chunks(
+    particles: ParticleSet, chunks: list[np.ndarray], device: torch.device, prefetch: int = 2
+) -> Iterator[Batch]:
+    """Yield one batch per index array of ``chunks`` (possibly empty) while a thread reads the
+    next ``prefetch`` batches from disk into a bounded queue.
 
     Reading a memory-mapped stack releases the GIL for the copy, so the disk and the
-    computation overlap even on a 2-core machine.
+    computation overlap even on a 2-core machine; at most ``prefetch + 2`` batches are in memory.
     """
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if prefetch <= 0:
         for c in chunks:
             yield read_batch(particles, c, device)
@@ -115,20 +127,22 @@ class Trainable(Protocol):
 
 @dataclass
 class LoopConfig:
-    """How long and how a stage trains. epochs, batch_size in images, seed for shuffling,
-    checkpoint_minutes between time-based checkpoints, prefetch in batches."""
+    """How long and how a stage trains. epochs, batch_size in images (the global batch of all
+    processes together), seed for shuffling, checkpoint_minutes between time-based checkpoints,
+    prefetch in batches, precision a resolved :mod:`precision` name (fp32, bf16 or fp16)."""
 
     epochs: int
     batch_size: int = 64
     seed: int = 0
     checkpoint_minutes: float = 5.0
     prefetch: int = 2
+    precision: str = "fp32"
 
     @classmethod
-    def for_stage(cls, stage_cfg, checkpoint_minutes: float = 5.0) -> LoopConfig:
+    def for_stage(cls, stage_cfg, checkpoint_minutes: float = 5.0, precision: str = "fp32") -> LoopConfig:
         """The loop of a stage config holding ``epochs``, ``batch_size`` and ``seed``."""
         return cls(epochs=stage_cfg.epochs, batch_size=stage_cfg.batch_size, seed=stage_cfg.seed,
-                   checkpoint_minutes=checkpoint_minutes)
+                   checkpoint_minutes=checkpoint_minutes, precision=precision)
 
 
 @dataclass
@@ -193,6 +207,7 @@ def run_loop(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     after_step: Callable[[int, int], None] | None = None,
+    dist: Distributed = Distributed(),
 ) -> LoopResult:
     """Train ``model`` for ``cfg.epochs`` epochs over ``particles``, resuming from ``checkpoint``
     when it exists (the model and optimizer states, epoch, step and loss history are restored).
@@ -201,6 +216,10 @@ def run_loop(
     loop returns with status ``cancelled``. after_step(epoch, step) runs after every step (e.g.
     to clamp parameters). Running out of memory in a step raises ResourceError (saying to lower
     the batch size) and leaves the last checkpoint as it was.
+
+    dist: this process's place in a data-parallel run (see :mod:`distributed`): every rank calls
+    run_loop with the same arguments, trains on its share of each global batch, and only rank 0
+    writes the checkpoint; when the loop returns, every rank's model holds all the latents.
     """
     checkpoint = Path(checkpoint)
     n = len(particles)
@@ -211,8 +230,14 @@ def run_loop(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, history, run_sum = state["epoch"], state["step"], list(state["history"]), state["run_sum"]
+    dist.broadcast_model(model)
+    scaler = grad_scaler(device, cfg.precision)
+    optimizers = list(getattr(optimizer, "optimizers", (optimizer,)))
 
     def snapshot() -> None:
+        dist.gather_latents(model, optimizers)
+        if not dist.is_main:
+            return
         save_checkpoint(
             checkpoint,
             {
@@ -227,37 +252,63 @@ def run_loop(
             },
         )
 
+    def optimizer_step() -> None:
+        if not scaler.is_enabled():
+            optimizer.step()
+            return
+        for opt in optimizers:
+            scaler.step(opt)
+        scaler.update()
+        dist.sync_scaler(scaler, device)
+
     total_steps = cfg.epochs * steps_per_epoch
     start_done = epoch * steps_per_epoch + step
     t0 = time.monotonic()
     last_save = t0
     while epoch < cfg.epochs:
         order = epoch_order(n, cfg.seed, epoch)[step * cfg.batch_size :]
-        for batch in iterate_batches(particles, order, cfg.batch_size, device, cfg.prefetch):
-            if should_stop is not None and should_stop():
+        chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        local = [dist.share(c, n) for c in chunks]
+        for chunk, batch in zip(chunks, iterate_chunks(particles, local, device, cfg.prefetch)):
+            stop = should_stop is not None and should_stop()
+            due = dist.is_main and time.monotonic() - last_save > 60.0 * cfg.checkpoint_minutes
+            if stop and not dist.active:
                 snapshot()
                 return LoopResult("cancelled", epoch, step, history)
             optimizer.zero_grad(set_to_none=True)
             try:
-                loss, _ = model.loss(batch)
-                loss.backward()
-                optimizer.step()
+                if len(batch.index):
+                    with autocast(device, cfg.precision):
+                        loss, _ = model.loss(batch)
+                    if dist.active:  # this rank's share of the global batch's mean loss
+                        loss = loss * (len(batch.index) / len(chunk))
+                    scaler.scale(loss).backward()
+                else:
+                    loss = torch.zeros((), device=device)
+                if dist.active:
+                    value, (stop, due) = dist.all_reduce_step(model, loss, (stop, due))
+                    if stop:
+                        snapshot()
+                        return LoopResult("cancelled", epoch, step, history)
+                else:
+                    value = float(loss.detach())
+                optimizer_step()
             except (RuntimeError, MemoryError) as exc:
                 # The last checkpoint stays as it was: nothing from this step is saved.
                 if is_out_of_memory(exc):
                     raise out_of_memory(device, cfg.batch_size) from exc
                 raise
             step += 1
-            run_sum += float(loss.detach())
+            run_sum += value
             if after_step is not None:
                 after_step(epoch, step)
             if progress is not None:
                 done = epoch * steps_per_epoch + step
                 elapsed = time.monotonic() - t0
                 rate = (done - start_done) / max(elapsed, 1e-9)
-                progress(ProgressEvent(stage, done, total_steps, epoch + 1, cfg.epochs, float(loss.detach()),
+                progress(ProgressEvent(stage, done, total_steps, epoch + 1, cfg.epochs, value,
                                        elapsed, (total_steps - done) / rate if rate > 0 else None))
-            if time.monotonic() - last_save > 60.0 * cfg.checkpoint_minutes:
+            if due:
                 snapshot()
                 last_save = time.monotonic()
         history.append(run_sum / steps_per_epoch)

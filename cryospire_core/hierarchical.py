@@ -30,6 +30,7 @@ from .consensus import GaussianMixture
 from .discovery import PairMLP, as_arrays
 from .engine import Batch
 from .latents import LatentTable, MultiOptimizer, make_optimizer
+from .precision import float32_region
 from .render import project, rasterize
 
 
@@ -182,12 +183,14 @@ class PartAwareModel(nn.Module):
         """Latents z (B, zdim) -> (centres (B, G, 3) Å, amplitudes (B, G), (rotvec (B, K, 3),
         translation (B, K, 3) Å))."""
         rotvec, trans = self.part_motions(z)
-        R = rotvec_to_rotation(rotvec)[:, self.part_index]  # (B, G, 3, 3)
-        anchor = self.anchor_centres[self.part_index]
-        rel = self.offsets.centres  # c_i - anchor_c[a_i]
         residual = self.residual_mlp(z, self.features()) * self.apix
-        centres = torch.einsum("bgij,gj->bgi", R, rel) + anchor + trans[:, self.part_index] + residual
-        return centres, self.gates(z) * self.offsets.amplitudes, (rotvec, trans)
+        gates = self.gates(z)
+        with float32_region(z.device.type):  # rigid motions of Å-scale offsets: float32 under autocast
+            R = rotvec_to_rotation(rotvec)[:, self.part_index]  # (B, G, 3, 3)
+            anchor = self.anchor_centres[self.part_index]
+            rel = self.offsets.centres  # c_i - anchor_c[a_i]
+            centres = torch.einsum("bgij,gj->bgi", R, rel) + anchor + trans[:, self.part_index] + residual
+        return centres, gates * self.offsets.amplitudes, (rotvec, trans)
 
     def volume(self, z: torch.Tensor) -> torch.Tensor:
         """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D)."""

@@ -8,6 +8,7 @@ the particle: the observed particle sits at ``-shift`` from the box centre).
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,7 @@ class ImageSource:
                 raise InputError(self.files[k], "image index", f"at most {data.shape[0]}", int(frames.max()) + 1)
             order = np.argsort(frames, kind="stable")  # sequential reads of the memory map
             out[rows[order]] = data[frames[order]]
+            _unmap_pages(data)
             bad = ~np.isfinite(out[rows])
             if bad.any():
                 # A few corrupt pixels must not poison a training run: they become 0 (the
@@ -105,6 +107,22 @@ class ImageSource:
         for handle, _ in self._handles.values():
             handle.close()
         self._handles.clear()
+
+
+def _unmap_pages(data: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped stack from this process (they stay in the
+    kernel's page cache, so reading them again is cheap).
+
+    Every page a memory map has touched counts in the process's resident memory until the
+    kernel needs it back; without this, one epoch over a stack larger than RAM would show the
+    whole stack as resident. The images were copied out, so nothing refers to these pages.
+    """
+    base = data
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    mapping = getattr(base, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass

@@ -28,6 +28,7 @@ GEMMs with more bookkeeping. :func:`default_tile` holds the rule measured on the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -35,6 +36,7 @@ import torch
 
 from . import ctf as ctf_mod
 from . import fourier
+from .precision import float32_region, to_float32
 
 #: Default half-window in widths. 5 keeps values and gradients within ~2e-5 of the untruncated
 #: mixture (relative to their maxima); 4.5 gives ~2e-5 on values but ~3e-4 on width gradients.
@@ -52,6 +54,25 @@ SAVED_FACTORS_MAX = 2**28
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+
+
+def _float32(fn):
+    """Run a renderer entry point in float32 under mixed-precision training: autocast off and
+    half-precision tensor arguments cast up, because each pixel sums thousands of Gaussians
+    (GEMMs) and the CTF goes through FFTs, which bf16/fp16 would round badly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = [to_float32(a) for a in args]
+        kwargs = {k: to_float32(v) for k, v in kwargs.items()}
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        with float32_region(device.type):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_float32
 
 
 def project(
@@ -93,6 +114,7 @@ def project(
     return torch.fft.irfft2(torch.fft.rfft2(images) * _lattice_ctf(ctf, half, apix), s=(box, box))
 
 
+@_float32
 def project_fourier(
     centres: torch.Tensor,
     widths: torch.Tensor,
@@ -141,6 +163,7 @@ def _lattice_ctf(ctf: torch.Tensor, freqs: torch.Tensor, apix: float) -> torch.T
     return 0.5 * (ctf_mod.compute_ctf(wrap(freqs) / apix, ctf) + ctf_mod.compute_ctf(wrap(-freqs) / apix, ctf))
 
 
+@_float32
 def rasterize(
     centres: torch.Tensor,
     widths: torch.Tensor,

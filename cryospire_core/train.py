@@ -31,11 +31,13 @@ import torch
 from .atomic import write_npy, write_npz
 from .consensus import ConsensusConfig, GaussianMixture, fit_consensus, fit_to_map, seed_from_map, seed_map
 from .discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
+from .distributed import Distributed
 from .engine import LoopConfig, read_weights, run_loop, save_checkpoint
 from .errors import InputError
 from .hierarchical import HierarchicalConfig, PartAwareModel
 from .mrc import read_map, write_map
 from .particles import ParticleSet
+from .precision import PRECISIONS, resolve_precision
 from .parts import PartClustering, assign_to_parts, discover_parts, dynamics_signature
 from .progress import ProgressCallback
 from .runfolder import RunFolder
@@ -55,7 +57,9 @@ class TrainConfig:
     Gaussian's decoded motion and presence, our default) or ``features`` (the paper's); gate_sample:
     images whose stage-1 decoding feeds the clustering; select: a particle selection (index file,
     or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
-    stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage.
+    stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage; precision:
+    ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`precision`; auto is bf16 or fp16 on CUDA,
+    fp32 on CPUs).
     """
 
     profile: str = "cpu"
@@ -69,6 +73,15 @@ class TrainConfig:
     select: str | None = None
     checkpoint_minutes: float = 5.0
     seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(None, "--precision", " or ".join(PRECISIONS), self.precision)
+
+    def loop(self, stage_cfg, device: torch.device) -> LoopConfig:
+        """The training loop of one stage's config on ``device``."""
+        return LoopConfig.for_stage(stage_cfg, self.checkpoint_minutes, resolve_precision(self.precision, device))
 
     @classmethod
     def for_profile(cls, profile: str, seed: int = 0, **changes) -> TrainConfig:
@@ -147,15 +160,26 @@ def load_trained_model(run_dir: str | Path) -> PartAwareModel | PartDiscoveryMod
 # Stages
 
 
-def _stage_consensus(ps, run, cfg, device, progress, should_stop) -> str:
+def _on_main(dist: Distributed, write: Callable[[], object]) -> None:
+    """Run ``write`` (which writes files) on rank 0 only; every rank waits until it is done."""
+    if dist.is_main:
+        write()
+    dist.barrier()
+
+
+def _stage_consensus(ps, run, cfg, device, progress, should_stop, dist) -> str:
     out = run.stage_dir("consensus")
     if (out / "gaussians.npz").exists():
         return "finished"
+    if dist.active:  # rank 0 computes and caches the map; the others read it
+        _on_main(dist, lambda: seed_map(ps, out, device, progress))
     init_map = seed_map(ps, out, device, progress)
-    return fit_consensus(ps, init_map, out, cfg.consensus, device, progress, should_stop, cfg.checkpoint_minutes).status
+    loop = cfg.loop(cfg.consensus, device)
+    return fit_consensus(ps, init_map, out, cfg.consensus, device, progress, should_stop, cfg.checkpoint_minutes,
+                         loop.precision, dist).status
 
 
-def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
+def _stage_discovery(ps, run, cfg, device, progress, should_stop, dist) -> str:
     out = run.stage_dir("discovery")
     if (out / "model.pt").exists():
         return "finished"
@@ -163,11 +187,13 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
     if dcfg.image_var == 1.0:  # scale the data term once, from the data, and remember it
         dcfg = dataclasses.replace(dcfg, image_var=image_variance(ps, seed=dcfg.seed))
         cfg.discovery = dcfg
-        run.update_config(train=cfg)
+        _on_main(dist, lambda: run.update_config(train=cfg))
+    if dist.active and not (out / "seed.npz").exists():  # rank 0 writes the seed, the others read it
+        _on_main(dist, lambda: discovery_model(run, dcfg, len(ps)))
     model = discovery_model(run, dcfg, len(ps)).to(device)
-    res = run_loop(model, model.make_optimizer(), ps, LoopConfig.for_stage(dcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
-                   "stage 1: part discovery", device, progress, should_stop)
-    if res.status != "finished":
+    res = run_loop(model, model.make_optimizer(), ps, cfg.loop(dcfg, device), out / "checkpoint.pt",
+                   "stage 1: part discovery", device, progress, should_stop, dist=dist)
+    if res.status != "finished" or not dist.is_main:
         return res.status
     latents = model.latents.numpy()
     rng = np.random.default_rng(dcfg.seed)
@@ -184,9 +210,9 @@ def _stage_discovery(ps, run, cfg, device, progress, should_stop) -> str:
     return "finished"
 
 
-def _stage_parts(ps, run, cfg, device, progress, should_stop) -> str:
+def _stage_parts(ps, run, cfg, device, progress, should_stop, dist) -> str:
     out = run.stage_dir("parts")
-    if (out / "clustering.npz").exists():
+    if (out / "clustering.npz").exists() or not dist.is_main:  # quick: rank 0 alone clusters
         return "finished"
     model = _load_state(discovery_model(run, cfg.discovery, len(ps)), run.root / "discovery" / "model.pt")
     outputs = np.load(run.root / "discovery" / "outputs.npz")
@@ -202,7 +228,7 @@ def _stage_parts(ps, run, cfg, device, progress, should_stop) -> str:
     return "finished"
 
 
-def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
+def _stage_hierarchical(ps, run, cfg, device, progress, should_stop, dist) -> str:
     out = run.stage_dir("hierarchical")
     if (out / "model.pt").exists():
         return "finished"
@@ -210,18 +236,20 @@ def _stage_hierarchical(ps, run, cfg, device, progress, should_stop) -> str:
     if hcfg.image_var == 1.0:
         hcfg = dataclasses.replace(hcfg, image_var=cfg.discovery.image_var)
         cfg.hierarchical = hcfg
-        run.update_config(train=cfg)
+        _on_main(dist, lambda: run.update_config(train=cfg))
+    _on_main(dist, lambda: stage2_selection(run, cfg, ps))  # written once, read by every rank
     keep = stage2_selection(run, cfg, ps)
     if keep is not None:
         ps = ps.subset(keep)
     if not (out / "seed.npz").exists():
-        _write_stage2_seed(ps, run, cfg, device, keep)
+        _on_main(dist, lambda: _write_stage2_seed(ps, run, cfg, device, keep))
     model = hierarchical_model(run, hcfg).to(device)
-    res = run_loop(model, model.make_optimizer(), ps, LoopConfig.for_stage(hcfg, cfg.checkpoint_minutes), out / "checkpoint.pt",
-                   "stage 2: hierarchical", device, progress, should_stop)
+    res = run_loop(model, model.make_optimizer(), ps, cfg.loop(hcfg, device), out / "checkpoint.pt",
+                   "stage 2: hierarchical", device, progress, should_stop, dist=dist)
     if res.status != "finished":
         return res.status
-    _save_state(out / "model.pt", model)
+    if dist.is_main:
+        _save_state(out / "model.pt", model)
     return "finished"
 
 
@@ -276,15 +304,21 @@ def train(
     stages: tuple[str, ...] = STAGES,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dist: Distributed = Distributed(),
 ) -> str:
     """Run ``stages`` in order into ``run`` (the caller holds the run's lock); returns
-    ``finished`` or ``cancelled``. RUN/latents.npy is updated after each latent stage."""
+    ``finished`` or ``cancelled``. RUN/latents.npy is updated after each latent stage.
+
+    dist: in a data-parallel run (:mod:`distributed`) every rank calls train with the same
+    arguments; the ranks share the training steps, rank 0 alone writes files (the others wait
+    for it at barriers) and the run folder must be on a file system every rank sees."""
     torch.manual_seed(cfg.seed)
     for stage in stages:
-        status = _RUNNERS[stage](particles, run, cfg, device, progress, should_stop)
+        dist.barrier()  # every rank sees the files the previous stage wrote
+        status = _RUNNERS[stage](particles, run, cfg, device, progress, should_stop, dist)
         if status != "finished":
             return status
-        _publish_latents(run)
+        _on_main(dist, lambda: _publish_latents(run))
     return "finished"
 
 

@@ -4,11 +4,15 @@
 Example: ``cryospire train sim/particles.star --out RUN --profile cpu`` (``--profile paper`` for
 the paper's sizes on a GPU). A killed run continues with the same command plus ``--resume``;
 ``--stage parts --parts 4 --resume`` re-runs one stage (here: re-cluster into 4 level-1 parts).
+Started by ``torchrun --nproc_per_node=K -m cryospire_core.cli.main train ...`` the K processes
+train one run together (:mod:`cryospire_core.distributed`); ``--batch-size`` is then the global
+batch of all processes, and the result matches a one-process run of the same seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -16,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import add_device_arg, resolve_device
+from ..device import add_device_arg
+from ..distributed import from_environment, shutdown
 from ..errors import InputError
 from ..load import add_particle_args, particles_from_args
 from ..progress import TerminalProgress
 from ..parts import PartClustering
+from ..precision import PRECISIONS
 from ..runfolder import RunFolder
 from ..train import PART_SIGNALS, PROFILES, STAGES, TrainConfig, train
 
@@ -68,6 +74,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="override the profile's batch size (every stage)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default 5)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default: bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPUs), "
+                             "fp32, bf16 or fp16: the dtype the MLPs run in; rendering and losses stay fp32")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arg(parser)
@@ -76,7 +85,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.for_profile(args.profile, seed=args.seed, parts_level1=args.parts,
                                   parts_level2=args.parts_level2, parts_signal=args.parts_signal,
-                                  select=_absolute(args.select), checkpoint_minutes=args.checkpoint_minutes)
+                                  select=_absolute(args.select), checkpoint_minutes=args.checkpoint_minutes,
+                                  precision=args.precision)
     rep = dataclasses.replace
     if args.epochs_consensus is not None:
         cfg.consensus = rep(cfg.consensus, epochs=args.epochs_consensus)
@@ -98,11 +108,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    dist, device = from_environment(args.device)
+    try:
+        return _run(args, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _run(args: argparse.Namespace, dist, device) -> int:
     run_dir = RunFolder(args.out)
     saved = run_dir.config_for("train", args.resume)
-    device = resolve_device(args.device)
+    dist.barrier()  # every rank has read the config before rank 0 writes it
     stages = tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES
-    with run_dir:
+    say = print if dist.is_main else (lambda *a, **k: None)
+    # Rank 0 holds the run's lock and writes every file; the other ranks only train.
+    with run_dir if dist.is_main else contextlib.nullcontext():
         ps = particles_from_args(args)
         if "train" in saved:
             cfg = TrainConfig.from_dict(saved["train"])
@@ -118,21 +138,26 @@ def run(args: argparse.Namespace) -> int:
                                  "trained on", len(ps))
         else:
             cfg = config_from_args(args)
-        run_dir.update_config(train=cfg, n_particles=len(ps), train_command={"argv": sys.argv[1:], **vars(args)})
-        if args.stage and "parts" in args.stage:  # clustering is instant: an explicit request redoes it
-            (run_dir.root / "parts" / "clustering.npz").unlink(missing_ok=True)
-        print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}; profile {cfg.profile}; "
-              f"stages: {', '.join(stages)}")
-        bar = TerminalProgress(disable=args.quiet)
+        if dist.is_main:
+            run_dir.update_config(train=cfg, n_particles=len(ps),
+                                  train_command={"argv": sys.argv[1:], **vars(args), "processes": dist.world_size})
+            if args.stage and "parts" in args.stage:  # clustering is instant: an explicit request redoes it
+                (run_dir.root / "parts" / "clustering.npz").unlink(missing_ok=True)
+        dist.barrier()
+        processes = f" x {dist.world_size} processes" if dist.active else ""
+        say(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}{processes}; profile {cfg.profile}; "
+            f"stages: {', '.join(stages)}")
+        bar = TerminalProgress(disable=args.quiet or not dist.is_main)
         t0 = time.perf_counter()
         try:
-            status = train(ps, run_dir, cfg, device, stages, progress=bar)
+            status = train(ps, run_dir, cfg, device, stages, progress=bar, dist=dist)
         finally:
             bar.close()
+        dist.barrier()  # the other ranks wait for rank 0's last files
     clustering = run_dir.root / "parts" / "clustering.npz"
     if "parts" in stages and clustering.exists():
-        print(parts_summary(PartClustering.from_npz(clustering)))
-    print(f"train {status} in {time.perf_counter() - t0:.0f} s; run folder {run_dir.root}")
+        say(parts_summary(PartClustering.from_npz(clustering)))
+    say(f"train {status} in {time.perf_counter() - t0:.0f} s; run folder {run_dir.root}")
     return 0
 
 
