@@ -93,18 +93,19 @@ class ScatterCanvas:
         self.ends = scene.visuals.Markers(parent=self.view.scene)
         self.cursor = scene.visuals.Markers(parent=self.view.scene)
         for v, z in ((self.density, 0), (self.markers, 1), (self.path, 2), (self.lasso, 3), (self.ends, 4), (self.cursor, 5)):
-            v.order = z
+            v.order = z  # drawn in this order, each over the previous: no depth test in a 2D plot
+            v.set_gl_state("translucent", depth_test=False)
         self.points = np.zeros((0, 2), np.float32)
 
     def set_points(self, points: np.ndarray, colours: np.ndarray, selected: np.ndarray | None) -> None:
         """Draw points (N, 2) with colours (N, 4); selected (N,) bool are drawn larger, white-edged."""
         self.points = points
-        size = np.full(len(points), 4.0 if len(points) < 20_000 else 2.0, np.float32)
-        edge = np.zeros((len(points), 4), np.float32)
+        size = np.full(len(points), 5.0 if len(points) < 20_000 else 3.0, np.float32)
+        colours = colours.copy()
         if selected is not None and selected.any():
             size[selected] += 3
-            edge[selected] = (1, 1, 1, 1)
-        self.markers.set_data(points, face_color=colours, edge_color=edge, size=size, edge_width=0.5)
+            colours[~selected, 3] = 0.35  # the selection stands out, the rest fades
+        self.markers.set_data(points, face_color=colours, edge_width=0, size=size)
 
     def set_density(self, points: np.ndarray) -> None:
         """A log-scaled 2D histogram of points (N, 2) as an image under the markers."""
@@ -391,7 +392,9 @@ class ExplorerWidget(QWidget):
 
     def _coloured(self, result) -> None:
         kind, values = result
-        self.colours = _colormap(values, kind in ("state", "ground truth"))
+        # Many ground-truth states are usually ordered (a motion's steps): a sequential map.
+        categorical = kind == "state" or (kind == "ground truth" and values.max() < 10)
+        self.colours = _colormap(values, categorical)
         self._draw_points()
 
     def _draw_points(self) -> None:
