@@ -166,3 +166,23 @@ def test_selection_export_keeps_every_column(tmp_path):
     assert read_selection(out, load_particles(star)).tolist() == rows.tolist()
     cs, _ = ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star)
     assert read_selection(cs, load_particles(star)).tolist() == rows.tolist()
+
+
+def test_branch_run_copies_stage_1_and_sets_the_selection(tmp_path):
+    import json
+
+    src = tmp_path / "run"
+    for stage in ("consensus", "discovery", "parts", "hierarchical"):
+        (src / stage).mkdir(parents=True)
+        (src / stage / "x.npz").write_bytes(b"data")
+    (src / "discovery" / "checkpoint.pt").write_bytes(b"old")
+    (src / "config.json").write_text(json.dumps({"format_version": 1, "train": {"select": None}, "n_particles": 10}))
+    keep = tmp_path / "keep.txt"
+    keep.write_text("1\n2\n")
+    dst = ex.branch_run(src, tmp_path / "sub", keep)
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "consensus", "discovery", "parts"]
+    assert not (dst / "discovery" / "checkpoint.pt").exists() and (dst / "parts" / "x.npz").is_file()
+    cfg = json.loads((dst / "config.json").read_text())
+    assert cfg["train"]["select"] == str(keep.resolve()) and cfg["n_particles"] == 10
+    with pytest.raises(Exception, match="empty or new folder"):
+        ex.branch_run(src, dst, keep)

@@ -151,3 +151,21 @@ def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot,
 
     frames = iio.imread(gif, index=None)
     assert len(frames) == 5 and np.abs(frames[-1].astype(int) - frames[0]).max() > 0
+
+
+def test_continue_training_between_the_stages_trains_stage_2_on_the_selection(make_napari_viewer, qtbot, parts_run,
+                                                                               tiny_star, tmp_path):
+    import shutil
+
+    run = shutil.copytree(parts_run, tmp_path / "run")
+    RunFolder(run).update_config(train_command={"particles": str(tiny_star)})
+    widget = loaded(make_napari_viewer, qtbot, run)
+    assert widget.explorer.stage == "discovery" and widget.readout.rowCount() == widget.explorer.n_parts
+    widget.select_state(0)
+    rows = np.flatnonzero(widget.selected)
+    assert widget.continue_training() == run
+    qtbot.waitUntil(lambda: widget.train_job is None, timeout=60_000)
+    assert (run / "hierarchical" / "model.pt").is_file()
+    assert np.load(run / "selection.npy").tolist() == rows.tolist()
+    qtbot.waitUntil(lambda: not widget.busy and widget.explorer.stage == "hierarchical", timeout=30_000)
+    assert widget.explorer.n_particles == len(rows)  # the reloaded run explores the kept particles
