@@ -329,6 +329,13 @@ class ExplorerWidget(QWidget):
         self.status.setText(f"loading {root.name}...")
 
         def load():
+            import torch
+
+            from ._workers import default_torch_threads
+
+            # One core fewer than the machine has, as the training worker: the GUI thread keeps a
+            # core, and 2 threads on 2 busy cores were 6-30x slower (benchmarks/explorer.py).
+            torch.set_num_threads(default_torch_threads())
             e = core.Explorer.from_run(root)
             return e, e.embedding("pca"), e.states(self.k_states.value())
 
