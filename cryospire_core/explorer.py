@@ -75,7 +75,8 @@ class Embedding:
     k: int = 16
 
     def __post_init__(self) -> None:
-        self._tree: cKDTree | None = None
+        self._tree: cKDTree | None = None  # of the 2D points (UMAP inverse), built on first use
+        self._latent_tree: cKDTree | None = None  # of the latents (UMAP forward), built on first use
 
     def to_latent(self, xy: np.ndarray) -> np.ndarray:
         """(M, 2) (or (2,)) embedding coordinates -> (M, zdim) float32 latents.
@@ -101,7 +102,9 @@ class Embedding:
         if self.method == "pca":
             s = self.fit.transform(z)
             return np.pad(s, ((0, 0), (0, max(0, 2 - s.shape[1]))))[:, :2].astype(np.float32)
-        _, idx = cKDTree(self.latents).query(z, k=min(self.k, len(self.latents)))
+        if self._latent_tree is None:
+            self._latent_tree = cKDTree(self.latents)
+        _, idx = self._latent_tree.query(z, k=min(self.k, len(self.latents)))
         return self.points[np.asarray(idx).reshape(len(z), -1)].mean(1).astype(np.float32)
 
 

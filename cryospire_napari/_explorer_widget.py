@@ -374,7 +374,6 @@ class ExplorerWidget(QWidget):
     def _set_embedding(self, emb: core.Embedding) -> None:
         self.embedding = emb
         self.scatter.set_density(emb.points)
-        self._draw_points()
         self._apply_view()
         self.scatter.fit()
         if self.traversal is not None:
@@ -405,16 +404,20 @@ class ExplorerWidget(QWidget):
         self._draw_points()
 
     def _draw_points(self) -> None:
-        if self.embedding is None:
+        # Markers are only uploaded while shown: with 10^6 particles that costs ~1 s of GUI thread,
+        # which the density view (the default for large sets) never pays.
+        if self.embedding is None or self.view_kind.currentText() == "density":
             return
         n = len(self.embedding.points)
         colours = self.colours if self.colours is not None and len(self.colours) == n else np.tile([0.7, 0.7, 0.7, 1.0], (n, 1))
-        self.scatter.set_points(self.embedding.points, colours.astype(np.float32), self.selected)
+        selected = self.selected if len(self.selected) == n else None
+        self.scatter.set_points(self.embedding.points, colours.astype(np.float32), selected)
 
     def _apply_view(self) -> None:
         kind = self.view_kind.currentText()
         self.scatter.markers.visible = kind in ("points", "both")
         self.scatter.density.visible = kind in ("density", "both")
+        self._draw_points()
         self.scatter.canvas.update()
 
     # -- mouse -------------------------------------------------------------------------------------
