@@ -16,9 +16,9 @@ everything here is plain numpy / torch and is tested without a display.
 
 Maps are rasterised with :data:`DISPLAY_WINDOW` widths (not the renderer's training default of 5):
 each Gaussian is cut at 4 widths, at most 3.4e-4 of its peak, invisible on screen, and it
-halves the rasterisation time (measured with benchmarks/explorer.py). A scatter (index_add)
-rasteriser was tried and measured ~10x slower than the existing windowed-GEMM one, so the
-explorer uses :func:`render.rasterize` as it is.
+cuts the rasterisation time (8,192 Gaussians of ~1.5 px, one thread: 50 -> 25 ms at 64^3,
+61 -> 47 ms at 128^3). A scatter (index_add) rasteriser was tried and measured 8-16x slower than
+the existing windowed-GEMM one, so the explorer uses :func:`render.rasterize` as it is.
 """
 
 from __future__ import annotations
