@@ -57,7 +57,9 @@ def pca(latents: np.ndarray) -> LatentPCA:
     """PCA of latents (N, zdim) by SVD of the centred data (all zdim components kept)."""
     x = _check_latents(latents).astype(np.float64)
     mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=True)
+    # Full V (zdim, zdim) needs full_matrices only when N < zdim; otherwise it would also build
+    # U (N, N): 7 TiB for 10^6 particles.
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=len(x) < x.shape[1])
     var = np.zeros(x.shape[1])
     var[: len(s)] = s**2 / max(len(x) - 1, 1)
     signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])

@@ -1,7 +1,8 @@
 """Open a run folder in napari with the cryospire docks: ``python -m cryospire_napari.open RUN``.
 
 The run's layers (maps, Gaussians, parts) are opened with the plugin's reader, the Parts dock
-shows the run's parts and the Train dock is docked beside it, and the camera takes ChimeraX's
+shows the run's parts, the Latent explorer its latents (once a latent stage has run) and the
+Train dock is docked beside them, and the camera takes ChimeraX's
 view. ``--screenshot PNG`` writes a screenshot of the whole window instead of staying open (for
 machines without a display: run it under ``xvfb-run -a``). ``cryospire demo`` calls this.
 """
@@ -17,6 +18,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from ._explorer_widget import ExplorerWidget
     from ._layers import set_chimerax_view
     from ._parts_widget import PartsWidget
     from ._train_widget import TrainWidget
@@ -27,8 +29,12 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     parts = PartsWidget(viewer)
     viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
     viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
+    explorer = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(explorer, name="Latent explorer (cryospire)", area="right", tabify=True)
     if (run / "parts" / "clustering.npz").is_file():
         parts.load_run(run)
+    if (run / "latents.npy").is_file():
+        explorer.load_run(run)
     set_chimerax_view(viewer)
     if screenshot is None:
         napari.run()
@@ -36,7 +42,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     app = QApplication.instance()
     for _ in range(600):  # let the Parts dock's background load finish (at most ~60 s)
         app.processEvents()
-        if not parts.busy:
+        if not parts.busy and not explorer.busy:
             break
         parts.thread().msleep(100)
     app.processEvents()
