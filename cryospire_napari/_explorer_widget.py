@@ -497,7 +497,7 @@ class ExplorerWidget(QWidget):
             return
         labels = self.show_labels.isChecked() and e.n_parts > 0
         self.frames_requested += 1
-        self.job.submit(lambda: e.frame(z, labels=labels), self._show_frame)
+        self.job.submit(lambda: e.frame(z, labels=labels, live=True), self._show_frame)
 
     def _rerender(self) -> None:
         if self.last_frame is not None:

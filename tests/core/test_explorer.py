@@ -186,3 +186,17 @@ def test_branch_run_copies_stage_1_and_sets_the_selection(tmp_path):
     assert cfg["train"]["select"] == str(keep.resolve()) and cfg["n_particles"] == 10
     with pytest.raises(Exception, match="empty or new folder"):
         ex.branch_run(src, dst, keep)
+
+
+def test_live_frames_in_bfloat16_stay_within_a_percent_of_float32():
+    model = _two_part_model(30.0, 6.0)
+    with torch.no_grad():  # make the per-Gaussian networks do real work
+        for mlp in (model.residual_mlp, model.presence_mlp):
+            mlp.head.weight.normal_(0.0, 0.3)
+    e = ex.Explorer(model, np.zeros((10, 4), np.float32), model.part_index.numpy())
+    assert e.live_precision() in ("bf16", "fp32")
+    e._bf16_faster = True  # the bfloat16 path whatever this CPU's timing chose
+    z = np.full(4, 0.7, np.float32)
+    exact, live = e.frame(z, readout=False).volume, e.frame(z, readout=False, live=True).volume
+    assert not np.array_equal(exact, live)  # the networks did run in bfloat16
+    assert np.abs(live - exact).max() < 0.01 * np.abs(exact).max()
