@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -46,6 +45,7 @@ from cryospire_core.atomic import write_text
 
 from ._layers import volume_translate
 from ._parts_widget import part_colours
+from ._run_row import RunFolderRow
 from ._workers import CloseWatcher, LatestJob, TrainJob, TrainRequest, notify_error
 
 MAP_NAME = "explorer map"
@@ -176,16 +176,8 @@ class ExplorerWidget(QWidget):
         self.side_job = LatestJob("explorer")  # embeddings, colours, traversals, exports
         self.train_job: TrainJob | None = None
 
-        self.run_edit = QLineEdit()
-        self.run_edit.setPlaceholderText("run folder")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(32)
-        browse.clicked.connect(self._browse_run)
-        load = QPushButton("Load")
-        load.clicked.connect(lambda: self.load_run(self.run_edit.text()))
-        run_row = QHBoxLayout()
-        for w in (self.run_edit, browse, load):
-            run_row.addWidget(w)
+        run_row = RunFolderRow(self.load_run)
+        self.run_edit = run_row.edit
 
         self.scatter = ScatterCanvas()
         self.scatter.canvas.events.mouse_press.connect(self._on_press)
@@ -285,7 +277,7 @@ class ExplorerWidget(QWidget):
         self.status.setWordWrap(True)
 
         layout = QVBoxLayout(self)
-        layout.addLayout(run_row)
+        layout.addWidget(run_row)
         layout.addWidget(self.scatter.canvas.native, 3)
         layout.addLayout(grid)
         layout.addWidget(self.readout)
@@ -808,11 +800,6 @@ class ExplorerWidget(QWidget):
         notify_error(exc, "continue training")
 
     # -- dialogs ------------------------------------------------------------------------------------
-
-    def _browse_run(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Run folder")
-        if folder:
-            self.load_run(folder)
 
     def _export_series_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder for the traversal maps")

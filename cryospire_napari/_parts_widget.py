@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -50,6 +49,7 @@ from cryospire_core.parts import (
 )
 
 from ._layers import volume_translate
+from ._run_row import RunFolderRow
 from ._workers import CloseWatcher, LatestJob, notify_error, warm_up
 
 LABELS_NAME = "parts"
@@ -165,16 +165,8 @@ class PartsWidget(QWidget):
         self.job = LatestJob("parts")
         warm_up()
 
-        self.run_edit = QLineEdit()
-        self.run_edit.setPlaceholderText("run folder")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(32)
-        browse.clicked.connect(self._browse_run)
-        load = QPushButton("Load")
-        load.clicked.connect(lambda: self.load_run(self.run_edit.text()))
-        run_row = QHBoxLayout()
-        for w in (self.run_edit, browse, load):
-            run_row.addWidget(w)
+        run_row = RunFolderRow(self.load_run)
+        self.run_edit = run_row.edit
 
         self.level1 = QSpinBox()
         self.level1.setRange(0, 64)
@@ -212,7 +204,7 @@ class PartsWidget(QWidget):
         self.status.setWordWrap(True)
 
         layout = QVBoxLayout(self)
-        layout.addLayout(run_row)
+        layout.addWidget(run_row)
         layout.addLayout(counts)
         layout.addWidget(self.recluster_button)
         layout.addWidget(self.table, 1)
@@ -409,11 +401,6 @@ class PartsWidget(QWidget):
             notifications.show_warning(f"select exactly 1 part to split ({len(rows)} selected)")
             return
         self.split(rows[0], self.split_k.value())
-
-    def _browse_run(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Run folder")
-        if folder:
-            self.load_run(folder)
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder for the part masks")
