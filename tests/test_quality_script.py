@@ -95,11 +95,16 @@ def test_rows_and_table(gt_folder, tmp_path):
     reused = quality.row_fields("hinge", "cryospire", scores, {"seconds": None, "peak_rss": None}, 15, 30, 0.9)
     assert measured["images_per_s"] == pytest.approx(1.0)
     assert measured["res05_median_A"] == pytest.approx(APIX * D / (D // 2 - 1))  # never below 0.5: last shell
-    text = quality.format_table([measured, reused], "HEAD", ["FOOT"])
+    skipped = {"preset": "mixed", "tool": "cryoDRGN", "note": "not run"}
+    text = quality.format_table([measured, reused, skipped], "HEAD", ["FOOT"])
     lines = text.splitlines()
-    assert lines[0] == "HEAD" and lines[-1] == "FOOT" and len(lines) == 5
+    assert lines[0] == "HEAD" and lines[-1] == "FOOT" and len(lines) == 6
     assert lines[2].split()[:3] == ["hinge", "cryoDRGN", "2"] and "2.00" in lines[2].split()
     assert lines[3].split()[-4:] == ["-", "-", "-", "0.900"]
+    assert lines[4].split() == ["mixed", "cryoDRGN"] + ["-"] * 8 + ["not", "run"]
+    assert quality.not_run_pairs(["mixed:cryodrgn"]) == {("mixed", "cryodrgn")}
+    with pytest.raises(SystemExit):
+        quality.not_run_pairs(["mixed:relion"])
 
 
 def test_measure_reports_the_peak_memory_of_the_child_tree(tmp_path):
