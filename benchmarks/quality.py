@@ -261,13 +261,11 @@ def cryodrgn_side(preset: str, data: Path, work: Path, epochs: int, score_epoch:
         return {"reused": None, "seconds": m.seconds, "peak_rss": m.peak_rss, "options": options}
 
     epoch = score_epoch or epochs  # cryoDRGN 4.x names the outputs after epoch E weights.E.pkl and z.E.pkl
-    if score_epoch and (out / f"weights.{epoch}.pkl").is_file() and not (work / "train.json").is_file():
-        # a training stopped after that epoch: cryoDRGN's own epoch times (loading excluded), memory unknown
+    stopped = (epoch < epochs and (out / f"weights.{epoch}.pkl").is_file() and not (work / "train.json").is_file())
+    timing = {"peak_rss": None} if stopped else cached(work / "train.json", train)  # a stopped run's memory is unknown
+    if epoch < epochs:  # the time of the scored epochs: cryoDRGN's own epoch times (data loading excluded)
         times = epoch_seconds(work / "train.log")[:epoch]
-        timing = {"reused": "unfinished training", "seconds": sum(times) if len(times) == epoch else None,
-                  "peak_rss": None}
-    else:
-        timing = cached(work / "train.json", train)
+        timing = {**timing, "seconds": sum(times) if len(times) == epoch else None}
     gt = load_ground_truth(data / "gt")
     latents = read_latents(out / f"z.{epoch}.pkl")
     maps_dir = work / f"maps_e{epoch}"
@@ -284,7 +282,8 @@ def cryodrgn_side(preset: str, data: Path, work: Path, epochs: int, score_epoch:
     write_json(work / f"scores_e{epoch}.json", {"scores": table.to_dict(), "auc_flipped": flipped.summary()})
     row = row_fields(preset, "cryoDRGN", table.to_dict(), timing, len(latents), epoch, None,
                      note=f"{CRYODRGN_VERSION} {args.cryodrgn_arch} ({layers}x{width}), zdim {ZDIM}"
-                          + (f", training of {epochs} epochs stopped after {epoch}" if timing["reused"] else ""))
+                          + (f", scored after epoch {epoch} of {epochs}" if epoch < epochs else "")
+                          + (" (training stopped there)" if stopped else ""))
     row["auc_mean_flipped"] = flipped.summary()["mean_auc"]
     return row
 
@@ -369,8 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", nargs="+", default=["20"],
                         help="cryoDRGN epochs: N for every preset and/or PRESET=N (default 20, its train_vae default)")
     parser.add_argument("--score-epoch", nargs="+", default=[],
-                        help="N and/or PRESET=N: score cryoDRGN after this epoch (1-based) instead of the last; a training stopped "
-                             "after it is not re-run (its time and memory are then not measured)")
+                        help="N and/or PRESET=N: score cryoDRGN after this epoch instead of the last; a training "
+                             "stopped after it is not re-run (its memory is then not measured)")
     parser.add_argument("--cryodrgn-arch", choices=ARCHS, default="large",
                         help="large: 3x1024 (cryoDRGN 4.x default); small: 3x256 (its tutorial's first pass)")
     parser.add_argument("--box", type=int, default=64)
@@ -402,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
                 epochs = per_preset(args.epochs, "--epochs")[preset]
                 tag = f"cryodrgn_{args.cryodrgn_arch}_e{epochs}"
                 score_epoch = per_preset(args.score_epoch, "--score-epoch").get(preset)
+                if score_epoch is not None and score_epoch > epochs:
+                    raise SystemExit(f"--score-epoch: {preset} trains {epochs} epochs, cannot score epoch {score_epoch}")
                 rows.append(cryodrgn_side(preset, data, args.work / preset / tag, epochs, score_epoch, args, env))
             print(format_table(rows[-1:], "", []).splitlines()[-1], flush=True)
     header = (f"quality vs cryoDRGN: {args.box} px, SNR {args.snr}, seed {args.seed}; CryoBench per-conformation FSC "
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         "AUC: per-conformation FSC AUC (mean, median over states); res0.5: FSC=0.5 resolution in Å, median over states.",
         "wall s / peak GB: training only (evaluation excluded), wall clock and peak RSS of the process tree, "
         f"{args.threads} thread(s) on a shared CPU; '-' = not measured (a reused run; for a training stopped after "
-        "the scored epoch, wall s is the sum of cryoDRGN's own epoch times and memory is not measured).",
+        "the scored epoch, memory is not measured); a cryoDRGN row scored before its last epoch counts the time of the "
+        "scored epochs only, from cryoDRGN's own epoch times.",
         "img/s = images x epochs / wall (cryospire: epochs summed over consensus, stage 1 and stage 2).",
         f"cryoDRGN {CRYODRGN_VERSION}: train_vae --zdim {ZDIM} -n EPOCHS, encoder and decoder "
         f"{'x'.join(ARCHS[args.cryodrgn_arch])} ({args.cryodrgn_arch}), "
