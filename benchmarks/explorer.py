@@ -57,7 +57,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def time_box(viewer, box: int, repeats: int, draw_frames: bool) -> dict[str, tuple[float, float]]:
+def time_box(viewer, box: int, repeats: int, draw_frames: bool, fp32: bool = False) -> dict[str, tuple[float, float]]:
     from qtpy.QtWidgets import QApplication
 
     from cryospire_core.explorer import Explorer
@@ -66,6 +66,8 @@ def time_box(viewer, box: int, repeats: int, draw_frames: bool) -> dict[str, tup
     app = QApplication.instance()
     model = make_model(box)
     e = Explorer(model, model.latents.embedding.weight.detach().numpy(), model.part_index.numpy())
+    if fp32:
+        e._bf16_faster = False  # what a CPU without fast bfloat16 gets
     rng = np.random.default_rng(1)
     zs = rng.normal(size=(repeats + 3, e.zdim)).astype(np.float32)
     data, kwargs, _ = map_layer(e.map_at(zs[0]), e.apix, f"map {box}")
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scatter-points", type=int, default=1_000_000, help="0: skip the scatter timing")
     parser.add_argument("--draw", action="store_true", help="also time the canvas repaint after each update "
                         "(software OpenGL under Xvfb: seconds per frame, not representative of a GPU)")
+    parser.add_argument("--fp32", action="store_true", help="decode in float32 even where bfloat16 is faster")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.threads} torch threads, load average at start {os.getloadavg()[0]:.2f}",
              f"{'box':>5} {'stage':<31} {'p50 ms':>8} {'p95 ms':>8} {'target p50':>11} {'p50/target':>11}"]
     for box in args.boxes:
-        rows = time_box(viewer, box, args.repeats, args.draw)
+        rows = time_box(viewer, box, args.repeats, args.draw, args.fp32)
         for stage, (p50, p95) in rows.items():
             target = f"{TARGETS_MS[box]:.0f}" if stage == "total" else ""
             ratio = f"{p50 / TARGETS_MS[box]:.2f}" if stage == "total" else ""
