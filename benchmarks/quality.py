@@ -181,8 +181,11 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
                                       "--resume", "--quiet", *quick), work / "train.log", env)
         return {"reused": None, "seconds": m.seconds, "peak_rss": m.peak_rss}
 
-    timing = cached(work / "train.json", train)
-    scores_path = work / "scores.json"
+    record, scores_path = work / "train.json", work / "scores.json"
+    if record.is_file() and json.loads(record.read_text())["reused"] != (None if reuse is None else str(reuse)):
+        record.unlink()  # another run than the cached one: score it afresh
+        scores_path.unlink(missing_ok=True)
+    timing = cached(record, train)
     if not scores_path.is_file():
         run_checked(cryospire_cmd("evaluate", "--gt", str(data / "gt"), "--run", str(run), "--rows", "0",
                                   "--out", str(scores_path)), work / "evaluate.log", env)
