@@ -200,3 +200,13 @@ def test_live_frames_in_bfloat16_stay_within_a_percent_of_float32():
     exact, live = e.frame(z, readout=False).volume, e.frame(z, readout=False, live=True).volume
     assert not np.array_equal(exact, live)  # the networks did run in bfloat16
     assert np.abs(live - exact).max() < 0.01 * np.abs(exact).max()
+
+
+def test_umap_embedding_inverse_stays_in_the_picked_cluster():
+    pytest.importorskip("umap")  # the optional extra cryospire-napari[umap]; installed for the tests
+    rng = np.random.default_rng(0)
+    lat = np.concatenate([rng.normal(0, 0.3, (300, 4)), rng.normal(3, 0.3, (300, 4))]).astype(np.float32)
+    emb = ex.umap_embedding(lat, seed=0)
+    assert emb.method == "umap" and emb.points.shape == (600, 2)
+    z = emb.to_latent(emb.points[[0, 450]])
+    assert np.linalg.norm(z[0]) < 1.0 and np.linalg.norm(z[1] - 3.0) < 1.0
