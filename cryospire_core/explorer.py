@@ -335,26 +335,17 @@ class Explorer:
         return "bf16" if self._bf16_faster else "fp32"
 
     def _labels(self, centres: torch.Tensor, amps: torch.Tensor, total: np.ndarray) -> np.ndarray:
-        """(D, D, D) int32: 1 + the part with most density per voxel, 0 where ``total`` is
-        below the molecule/solvent threshold (as :func:`parts.part_label_volume`)."""
+        """(D, D, D) int32: :func:`parts.part_label_volume` of the decoded mixture, solvent below
+        the molecule/solvent threshold of ``total`` (the frame's map)."""
         from .consensus import density_threshold
-        from .render import rasterize
+        from .parts import part_label_volume
 
-        best = np.zeros(total.shape, np.float32)
-        labels = np.zeros(total.shape, np.int32)
-        for k in range(self.n_parts):
-            sel = torch.as_tensor(self.part_index == k)
-            if not bool(sel.any()):
-                continue
-            vol = rasterize(centres[sel], self._widths[sel], amps[sel], self.box, self.apix, window=DISPLAY_WINDOW).numpy()
-            labels[vol > best] = k + 1
-            np.maximum(best, vol, out=best)
         try:
             level = density_threshold(total)
-        except ValueError:
+        except ValueError:  # no molecule/solvent split to find (e.g. an empty map)
             level = 0.5 * float(total.max())
-        labels[total <= level] = 0
-        return labels
+        return part_label_volume(centres.numpy(), self._widths.numpy(), amps.numpy(), self.part_index, self.box,
+                                 self.apix, threshold=level, window=DISPLAY_WINDOW)
 
     def _readout(self, centres: np.ndarray, amps: np.ndarray, gates: np.ndarray, motions) -> PartReadout:
         K, pi = self.n_parts, self.part_index

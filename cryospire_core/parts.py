@@ -504,17 +504,21 @@ def part_label_volume(
     box: int,
     apix: float,
     threshold: float | None = None,
+    window: float | None = None,
 ) -> np.ndarray:
     """(D, D, D) int32 map: 1 + the part with the most density at each voxel, 0 below ``threshold``.
 
     centres: (G, 3) Å; widths: (G,) Å; amplitudes: (G,); part_index: (G,) 0..K-1.
     threshold: level of the total density below which a voxel is solvent; default Otsu's split
-    of the positive voxels (consensus.density_threshold).
+    of the positive voxels (consensus.density_threshold). window: where each Gaussian is cut, in
+    widths (default: the renderer's).
     """
     import torch
 
     from .consensus import density_threshold
-    from .render import rasterize
+    from .render import WINDOW_SIGMAS, rasterize
+
+    window = WINDOW_SIGMAS if window is None else float(window)
 
     part_index = np.asarray(part_index, dtype=np.int64)
     c = torch.as_tensor(np.asarray(centres, np.float32))
@@ -523,7 +527,7 @@ def part_label_volume(
     best = total = labels = None
     for k in range(int(part_index.max()) + 1):
         sel = torch.as_tensor(part_index == k)
-        vol = rasterize(c[sel], s[sel], m[sel], box, apix).numpy()
+        vol = rasterize(c[sel], s[sel], m[sel], box, apix, window=window).numpy()
         if best is None:
             best, total, labels = vol, vol.copy(), np.zeros(vol.shape, np.int32)
         else:
