@@ -19,6 +19,8 @@ from sklearn.cluster import KMeans
 from . import parts
 from .atomic import atomic_path, write_npy, write_npz
 from .errors import InputError
+from .outputs import check_new_outputs
+from .runfolder import read_npy, read_npz
 
 #: A volume for one latent: z (zdim,) float32 -> (D, D, D) float32 on the data lattice.
 RenderFn = Callable[[np.ndarray], np.ndarray]
@@ -219,32 +221,34 @@ class AnalysisResult:
 def load_latents(run_dir: str | os.PathLike) -> np.ndarray:
     """RUN/latents.npy as (N, zdim) float32 (InputError naming the file when missing or malformed)."""
     path = Path(run_dir) / "latents.npy"
-    if not path.is_file():
-        raise InputError(path, "latents", "an (N, zdim) array saved by training", "no such file")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(path, "latents", "a .npy array", exc) from exc
+    z = read_npy(path, "latents")
     if z.ndim != 2 or len(z) < 2 or not np.issubdtype(z.dtype, np.floating) or not np.all(np.isfinite(z)):
         raise InputError(path, "latents", "a finite float (N, zdim) array with N >= 2", f"{z.dtype} {z.shape}")
     return z.astype(np.float32)
 
 
-def load_gaussians(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A Gaussian-mixture file (GaussianMixture.export() format: centres Å, widths Å, amplitudes,
-    box, apix; other arrays kept), checked."""
+MIXTURE = ("centres", "widths", "amplitudes", "box", "apix")
+"""The arrays of a Gaussian-mixture file (``GaussianMixture.export()``)."""
+
+
+def load_gaussians(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """A Gaussian-mixture file (gaussians.npz, a stage's seed.npz) holding :data:`MIXTURE` and
+    ``keys`` (other arrays kept), checked: centres (G, 3) Å, widths (G,) Å, amplitudes (G,), all
+    finite numbers, G >= 1; box one whole number >= 2 px; apix one number > 0 Å. InputError
+    naming the file and the array otherwise (a truncated or foreign file too)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "gaussians", "an .npz of centres, widths, amplitudes, box, apix", "no such file")
-    with np.load(path, allow_pickle=False) as z:
-        g = dict(z)
-    for key in ("centres", "widths", "amplitudes", "box", "apix"):
-        if key not in g:
-            raise InputError(path, key, "an array of the Gaussian-mixture export", "missing")
-    n = len(g["centres"])
-    if g["centres"].shape != (n, 3) or g["widths"].shape != (n,) or g["amplitudes"].shape != (n,):
-        raise InputError(path, "shapes", "centres (G, 3), widths (G,), amplitudes (G,)",
-                         f"{g['centres'].shape}, {g['widths'].shape}, {g['amplitudes'].shape}")
+    g = read_npz(path, "Gaussian mixture", MIXTURE + tuple(keys))
+    n = len(g["centres"]) if g["centres"].ndim == 2 else -1
+    expected = {"centres": ((n, 3), "(G, 3) finite numbers (Å)"), "widths": ((n,), f"({n},) finite numbers (Å)"),
+                "amplitudes": ((n,), f"({n},) finite numbers"), "box": ((), "one whole number of pixels"),
+                "apix": ((), "one number of Å per pixel")}
+    for key, (shape, what) in expected.items():
+        a = g[key]
+        if a.shape != shape or a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)):
+            raise InputError(path, key, what, f"{a.dtype} array of shape {a.shape}")
+    if n < 1 or g["box"] < 2 or g["box"] != np.round(g["box"]) or not g["apix"] > 0:
+        raise InputError(path, "centres, box, apix", "at least one Gaussian, a box >= 2 px and apix > 0 Å",
+                         f"{n} Gaussians, box {g['box']}, apix {g['apix']}")
     return g
 
 
@@ -258,6 +262,7 @@ def analyze(
     out_dir: str | os.PathLike | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> AnalysisResult:
     """Analyse RUN/latents.npy and write the products into ``out_dir`` (default RUN/analysis/).
 
@@ -269,73 +274,131 @@ def analyze(
     ``pc{j}/vol_###.mrc`` and ``pc{j}/latents.npy`` for j = 1..n_pcs, and when the run has a
     part clustering (see :func:`part_gaussians`), ``parts/part_labels.mrc`` (labels 1..K,
     0 = solvent) and ``parts/mask_part_##.mrc`` (## = the label, 01..K).
-    Plots are skipped with a note when matplotlib is not installed.
+    Plots are skipped with a note when matplotlib is not installed. Before computing anything,
+    refuses (InputError) to replace an existing file unless ``overwrite`` (:func:`check_outputs`).
     """
     from . import mrc
 
     say = log or (lambda _msg: None)
     run = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run / "analysis"
     latents = load_latents(run)
+    found = part_gaussians(run)
+    files = check_outputs(run, len(latents), latents.shape[1], ksample, pc_steps, n_pcs, out_dir, found, overwrite)
+    out, k = files.out, files.k
     result = AnalysisResult(out)
-    k = min(int(ksample), len(latents))
 
     fit = pca(latents)
     scores = fit.transform(latents)
-    write_npz(out / "pca.npz", mean=fit.mean, components=fit.components,
+    write_npz(files.pca, mean=fit.mean, components=fit.components,
               explained_variance=fit.explained_variance, scores=scores.astype(np.float32))
-    result.add("pca", out / "pca.npz")
+    result.add("pca", files.pca)
     say(f"PCA: explained variance ratio {np.round(fit.explained_variance_ratio, 3).tolist()}")
 
     labels, centres = kmeans_states(latents, k, seed)
     on_data = np.array([nearest_particles(latents, c, 1)[0] for c in centres], dtype=np.int64)
-    km_path = out / f"kmeans_{k}.npz"
-    write_npz(km_path, labels=labels, centres=centres, on_data_index=on_data, on_data_latents=latents[on_data])
-    result.add("kmeans", km_path)
+    write_npz(files.kmeans, labels=labels, centres=centres, on_data_index=on_data, on_data_latents=latents[on_data])
+    result.add("kmeans", files.kmeans)
 
-    plot_latent_pca(scores, labels, fit.transform(latents[on_data]), out / "latent_pca.png",
-                    fit.explained_variance_ratio)
-    plot_pc_histograms(scores, out / "pc_histograms.png")
+    latent_pca, pc_histograms, embedding_png = files.plots
+    plot_latent_pca(scores, labels, fit.transform(latents[on_data]), latent_pca, fit.explained_variance_ratio)
+    plot_pc_histograms(scores, pc_histograms)
     embedding, method = umap_embedding(latents, seed)
     if method != "umap":
         result.notes.append("umap-learn is not installed: embedding.png shows PC1/PC2 instead")
-    plot_embedding(embedding, labels, method, out / "embedding.png")
-    for name in ("latent_pca.png", "pc_histograms.png", "embedding.png"):
-        result.add("plot", out / name)
+    plot_embedding(embedding, labels, method, embedding_png)
+    for path in files.plots:
+        result.add("plot", path)
 
-    for j, i in enumerate(on_data):
-        path = out / f"state_{j:03d}.mrc"
+    for path, i in zip(files.states, on_data):
         mrc.write_map(path, _render(render_fn, latents[i]), apix)
         result.add("state", path)
     say(f"wrote {k} state maps")
 
-    for pc in range(1, min(n_pcs, latents.shape[1]) + 1):
+    for pc in range(1, files.n_pcs + 1):
         points = traversal(latents, pc, pc_steps, fit=fit).astype(np.float32)
-        folder = out / f"pc{pc}"
-        write_npy(folder / "latents.npy", points)
-        for s, z in enumerate(points):
-            path = folder / f"vol_{s:03d}.mrc"
+        write_npy(files.pc_latents(pc), points)
+        for path, z in zip(files.pc_maps(pc), points):
             mrc.write_map(path, _render(render_fn, z), apix)
             result.add(f"pc{pc}", path)
         say(f"wrote PC{pc} traversal ({pc_steps} maps)")
 
-    found = part_gaussians(run)
     if found is None:
         result.notes.append(f"part maps skipped: need {run / 'parts' / 'clustering.npz'} and "
                             f"{run / 'hierarchical' / 'seed.npz'} or {run / 'discovery' / 'seed.npz'}")
         return result
     g, part_index, source = found
     box, g_apix = int(g["box"]), float(g["apix"])
-    n_parts = int(part_index.max()) + 1
     label_map = parts.part_label_volume(g["centres"], g["widths"], g["amplitudes"], part_index, box, g_apix)
-    mrc.write_map(out / "parts" / "part_labels.mrc", label_map.astype(np.float32), g_apix)
-    result.add("parts", out / "parts" / "part_labels.mrc")
-    for j, mask in enumerate(parts.part_masks(label_map, g_apix, n_parts=n_parts), start=1):
-        path = out / "parts" / f"mask_part_{j:02d}.mrc"
+    mrc.write_map(files.part_labels, label_map.astype(np.float32), g_apix)
+    result.add("parts", files.part_labels)
+    for path, mask in zip(files.masks, parts.part_masks(label_map, g_apix, n_parts=files.n_parts)):
         mrc.write_map(path, mask, g_apix)
         result.add("parts", path)
-    say(f"wrote the part label map and {n_parts} masks (Gaussians of {source})")
+    say(f"wrote the part label map and {files.n_parts} masks (Gaussians of {source})")
     return result
+
+
+@dataclass(frozen=True)
+class AnalysisFiles:
+    """The names of every file :func:`analyze` writes into ``out``: ``k`` state maps, traversals
+    of PC 1..``n_pcs`` with ``pc_steps`` maps each, and, with ``n_parts`` > 0, the part maps."""
+
+    out: Path
+    k: int
+    n_pcs: int
+    pc_steps: int
+    n_parts: int
+
+    @property
+    def pca(self) -> Path:
+        return self.out / "pca.npz"
+
+    @property
+    def kmeans(self) -> Path:
+        return self.out / f"kmeans_{self.k}.npz"
+
+    @property
+    def plots(self) -> list[Path]:
+        """latent_pca.png, pc_histograms.png, embedding.png."""
+        return [self.out / name for name in ("latent_pca.png", "pc_histograms.png", "embedding.png")]
+
+    @property
+    def states(self) -> list[Path]:
+        return [self.out / f"state_{j:03d}.mrc" for j in range(self.k)]
+
+    def pc_latents(self, pc: int) -> Path:
+        return self.out / f"pc{pc}" / "latents.npy"
+
+    def pc_maps(self, pc: int) -> list[Path]:
+        return [self.out / f"pc{pc}" / f"vol_{s:03d}.mrc" for s in range(self.pc_steps)]
+
+    @property
+    def part_labels(self) -> Path:
+        return self.out / "parts" / "part_labels.mrc"
+
+    @property
+    def masks(self) -> list[Path]:
+        """parts/mask_part_01.mrc ... (## = the part label, 1..n_parts)."""
+        return [self.out / "parts" / f"mask_part_{j:02d}.mrc" for j in range(1, self.n_parts + 1)]
+
+    def all(self) -> list[Path]:
+        traversals = [p for pc in range(1, self.n_pcs + 1) for p in (self.pc_latents(pc), *self.pc_maps(pc))]
+        part_maps = [self.part_labels, *self.masks] if self.n_parts else []
+        return [self.pca, self.kmeans, *self.plots, *self.states, *traversals, *part_maps]
+
+
+def check_outputs(run_dir: str | os.PathLike, n: int, zdim: int, ksample: int, pc_steps: int, n_pcs: int,
+                  out_dir: str | os.PathLike | None, found: tuple | None, overwrite: bool) -> AnalysisFiles:
+    """The files :func:`analyze` will write for ``n`` latents of size ``zdim`` (``found``: what
+    :func:`part_gaussians` returned), after refusing (InputError) to replace any existing one
+    unless ``overwrite``. A link in place of RUN/analysis or a folder below the output root
+    is refused always (:func:`~cryospire_core.outputs.check_new_outputs`)."""
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "analysis"
+    n_parts = int(found[1].max()) + 1 if found is not None else 0
+    files = AnalysisFiles(out, min(int(ksample), n), min(int(n_pcs), zdim), int(pc_steps), n_parts)
+    check_new_outputs(files.all(), overwrite, under=out if out_dir is not None else run)
+    return files
 
 
 def part_gaussians(run_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], np.ndarray, Path] | None:

@@ -13,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .ctf import CTF_COLUMNS
 from .errors import InputError
 from .mrc import find_file, open_stacks, read_header
-from .particles import ParticleSet, Provenance
+from .particles import ParticleSet, Provenance, common_pixel_size, require
 from .safe_pickle import load_pickle, save_pickle
 from .star import optics_groups
 
 CTF_PKL_COLUMNS = ("D", "apix", "defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift")
+
+
+def _ctf_column(k: int) -> str:
+    """How errors name column k of ctf.pkl, e.g. ``column 5 (voltage)``."""
+    return f"column {k} ({CTF_PKL_COLUMNS[k]})"
 
 
 def _stack_files(stack: Path, datadir: Path | None) -> list[Path]:
@@ -28,31 +34,41 @@ def _stack_files(stack: Path, datadir: Path | None) -> list[Path]:
         return [find_file(str(stack), stack, "image stack", [Path.cwd()], [datadir])]
     if not stack.is_file():
         raise InputError(stack, "stack list", "an existing .txt file", "no such file")
-    names = [line.strip() for line in stack.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = stack.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(stack, "stack list", "a text file with one .mrcs path per line", "binary data") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not names:
         raise InputError(stack, "stack list", "one .mrcs path per line", "no paths")
+    unprintable = [n for n in names if not n.isprintable()]
+    if unprintable:  # control characters (NUL, ...): garbage rather than a file name
+        raise InputError(stack, "stack list", "one .mrcs path per line", f"a line {unprintable[0][:60]!r}")
     return [find_file(n, stack, "stack path", [stack.parent, datadir], [datadir, stack.parent]) for n in names]
 
 
+def _numbers(path: Path, field: str, obj: object, shape: tuple[int, ...]) -> np.ndarray:
+    """A pickled array (or nested lists) as float64 of ``shape`` (one row per image);
+    InputError for anything else: ragged rows, text, complex numbers, other shapes."""
+    expected = f"numbers of shape {shape} (one row per image)"
+    try:
+        arr = np.asarray(obj)
+    except (ValueError, TypeError, RecursionError):  # ragged or too deeply nested lists
+        raise InputError(path, field, expected, f"a {type(obj).__name__} of ragged or too deeply nested rows") from None
+    if arr.dtype.kind not in "iuf" or arr.shape != shape:
+        raise InputError(path, field, expected, f"{arr.dtype} of shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
 def _poses(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """rots (n, 3, 3) and trans (n, 2) from poses.pkl."""
+    """rots (n, 3, 3) and trans (n, 2) from poses.pkl (their values are checked by
+    ``ParticleSet.validate``)."""
     obj = load_pickle(path)
     if isinstance(obj, np.ndarray):  # rotations only
-        obj = (obj, np.zeros((len(obj), 2)))
+        return _numbers(path, "rots", obj, (n, 3, 3)), np.zeros((n, 2))
     if not isinstance(obj, (tuple, list)) or len(obj) not in (2, 3):
         raise InputError(path, "poses", "a tuple (rots (N,3,3), trans (N,2))", type(obj).__name__)
-    rots, trans = (np.asarray(a, dtype=np.float64) for a in obj[:2])
-    if rots.shape != (n, 3, 3):
-        raise InputError(path, "rots", f"shape ({n}, 3, 3) (one per image)", rots.shape)
-    if trans.shape != (n, 2):
-        raise InputError(path, "trans", f"shape ({n}, 2) (one per image)", trans.shape)
-    err = np.abs(rots @ np.swapaxes(rots, 1, 2) - np.eye(3)).max(axis=(1, 2))
-    det = np.linalg.det(rots)
-    bad = ~(err < 1e-3) | ~(np.abs(det - 1) < 1e-3)
-    if np.any(bad):
-        found = f"{int(bad.sum())} that are not, e.g. row {int(np.argmax(bad))}"
-        raise InputError(path, "rots", "rotation matrices (orthonormal, det +1)", found)
-    return rots, trans
+    return _numbers(path, "rots", obj[0], (n, 3, 3)), _numbers(path, "trans", obj[1], (n, 2))
 
 
 def read_stack_with_pkls(
@@ -65,7 +81,9 @@ def read_stack_with_pkls(
     """Particles from a stack (.mrcs/.mrc, or a .txt listing stacks) with cryoDRGN pkls.
 
     The ctf.pkl must give the stack's box in column 0 and (unless ``apix`` overrides it, or the
-    stack header leaves it unset) the stack's pixel size in column 1.
+    stack header leaves it unset) the stack's pixel size in column 1. Malformed pickles (ragged
+    rows, text, wrong shapes or counts) and values that ``ParticleSet.validate`` refuses are
+    InputErrors naming the pickle and its field (``rots``, ``trans``, ``column 5 (voltage)``).
     """
     stack, poses, ctf = Path(stack), Path(poses), Path(ctf)
     data_dir = Path(datadir) if datadir is not None else None
@@ -76,25 +94,21 @@ def read_stack_with_pkls(
     source, headers = open_stacks(files, file_index, frames, stack, "images")
     n, box = len(source), source.box
 
-    params = np.asarray(load_pickle(ctf))
-    if params.ndim != 2 or params.shape != (n, len(CTF_PKL_COLUMNS)) or params.dtype.kind not in "fi":
-        expected = f"a float array of shape ({n}, 9) (one row per image)"
-        raise InputError(ctf, "ctf parameters", expected, f"{params.dtype} {params.shape}")
-    params = params.astype(np.float64)
-    if not np.all(params[:, 0] == box):
-        raise InputError(ctf, "column 0 (D, box size)", f"{box} (the box of {stack.name})", params[params[:, 0] != box, 0][0])
+    params = _numbers(ctf, "ctf parameters", load_pickle(ctf), (n, len(CTF_PKL_COLUMNS)))
+    require(ctf, _ctf_column(0), params[:, 0] == box, f"{box} (the box of {stack.name})", params[:, 0])
+    apix_field = (None, "apix (given)")
     if apix is None:
-        apix = float(params[0, 1])
-        if not np.allclose(params[:, 1], apix, rtol=1e-4):
-            found = f"{params[:, 1].min():g} to {params[:, 1].max():g}"
-            raise InputError(ctf, "column 1 (apix)", "one pixel size for all images", found)
+        apix_field = (ctf, _ctf_column(1))
+        apix = common_pixel_size(*apix_field, params[:, 1])
         header_apix = headers[0].apix
         if header_apix > 0 and not np.isclose(header_apix, apix, rtol=1e-3):
             expected = f"{header_apix:g} Å (the pixel size in the header of {files[0].name}; or pass apix)"
-            raise InputError(ctf, "column 1 (apix)", expected, apix)
+            raise InputError(ctf, _ctf_column(1), expected, apix)
 
     rots, trans = _poses(poses, n)
     ctf_params = np.concatenate([params[:, 2:9], np.zeros((n, 1)), np.ones((n, 1))], axis=1)
+    fields = {"apix": apix_field, "rotations": (poses, "rots"), "shift_x": (poses, "trans"),
+              "shift_y": (poses, "trans"), **{CTF_COLUMNS[k]: (ctf, _ctf_column(k + 2)) for k in range(7)}}
     return ParticleSet(
         source=source,
         apix=float(apix),
@@ -102,8 +116,8 @@ def read_stack_with_pkls(
         shifts=trans * box * apix,
         ctf=ctf_params,
         optics_group=optics_groups(ctf_params)[0],
-        provenance=Provenance(format="cryodrgn", path=stack, extra={"poses": poses, "ctf": ctf}),
-    )
+        provenance=Provenance(format="cryodrgn", path=stack, extra={"poses": poses, "ctf": ctf}, fields=fields),
+    ).validate()
 
 
 def write_poses_pkl(path: str | os.PathLike, ps: ParticleSet) -> None:

@@ -5,7 +5,8 @@ Fields used: ``blob/path`` (a leading ``>`` means relative to the project direct
 ``blob/idx`` (0-based image number), ``blob/shape``, ``blob/psize_A``, ``alignments3D/pose``
 (rotation vector of A transposed, radians), ``alignments3D/shift`` (pixels at
 ``alignments3D/psize_A``, same sign as RELION's origin) and ``ctf/*``. Fields missing from the
-main file are joined on ``uid`` from its ``*_passthrough_*.cs`` file.
+main file are joined on ``uid`` from its ``*_passthrough_*.cs`` file, where a uid may appear more
+than once only with identical values. Values are checked by ``ParticleSet.validate``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_npy
+from .ctf import CTF_COLUMNS
 from .errors import InputError
 from .geometry import matrix_to_rotvec, rotvec_to_matrix
 from .mrc import find_file, open_stacks, relative_paths
-from .particles import ParticleSet, Provenance
+from .particles import ParticleSet, Provenance, check_angles, check_pixel_size, common_pixel_size
 from .star import optics_groups
 
 _REQUIRED = (
@@ -44,6 +46,10 @@ _FIELD_TYPES = {
     "ctf/df_angle_rad": ("f", ()), "ctf/accel_kv": ("f", ()), "ctf/cs_mm": ("f", ()),
     "ctf/amp_contrast": ("f", ()), "ctf/phase_shift_rad": ("f", ()), "ctf/exp_group_id": ("i", ()),
 }
+# The fields of the CTF columns we read, in the order of ctf.CTF_COLUMNS (B-factor and scale
+# are not read: 0 and 1).
+_CTF_FIELDS = ("ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast",
+               "ctf/phase_shift_rad")
 _KINDS = {"i": ("iu", "integers"), "f": ("iuf", "numbers"), "S": ("SU", "text")}
 # Folders above the .cs file searched for project-relative paths (jobs sit in project/J12/).
 _PARENT_LEVELS = 3
@@ -121,6 +127,7 @@ def _join(main: np.ndarray, other: np.ndarray, main_path: Path, other_path: Path
     if np.any(lost):
         found = f"{int(lost.sum())} uids missing, e.g. {main['uid'][lost][0]}"
         raise InputError(other_path, "uid", f"every particle uid of {main_path.name}", found)
+    _refuse_conflicting_duplicates(other, order, new, main["uid"], other_path)
     dtype = np.dtype(main.dtype.descr + [d for d in other.dtype.descr if d[0] in new])
     out = np.empty(len(main), dtype=dtype)
     for name in main.dtype.names:
@@ -128,6 +135,28 @@ def _join(main: np.ndarray, other: np.ndarray, main_path: Path, other_path: Path
     for name in new:
         out[name] = other[name][rows]
     return out
+
+
+def _refuse_conflicting_duplicates(other: np.ndarray, order: np.ndarray, fields: list[str], used: np.ndarray,
+                                   other_path: Path) -> None:
+    """InputError when a uid of ``used`` has several rows in ``other`` that differ in ``fields``.
+
+    order: argsort of ``other["uid"]``. The join takes one of the rows, so duplicates are harmless
+    only when identical (NaN equal to NaN); otherwise which CTF a particle gets would be arbitrary.
+    """
+    uids = other["uid"][order]
+    dup = np.nonzero((uids[1:] == uids[:-1]) & np.isin(uids[1:], used))[0]
+    if len(dup) == 0:
+        return
+    a, b = other[order[dup + 1]], other[order[dup]]
+    for name in fields:
+        x, y = a[name].reshape(len(dup), -1), b[name].reshape(len(dup), -1)
+        differs = ~((x == y) | ((x != x) & (y != y))).all(axis=1)
+        if differs.any():
+            uid = uids[dup[int(np.argmax(differs))] + 1]
+            count = int(np.count_nonzero(uids == uid))
+            raise InputError(other_path, "uid", "one row per particle uid (or identical duplicates)",
+                             f"uid {uid} in {count} rows with different {name}")
 
 
 def read_cs(
@@ -146,6 +175,7 @@ def read_cs(
     """
     path = Path(path)
     rows = _load(path)
+    own = set(rows.dtype.names)
     extra: dict = {}
     if passthrough is None and any(f not in rows.dtype.names for f in _REQUIRED):
         passthrough = _find_passthrough(path)
@@ -185,14 +215,21 @@ def read_cs(
     if "blob/shape" in rows.dtype.names and np.any(rows["blob/shape"] != source.box):
         raise InputError(path, "blob/shape", f"{source.box} x {source.box} like the stacks", rows["blob/shape"][0].tolist())
 
-    psize = rows["blob/psize_A"].astype(np.float64)
+    def origin(name: str) -> tuple[Path, str]:  # the file a field was read from, and its name
+        return (path if name in own else passthrough), name
+
     if apix is None:
-        if not np.allclose(psize, psize[0], rtol=1e-4):
-            raise InputError(path, "blob/psize_A", "one pixel size for all particles", f"{psize.min():g} to {psize.max():g} Å")
-        apix = float(psize[0])
+        apix = common_pixel_size(*origin("blob/psize_A"), rows["blob/psize_A"])
+        apix_field = origin("blob/psize_A")
+    else:
+        apix_field = (None, "apix (given)")
     # Shifts are in pixels of the refinement, which may have run on a resampled stack.
-    align_psize = rows["alignments3D/psize_A"].astype(np.float64) if "alignments3D/psize_A" in rows.dtype.names else psize
+    align = "alignments3D/psize_A" if "alignments3D/psize_A" in rows.dtype.names else "blob/psize_A"
+    align_psize = rows[align].astype(np.float64)
+    check_pixel_size(*origin(align), align_psize)
     shifts = rows["alignments3D/shift"].astype(np.float64) * align_psize[:, None]
+    pose = rows["alignments3D/pose"].astype(np.float64)
+    check_angles(*origin("alignments3D/pose"), np.rad2deg(np.linalg.norm(pose, axis=1)))
 
     n = len(rows)
     phase = np.zeros(n)
@@ -217,15 +254,18 @@ def read_cs(
         optics_group = groups - groups.min() + 1
     else:
         optics_group = optics_groups(ctf)[0]
+    fields = {"apix": apix_field, "rotations": origin("alignments3D/pose"),
+              "shift_x": origin("alignments3D/shift"), "shift_y": origin("alignments3D/shift"),
+              **{q: origin(name) for q, name in zip(CTF_COLUMNS, _CTF_FIELDS)}}
     return ParticleSet(
         source=source,
         apix=apix,
-        rotations=rotvec_to_matrix(rows["alignments3D/pose"]),
+        rotations=rotvec_to_matrix(pose),
         shifts=shifts,
         ctf=ctf,
         optics_group=optics_group,
-        provenance=Provenance(format="cryosparc", path=path, rows=rows, extra=extra),
-    )
+        provenance=Provenance(format="cryosparc", path=path, rows=rows, extra=extra, fields=fields),
+    ).validate()
 
 
 def _rows_from_particles(ps: ParticleSet, relative_to: Path) -> np.ndarray:

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+
 import torch
 
+from .cli.options import shown
 from .errors import InputError
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` name a
+    device, which must exist here. Anything else (``mps``, ``meta``, a typo) is an InputError:
+    the models run on CPUs and CUDA GPUs only."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m is None:
+        raise InputError(None, "--device", DEVICE_NAMES, shown(name))
+    if not torch.cuda.is_available():
+        raise InputError(None, "--device", "a device that exists here (no CUDA GPU is visible: use cpu)", name)
+    index = int(m[1] or 0)
+    if index >= torch.cuda.device_count():
+        raise InputError(None, "--device", f"cuda:0 to cuda:{torch.cuda.device_count() - 1} (the GPUs visible here)",
+                         name)
+    return torch.device("cuda", index) if m[1] is not None else torch.device("cuda")
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a device name :func:`resolve_device` accepts on this machine."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(None, "--device", "auto, cpu, cuda or cuda:N", name) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device", "a device that exists here (no CUDA GPU is visible)", name)
-    return device
+        resolve_device(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(f"expected {exc.expected}, found {exc.found}") from None
+    return text
 
 
 def add_device_arg(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA when present), cpu, cuda or cuda:N")

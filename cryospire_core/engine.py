@@ -10,8 +10,10 @@ checkpoint at the exact step it reached.
 
 from __future__ import annotations
 
+import math
 import pickle
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +26,7 @@ import torch
 
 from .atomic import atomic_path
 from .distributed import Distributed
-from .errors import InputError, is_out_of_memory, out_of_memory
+from .errors import InputError, ResultError, is_out_of_memory, out_of_memory, require_finite
 from .particles import ParticleSet
 from .precision import autocast, grad_scaler
 from .progress import ProgressCallback, ProgressEvent
@@ -162,8 +164,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomically write ``state``; a full disk raises ResourceError and keeps the old checkpoint."""
+DIVERGED = "lower the learning rate, or check the particles for NaN/Inf pixels"
+"""What to change when a stage's loss or weights become NaN or infinite."""
+
+
+def save_checkpoint(path: Path, state: dict, stage: str = "the model") -> None:
+    """Atomically write ``state``; a full disk raises ResourceError and keeps the old checkpoint.
+    A state holding NaN or infinite numbers is refused (ResultError: ``stage`` diverged) and the
+    old file kept."""
+    require_finite(state, path, "weights", f"{stage} diverged: {DIVERGED}")
     # A Python file object makes a failed write surface as OSError(ENOSPC); torch.save given a
     # file name writes from C++ and reports only "unexpected pos".
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -173,11 +182,25 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def read_weights(path: Path, field: str, expected: str):
     """``torch.load(path, weights_only=True)`` on the CPU: nothing in the file can run code. A
     file holding anything else, a corrupt or unreadable one raises InputError(path, field, expected)."""
+    if not Path(path).is_file():
+        raise InputError(path, field, expected, "no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(path, field, expected, f"{type(exc).__name__}: {reason[:200]}") from exc
+        raise InputError(path, field, expected, _unreadable(exc)) from exc
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why torch.load refused a file, in our words: torch's own message advises loading an
+    unsafe file with ``weights_only=False``, which must never reach a user as advice."""
+    text = " ".join(str(exc).split())
+    if m := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"a pickled {m[1].rstrip('.')} (refused unread: a checkpoint holds only tensors, numbers and strings)"
+    if "Unsupported operand" in text or "load key" in text:
+        return "a damaged or truncated file (not one that torch.save wrote)"
+    if "weights_only" in text.lower() or "weights only" in text.lower():
+        return "objects other than tensors, numbers and strings (refused unread)"
+    return f"a damaged or truncated file ({type(exc).__name__}: {text.split('. ')[0][:200] or 'no detail'})"
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -194,6 +217,23 @@ def load_checkpoint(path: Path) -> dict:
         raise InputError(path, "checkpoint version", f"at most {CHECKPOINT_VERSION} (written by a newer cryospire)",
                          state["version"])
     return state
+
+
+def load_loop_state(path: Path) -> dict:
+    """A checkpoint :func:`run_loop` wrote (:func:`load_checkpoint`), with every field the loop
+    resumes from checked: model and optimizer state dicts, epoch and step (whole numbers >= 0),
+    the loss history and the running loss sum."""
+    state = load_checkpoint(path)
+    for key, kinds, what in _CHECKPOINT_FIELDS:
+        value = state.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (what.startswith("a whole") and value < 0):
+            raise InputError(path, key, what, "missing" if value is None else type(value).__name__)
+    return state
+
+
+_CHECKPOINT_FIELDS = (("model", dict, "the model's state dict"), ("optimizer", dict, "the optimizer's state dict"),
+                      ("epoch", int, "a whole number of finished epochs"), ("step", int, "a whole number of steps"),
+                      ("history", list, "the loss of each finished epoch"), ("run_sum", (int, float), "a number"))
 
 
 def run_loop(
@@ -226,9 +266,13 @@ def run_loop(
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     epoch, step, history, run_sum = 0, 0, [], 0.0
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = load_loop_state(checkpoint)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # another model's or optimizer's state
+            raise InputError(checkpoint, "model and optimizer", f"the state of this {stage} model (as the run's "
+                             "config and seed describe it)", " ".join(str(exc).split())[:300]) from exc
         epoch, step, history, run_sum = state["epoch"], state["step"], list(state["history"]), state["run_sum"]
     dist.broadcast_model(model)
     scaler = grad_scaler(device, cfg.precision)
@@ -240,7 +284,8 @@ def run_loop(
             return
         save_checkpoint(
             checkpoint,
-            {
+            stage=stage,
+            state={
                 "version": CHECKPOINT_VERSION,
                 "stage": stage,
                 "model": model.state_dict(),
@@ -292,6 +337,9 @@ def run_loop(
                         return LoopResult("cancelled", epoch, step, history)
                 else:
                     value = float(loss.detach())
+                if not math.isfinite(value):  # nothing of this step is saved: the last checkpoint stays sound
+                    raise ResultError(checkpoint, f"{stage} loss", "finite values",
+                                      f"{value} at epoch {epoch + 1}, step {step + 1}: the stage diverged: {DIVERGED}")
                 optimizer_step()
             except (RuntimeError, MemoryError) as exc:
                 # The last checkpoint stays as it was: nothing from this step is saved.

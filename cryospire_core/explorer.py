@@ -12,7 +12,8 @@ everything here is plain numpy / torch and is tested without a display.
 - Exports: :func:`write_map_series` (``vol_000.mrc ...`` for ChimeraX ``vseries``),
   :func:`write_selection` (.star / .cs subset keeping every original column + index file),
   :func:`branch_run` (a new run that reuses a finished run's stage-1 outputs and trains stage 2
-  on a subset).
+  on a subset). None replaces an existing file unless asked to (``overwrite``), and a branch
+  goes only into a new or empty folder (:mod:`cryospire_core.outputs`).
 
 Maps are rasterised with :data:`DISPLAY_WINDOW` widths (not the renderer's training default of 5):
 each Gaussian is cut at 4 widths, at most 3.4e-4 of its peak, invisible on screen, and it
@@ -39,8 +40,9 @@ from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
 from . import analysis
-from .atomic import write_json, write_npy, write_text
+from .atomic import TEMP_GLOB, write_json, write_npy, write_text
 from .errors import InputError
+from .outputs import GUI_REMEDY, check_new_outputs, check_writable_folder, describe
 
 #: Half-window (in widths) of the rasteriser for displayed maps (see the module docstring).
 DISPLAY_WINDOW = 4.0
@@ -226,12 +228,13 @@ class Explorer:
         """The most advanced model of a run folder, its latents (RUN/latents.npy), its parts, and
         where its particles and (for simulations) ground truth are."""
         from .parts import PartClustering
-        from .runfolder import RunFolder
-        from .train import load_trained_model
+        from .runfolder import RunFolder, read_npy
+        from .train import check_run_latents, load_trained_model
 
         root = Path(run_dir)
         model = load_trained_model(root)
         latents = analysis.load_latents(root)
+        check_run_latents(model, latents, root / "latents.npy")
         part_index = None
         if hasattr(model, "part_motions"):
             part_index = model.part_index.numpy()
@@ -239,7 +242,10 @@ class Explorer:
             part_index = PartClustering.from_npz(root / "parts" / "clustering.npz").part_index
         selection = None
         if hasattr(model, "part_motions") and (root / "selection.npy").is_file():
-            selection = np.load(root / "selection.npy", allow_pickle=False)
+            selection = read_npy(root / "selection.npy", "selection")
+            if selection.shape != (len(latents),) or selection.dtype.kind not in "iu" or selection.min() < 0:
+                raise InputError(root / "selection.npy", "selection", f"({len(latents)},) particle indices (one per "
+                                 "latent of stage 2)", f"{selection.dtype} array of shape {selection.shape}")
         particles = _particles_path(root, RunFolder(root).read_config())
         gt_labels, gt_dir = _ground_truth_labels(particles, selection, len(latents))
         return cls(model, latents, part_index, root, particles, selection, gt_labels, gt_dir)
@@ -488,20 +494,33 @@ def box_origin(box: int, apix: float) -> tuple[float, float, float]:
     return (o, o, o)
 
 
+def check_map_series(folder: str | os.PathLike, n: int, latents: bool = False, readouts: bool = False,
+                     overwrite: bool = False) -> list[Path]:
+    """Every file :func:`write_map_series` writes for ``n`` maps (the ``n`` maps first, then
+    latents.npy and parts.csv when asked for, then README.txt), after refusing (InputError) to
+    replace any existing one unless ``overwrite``: a GUI calls it before computing the maps."""
+    folder = Path(folder)
+    extra = [name for name, wanted in (("latents.npy", latents), ("parts.csv", readouts)) if wanted]
+    paths = [folder / f"vol_{i:03d}.mrc" for i in range(n)] + [folder / name for name in (*extra, "README.txt")]
+    check_new_outputs(paths, overwrite, "map series", remedy=GUI_REMEDY)
+    return paths
+
+
 def write_map_series(folder: str | os.PathLike, volumes: Sequence[np.ndarray], apix: float,
-                     latents: np.ndarray | None = None, readouts: Sequence[PartReadout] | None = None) -> list[Path]:
+                     latents: np.ndarray | None = None, readouts: Sequence[PartReadout] | None = None,
+                     overwrite: bool = False) -> list[Path]:
     """Write maps as ``folder/vol_000.mrc, vol_001.mrc, ...`` (voxel size ``apix``, origin of
     :func:`box_origin`), plus ``latents.npy`` and ``parts.csv`` (step, part, angle, shift,
     presence) when given, and ``README.txt`` with the ChimeraX command
-    ``open folder/vol_*.mrc vseries true``. Returns the map paths."""
+    ``open folder/vol_*.mrc vseries true``. Refuses (InputError, nothing written) to replace any
+    existing file unless ``overwrite``. Returns the map paths."""
     from .mrc import write_map
 
     folder = Path(folder)
+    paths = check_map_series(folder, len(volumes), latents is not None, bool(readouts), overwrite)[:len(volumes)]
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, vol in enumerate(volumes):
-        paths.append(folder / f"vol_{i:03d}.mrc")
-        write_map(paths[-1], vol, apix, origin=box_origin(np.shape(vol)[0], apix))
+    for path, vol in zip(paths, volumes):
+        write_map(path, vol, apix, origin=box_origin(np.shape(vol)[0], apix))
     if latents is not None:
         write_npy(folder / "latents.npy", np.asarray(latents, np.float32))
     if readouts:
@@ -533,11 +552,13 @@ def write_movie(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: floa
     return path
 
 
-def write_selection(path: str | os.PathLike, rows: np.ndarray, particles: str | os.PathLike) -> tuple[Path, Path]:
+def write_selection(path: str | os.PathLike, rows: np.ndarray, particles: str | os.PathLike,
+                    overwrite: bool = False) -> tuple[Path, Path]:
     """Write the particles ``rows`` (0-based indices into the particle file ``particles``) as a
     subset in the format of ``path``'s suffix (.star or .cs): every original column kept, image
     paths pointing at the original stacks. Also writes ``<path stem>_indices.txt`` (one index per
-    line, what ``cryospire train --select`` reads). Returns (subset path, index path)."""
+    line, what ``cryospire train --select`` reads). Refuses (InputError, nothing written) to
+    replace either file unless ``overwrite``. Returns (subset path, index path)."""
     from .cryosparc import write_cs
     from .load import load_particles
     from .star import write_star
@@ -549,14 +570,25 @@ def write_selection(path: str | os.PathLike, rows: np.ndarray, particles: str | 
     rows = np.unique(np.asarray(rows, np.int64))
     if len(rows) == 0:
         raise InputError(path, "selection", "at least one particle", "none selected")
+    index_path = path.with_name(path.stem + "_indices.txt")
+    check_new_outputs([path, index_path], overwrite, "selection file", remedy="another file name")
     ps = load_particles(particles, invert=False)
     if rows.max() >= len(ps):
         raise InputError(particles, "particles", f"more than {rows.max()} particles", len(ps))
     sub = ps.subset(rows)
     (write_star if suffix == ".star" else write_cs)(path, sub)
-    index_path = path.with_name(path.stem + "_indices.txt")
     write_text(index_path, "\n".join(str(int(i)) for i in rows) + "\n")
     return path, index_path
+
+
+def check_new_run_folder(dest: str | os.PathLike) -> None:
+    """InputError unless ``dest`` is a new or empty real folder we can write into (a branch's)."""
+    dst = Path(dest)
+    if dst.is_symlink() or (os.path.lexists(dst) and not dst.is_dir()):
+        raise InputError(dst, "new run folder", "an empty or new folder", describe(dst))
+    if dst.exists() and any(dst.iterdir()):
+        raise InputError(dst, "new run folder", "an empty or new folder", "a folder with files")
+    check_writable_folder(dst, "new run folder")
 
 
 def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str | os.PathLike) -> Path:
@@ -567,14 +599,13 @@ def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str |
     from .runfolder import RunFolder
 
     src, dst = Path(source), Path(dest)
-    if dst.exists() and any(dst.iterdir()):
-        raise InputError(dst, "new run folder", "an empty or new folder", "a folder with files")
+    check_new_run_folder(dst)
     for stage in ("consensus", "discovery", "parts"):
         if not (src / stage).is_dir():
             raise InputError(src / stage, "stage folder", "a run whose part discovery is finished", "missing")
     dst.mkdir(parents=True, exist_ok=True)
     for stage in ("consensus", "discovery", "parts"):
-        shutil.copytree(src / stage, dst / stage, ignore=shutil.ignore_patterns("checkpoint.pt", ".*.tmp*"))
+        shutil.copytree(src / stage, dst / stage, ignore=shutil.ignore_patterns("checkpoint.pt", TEMP_GLOB))
     saved = json.loads((src / "config.json").read_text())
     saved["train"]["select"] = str(Path(select).resolve())
     saved["branched_from"] = str(src.resolve())

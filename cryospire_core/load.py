@@ -10,10 +10,12 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .cryodrgn import read_stack_with_pkls
 from .cryosparc import read_cs, write_cs
 from .errors import InputError
-from .particles import ParticleSet, detect_contrast
+from .particles import ParticleSet, check_pixel_size, detect_contrast
 from .star import read_star, write_star
 
 STACK_SUFFIXES = (".mrcs", ".mrc", ".txt")
@@ -37,9 +39,12 @@ def load_particles(
     particles (RELION/cryoSPARC extraction default: images are multiplied by -1 on reading);
     False declares dark ones. apix: Å/pixel overriding the file's value.
     Every reader checks the stacks from their headers (existence, square images, one box size,
-    enough images for every reference) without opening the data.
+    enough images for every reference) without opening the data, and the values it read with
+    ``ParticleSet.validate`` (physics and float32 range; see :mod:`cryospire_core.particles`).
     """
     path = Path(path)
+    if apix is not None:
+        check_pixel_size(None, "--apix", np.array([apix], dtype=np.float64))
     suffix = path.suffix.lower()
     if suffix == ".star":
         _refuse_pkls(path, poses, ctf, "a .star file holds poses and CTFs itself")

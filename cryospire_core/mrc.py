@@ -21,8 +21,10 @@ from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import data_shape_from_header, dtype_from_mode
 
 from .atomic import atomic_path
-from .errors import InputError
-from .particles import ImageSource
+from .errors import InputError, require_finite
+from .particles import ImageSource, check_pixel_size
+
+NONFINITE_CAUSE = "the computation diverged, or its inputs hold NaN/Inf values"
 
 # Real-valued MRC modes: int8, int16, float32, uint16, float16 (3 and 4 are complex).
 REAL_MODES = (0, 1, 2, 6, 12)
@@ -42,9 +44,11 @@ class MapData:
 class MrcHeader:
     """What the header of an MRC/MRCS file says, read without touching the data block.
 
-    shape: the data array's shape ((z, y, x) for a map, (n, y, x) for a stack, (y, x) for one
-    image); apix: Å/pixel along x (0 when the header leaves the cell unset); voxel_size: (x, y, z)
-    Å; mode: MRC mode number; origin: (x, y, z) Å; axis_order: (mapc, mapr, maps).
+    shape: the data's shape in (z, y, x) order whatever the file's axis order ((z, y, x) for a
+    map, (n, y, x) for a stack, (y, x) for one image in standard order); apix: Å/pixel along x (0
+    when the header leaves the cell unset or gives a non-finite one); voxel_size: (x, y, z) Å;
+    mode: MRC mode number; origin: (x, y, z) Å; axis_order: (mapc, mapr, maps), the axis (1 = x,
+    2 = y, 3 = z) along which the file's columns, rows and sections run.
     """
 
     path: Path
@@ -54,6 +58,30 @@ class MrcHeader:
     mode: int
     origin: np.ndarray
     axis_order: tuple[int, int, int]
+
+
+def axis_order(header: np.recarray) -> tuple[int, int, int]:
+    """(mapc, mapr, maps) of an mrcfile header; (1, 2, 3) when they are no permutation of it
+    (some writers leave them 0)."""
+    axes = (int(header.mapc), int(header.mapr), int(header.maps))
+    return axes if sorted(axes) == [1, 2, 3] else (1, 2, 3)
+
+
+def _zyx_dims(axes: tuple[int, int, int]) -> list[int]:
+    """For z, y and x, the file dimension (0 sections, 1 rows, 2 columns) that runs along it."""
+    file_axes = axes[::-1]
+    return [file_axes.index(a) for a in (3, 2, 1)]
+
+
+def to_zyx(data: np.ndarray, axes: tuple[int, int, int]) -> np.ndarray:
+    """The data of an MRC file (sections, rows, columns), or one image (rows, columns), as a
+    (z, y, x) view: no copy, so a memory-mapped stack stays on disk. Maps and stacks both go
+    through here: a stack's images lie along z."""
+    if axes == (1, 2, 3):
+        return data
+    if data.ndim == 2:
+        data = data[None]
+    return data.transpose(_zyx_dims(axes))
 
 
 def read_header(path: str | os.PathLike) -> MrcHeader:
@@ -82,16 +110,21 @@ def read_header(path: str | os.PathLike) -> MrcHeader:
     size = path.stat().st_size
     if size < expected:
         raise InputError(path, "MRC data", f"{expected} bytes for a {shape} mode-{mode} array", f"{size} bytes (truncated file?)")
+    axes = axis_order(h)
+    counts = [int(h.nx), int(h.ny), int(h.nz)]  # columns, rows, sections
+    if axes != (1, 2, 3):
+        shape = tuple((1,) * (3 - len(shape)) + shape)
+        shape = tuple(shape[d] for d in _zyx_dims(axes))
+        counts = [counts[axes.index(a)] for a in (1, 2, 3)]  # along x, y, z
     cell = np.array([h.cella.x, h.cella.y, h.cella.z], dtype=np.float64)
     grid = np.array([h.mx, h.my, h.mz], dtype=np.float64)
-    grid = np.where(grid > 0, grid, [h.nx, h.ny, h.nz])  # some writers leave mx, my, mz at 0
-    voxel = tuple(float(v) for v in cell / np.maximum(grid, 1))
+    grid = np.where(grid > 0, grid, counts)  # some writers leave mx, my, mz at 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        voxel = cell / np.maximum(grid, 1)
+    voxel = tuple(float(v) if np.isfinite(v) else 0.0 for v in voxel)  # non-finite: as unset
     origin = np.array([h.origin.x, h.origin.y, h.origin.z], dtype=np.float64)
     if not np.any(origin):  # older files give the start as an index offset instead
         origin = np.array([h.nxstart, h.nystart, h.nzstart], dtype=np.float64) * np.array(voxel)
-    axes = (int(h.mapc), int(h.mapr), int(h.maps))
-    if sorted(axes) != [1, 2, 3]:  # unset in some files: standard order
-        axes = (1, 2, 3)
     return MrcHeader(path, shape, voxel[0], voxel, mode, origin, axes)
 
 
@@ -110,10 +143,7 @@ def read_map(path: str | os.PathLike, apix: float | None = None, require_cubic: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mrcfile.mmap(path, mode="r", permissive=True) as m:
-            data = np.array(m.data, dtype=np.float32)
-    # File axes are (sections, rows, columns) = axis_order reversed; put them in (z, y, x) order.
-    file_axes = header.axis_order[::-1]
-    data = np.ascontiguousarray(data.transpose([file_axes.index(a) for a in (3, 2, 1)]))
+            data = np.ascontiguousarray(to_zyx(m.data, header.axis_order), dtype=np.float32)
     if require_cubic and len(set(data.shape)) != 1:
         raise InputError(path, "map dimensions", "a cubic grid D x D x D", data.shape)
     if apix is None:
@@ -123,6 +153,7 @@ def read_map(path: str | os.PathLike, apix: float | None = None, require_cubic: 
         if not np.allclose(vs, vs[0], rtol=1e-3):
             raise InputError(path, "voxel size", "the same size on x, y and z", tuple(vs))
         apix = float(vs[0])
+    check_pixel_size(path, "voxel size", np.array([apix], dtype=np.float64))
     if not np.all(np.isfinite(data)):
         raise InputError(path, "map values", "finite numbers", f"{int(np.count_nonzero(~np.isfinite(data)))} NaN/Inf voxels")
     return MapData(data, float(apix), header.origin)
@@ -137,10 +168,12 @@ def write_map(
     """Atomically write a 3D map (z, y, x) as float32 with voxel size ``apix`` Å.
 
     origin: (x, y, z) Å stored in the header's origin field (the position of voxel index 0).
+    A map with NaN or infinite voxels is refused (ResultError naming ``path``), never written.
     """
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"write_map needs a 3D (z, y, x) array, got shape {data.shape}")
+    require_finite(data, path, "map values", NONFINITE_CAUSE)
     with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as m:
         m.set_data(data)
         m.voxel_size = float(apix)
@@ -184,7 +217,8 @@ class StackWriter:
         return self
 
     def append(self, images: np.ndarray) -> None:
-        """Append images (B, D, D) (or one (D, D) image), written as little-endian float32."""
+        """Append images (B, D, D) (or one (D, D) image), written as little-endian float32;
+        NaN or infinite pixels are refused (ResultError) and the stack is not written."""
         if self._file is None:
             raise RuntimeError("StackWriter.append outside its with-block")
         images = np.asarray(images)
@@ -195,6 +229,7 @@ class StackWriter:
         images = np.ascontiguousarray(images, dtype="<f4")
         if images.size == 0:
             return
+        require_finite(images, self.path, "image values", NONFINITE_CAUSE)
         images.tofile(self._file)
         flat = images.reshape(-1).astype(np.float64)
         self._stats[0] = min(self._stats[0], flat.min())
@@ -263,10 +298,19 @@ def find_file(
     tried = [p] if p.is_absolute() else [d / p for d in dirs if d is not None]
     tried += [d / p.name for d in bare_dirs if d is not None]
     for cand in tried:
-        if cand.is_file():
-            return cand
-    where = ", ".join(str(t) for t in dict.fromkeys(tried))
-    raise InputError(meta_path, field, f"an existing stack '{name}' (tried {where})", "no such file")
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not there
+            continue
+    where = ", ".join(_shorten(str(t)) for t in dict.fromkeys(tried))
+    raise InputError(meta_path, field, f"an existing stack '{_shorten(name)}' (tried {where})", "no such file")
+
+
+def _shorten(text: str, keep: int = 120) -> str:
+    """``text`` cut in the middle to about ``keep`` characters, so a garbage name keeps an error
+    message to one readable line."""
+    return text if len(text) <= keep else f"{text[:keep // 2]}...{text[-keep // 2:]}"
 
 
 def relative_paths(files: Sequence[Path], base: str | os.PathLike) -> list[str]:

@@ -4,11 +4,17 @@ Images stay on disk: :class:`ImageSource` reads them in batches from memory-mapp
 Poses follow the RELION conventions: ``rotations`` are the matrices A of
 :mod:`cryospire_core.geometry`, ``shifts`` are RELION origins in Å (the shift that re-centres
 the particle: the observed particle sits at ``-shift`` from the box centre).
+
+Every reader ends with :meth:`ParticleSet.validate`, the one place where values are checked
+against physics (``ctf.impossible_ctf``) and against the float32 precision the images are
+computed in; errors name the file and the field as that format spells them
+(``Provenance.fields``), the first bad particle (1-based) and how many are bad.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -18,8 +24,76 @@ from typing import Any
 import mrcfile
 import numpy as np
 
-from .ctf import N_CTF
+from .ctf import CTF_COLUMNS, N_CTF, impossible_ctf, unusual_ctf
 from .errors import InputError
+
+#: Pixel sizes in Å a reader accepts: detectors and binning give 0.2-20 Å, so values beyond these
+#: bounds are unit errors (and tiny ones overflow the CTF's |s|^4 term in float32).
+APIX_RANGE = (0.01, 1e4)
+#: How far a pose matrix may be from a rotation (|A A^T - I| and |det A - 1|): float32 round trip.
+ROTATION_TOLERANCE = 1e-3
+#: Largest Euler angle (or rotation-vector angle) in degrees: float64 still resolves 1e-6 degrees
+#: of such an angle, and no program writes angles beyond a few turns.
+MAX_ANGLE_DEG = 1e6
+
+
+def finite32(values: np.ndarray) -> np.ndarray:
+    """Element-wise: finite once cast to float32 (1e39 is finite in float64, inf in float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.isfinite(np.asarray(values, dtype=np.float64).astype(np.float32))
+
+
+def require(
+    path: str | os.PathLike | None,
+    field: str,
+    ok: np.ndarray,
+    expected: str,
+    values: np.ndarray,
+    unit: str = "",
+    groups: np.ndarray | None = None,
+) -> None:
+    """InputError unless every particle is ``ok``.
+
+    ok: (N,) bool, one per particle (row of the file); values: (N,) what is shown of the first bad
+    particle, followed by ``unit``; groups: (N,) optics groups, shown too when given.
+    The message names the first bad particle (1-based, as RELION counts rows) and how many are bad.
+    """
+    ok = np.asarray(ok, dtype=bool)
+    if ok.all():
+        return
+    i = int(np.argmin(ok))
+    value = values[i]
+    shown = f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+    group = f", optics group {int(groups[i])}" if groups is not None else ""
+    count = f"{int((~ok).sum())} of {len(ok)} particles"
+    raise InputError(path, field, expected, f"{shown}{unit} at particle {i + 1}{group} ({count})")
+
+
+def check_pixel_size(path: str | os.PathLike | None, field: str, values: np.ndarray) -> None:
+    """InputError unless every pixel size (N,) in Å lies in ``APIX_RANGE``."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = APIX_RANGE
+    ok = finite32(values) & (values >= lo) & (values <= hi)
+    if len(values) == 1 and not ok[0]:  # one value for the whole set: no particle to point to
+        raise InputError(path, field, f"a pixel size in Å between {lo:g} and {hi:g}", f"{values[0]:g}")
+    require(path, field, ok, f"a pixel size in Å between {lo:g} and {hi:g}", values)
+
+
+def common_pixel_size(path: str | os.PathLike | None, field: str, values: np.ndarray) -> float:
+    """The one pixel size (Å) of per-particle ``values`` (N,); InputError when one is impossible
+    or they differ by more than 0.01 %."""
+    values = np.asarray(values, dtype=np.float64)
+    check_pixel_size(path, field, values)
+    if not np.allclose(values, values[0], rtol=1e-4):
+        raise InputError(path, field, "one pixel size for all particles", f"{values.min():g} to {values.max():g} Å")
+    return float(values[0])
+
+
+def check_angles(path: str | os.PathLike | None, field: str, degrees: np.ndarray) -> None:
+    """InputError unless every angle (N,) in degrees is finite and within ``MAX_ANGLE_DEG``."""
+    degrees = np.asarray(degrees, dtype=np.float64)
+    ok = finite32(degrees) & (np.abs(degrees) <= MAX_ANGLE_DEG)
+    require(path, field, ok, f"an angle in degrees, |angle| <= {MAX_ANGLE_DEG:g}", degrees, unit="°")
 
 
 @dataclass
@@ -65,9 +139,12 @@ class ImageSource:
                 handle = mrcfile.mmap(path, mode="r", permissive=True)
             except Exception as exc:  # mrcfile raises ValueError / OSError variants
                 raise InputError(path, "MRC header", "a readable MRC/MRCS stack", exc) from exc
+            from .mrc import axis_order, to_zyx  # mrc builds on this module
+
             data = handle.data
             if data is None:
                 raise InputError(path, "MRC data", "a data block matching the header", "none (truncated file?)")
+            data = to_zyx(data, axis_order(handle.header))  # the header's axis order, as for maps
             if data.ndim == 2:
                 data = data[None]
             if data.ndim != 3 or data.shape[1] != data.shape[2]:
@@ -133,12 +210,20 @@ class Provenance:
     rows: the original metadata rows in particle order (a pandas DataFrame for STAR files, a
     numpy structured array for cryoSPARC), or None.
     extra: other tables (e.g. ``{"optics": DataFrame}`` for RELION 3.1, passthrough arrays).
+    fields: where each quantity :meth:`ParticleSet.validate` checks was read, as
+    ``quantity -> (file, that format's name for it)``; quantities are ``apix``, ``rotations``,
+    ``shift_x``, ``shift_y`` and the ``ctf.CTF_COLUMNS``. One not listed is named as ours in ``path``.
     """
 
     format: str
     path: Path
     rows: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+
+    def source_of(self, quantity: str) -> tuple[Path | None, str]:
+        """(file, field name) a quantity of ``fields`` was read from."""
+        return self.fields.get(quantity, (self.path, quantity))
 
     def subset(self, idx: np.ndarray) -> Provenance:
         rows = self.rows
@@ -177,10 +262,46 @@ class ParticleSet:
         ):
             if arr.shape != shape:
                 raise InputError(path, name, f"shape {shape} (one per particle)", arr.shape)
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise InputError(path, name, "finite numbers", "NaN or Inf")
-        if not (np.isfinite(self.apix) and self.apix > 0):
-            raise InputError(path, "pixel size", "a positive number of Å/pixel", self.apix)
+
+    def validate(self) -> ParticleSet:
+        """Refuse values no microscope gives or that float32 cannot hold; warn about unusual ones.
+
+        Checked (each value after the cast to float32, the precision images are computed in):
+        the pixel size (``APIX_RANGE``), rotations (orthonormal with det +1 within
+        ``ROTATION_TOLERANCE``), shifts (smaller than the box on each axis) and the CTF
+        (``ctf.impossible_ctf``); defoci outside ``ctf.unusual_ctf``'s range give a UserWarning.
+        Raises InputError naming the file and field of ``provenance.fields``. Returns self, so a
+        reader can end with ``return ParticleSet(...).validate()``.
+        """
+        prov, n = self.provenance, len(self)
+        check_pixel_size(*prov.source_of("apix"), np.array([self.apix]))
+        groups = self.optics_group
+
+        rot = self.rotations
+        with np.errstate(all="ignore"):  # NaN/Inf matrices give NaN here, refused below
+            err = np.abs(rot @ np.swapaxes(rot, 1, 2) - np.eye(3)).max(axis=(1, 2))
+            det = np.linalg.det(rot)
+            off = np.maximum(err, np.abs(det - 1))  # distance from the nearest rotation, roughly
+        ok = finite32(rot).all(axis=(1, 2)) & (off < ROTATION_TOLERANCE)
+        expected = f"rotation matrices (orthonormal, det +1, within {ROTATION_TOLERANCE:g})"
+        require(*prov.source_of("rotations"), ok, expected, off, unit=" off a rotation", groups=groups)
+
+        limit = self.box * self.apix
+        for k, axis in enumerate(("shift_x", "shift_y")):
+            s = self.shifts[:, k]
+            expected = f"a shift smaller than the box, |shift| < {limit:g} Å ({self.box} px)"
+            require(*prov.source_of(axis), finite32(s) & (np.abs(s) < limit), expected, s, unit=" Å", groups=groups)
+
+        for column, ok, expected in impossible_ctf(self.ctf, self.apix):
+            values = self.ctf[:, column]
+            require(*prov.source_of(CTF_COLUMNS[column]), finite32(values) & ok, expected, values, groups=groups)
+        for column, ok, usual in unusual_ctf(self.ctf):
+            if not ok.all():
+                path, name = prov.source_of(CTF_COLUMNS[column])
+                i = int(np.argmin(ok))
+                warnings.warn(f"{path}: {name}: {int((~ok).sum())} of {n} particles outside {usual}, e.g. "
+                              f"{self.ctf[i, column]:g} at particle {i + 1}", UserWarning, stacklevel=2)
+        return self
 
     def __len__(self) -> int:
         return len(self.source)

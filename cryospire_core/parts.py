@@ -42,6 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from .atomic import write_npz
 from .errors import InputError
+from .runfolder import read_npz
 
 #: Candidate level-1 cluster counts for the automatic choice.
 LEVEL1_CANDIDATES = range(2, 9)
@@ -152,24 +153,21 @@ class PartClustering:
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> PartClustering:
-        """Read a file written by :meth:`to_npz` (InputError naming a missing key)."""
+        """Read a file written by :meth:`to_npz` (InputError naming the file when it is missing,
+        damaged, or lacks a key or a scalar)."""
         path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "part clustering", "an existing clustering.npz", "no such file")
-        with np.load(path, allow_pickle=False) as z:
-            data = dict(z)
         needed = ("part_index", "level1", "anchor_index", "anchor_centres", "anchor_features", "n_level1",
                   "level1_k", "level1_silhouette", "part_rg", "molecule_rg", "part_presence", "rule",
                   "features", "centres", "masses", "seed")
-        for key in needed:
-            if key not in data:
-                raise InputError(path, key, "the array written by PartClustering.to_npz", "missing")
-        inputs = ClusteringInputs(data["features"], data["centres"], data["masses"], data.get("dynamics"),
-                                  data.get("presence"),
-                                  int(data["seed"]))
-        return cls(data["part_index"], data["level1"], data["anchor_index"], data["anchor_centres"],
-                   data["anchor_features"], int(data["n_level1"]), data["level1_k"], data["level1_silhouette"],
-                   data["part_rg"], float(data["molecule_rg"]), data["part_presence"], str(data["rule"]), inputs)
+        data = read_npz(path, "part clustering", needed)
+        try:
+            inputs = ClusteringInputs(data["features"], data["centres"], data["masses"], data.get("dynamics"),
+                                      data.get("presence"), int(data["seed"]))
+            return cls(data["part_index"], data["level1"], data["anchor_index"], data["anchor_centres"],
+                       data["anchor_features"], int(data["n_level1"]), data["level1_k"], data["level1_silhouette"],
+                       data["part_rg"], float(data["molecule_rg"]), data["part_presence"], str(data["rule"]), inputs)
+        except (TypeError, ValueError, IndexError) as exc:  # a scalar saved as an array, ...
+            raise InputError(path, "part clustering", "the arrays PartClustering.to_npz writes", exc) from exc
 
 
 # --------------------------------------------------------------------------------------------

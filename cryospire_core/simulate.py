@@ -35,6 +35,7 @@ from .ctf import compute_ctf, make_ctf_params
 from .errors import InputError
 from .fourier import freq_grid_2d, ifft2_centered, rfft_centered_crop, shift_phase
 from .geometry import random_rotations
+from .outputs import check_new_outputs
 from .particles import ImageSource, ParticleSet, Provenance
 from .phantoms import Phantom, make_phantom, state_volume, state_volumes
 from .progress import ProgressCallback, ProgressEvent
@@ -309,6 +310,26 @@ def _density_threshold(phantom: Phantom) -> float:
     return 0.2 * float(np.median(phantom.amplitudes))
 
 
+SIMULATION_FILES = ("particles.mrcs", "particles.star", "poses.pkl", "ctf.pkl", "metadata.json")
+GROUND_TRUTH_FILES = ("mask.mrc", "domains.mrc", "labels.npy", "beads.npz")
+"""The fixed names :func:`write_simulation` writes into OUT and OUT/gt (plus gt/vol_###.mrc)."""
+
+
+def _state_maps(gt: Path) -> list[Path]:
+    """The ``gt/vol_<digits>.mrc`` files there now (an earlier simulation's maps, or the user's)."""
+    return [p for p in gt.glob("vol_*.mrc") if p.stem.removeprefix("vol_").isdigit()] if gt.is_dir() else []
+
+
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse (InputError), before anything is simulated, to replace or delete any file
+    :func:`write_simulation` would write into ``out_dir``, unless ``overwrite`` (every existing
+    gt/vol_###.mrc counts: it is either replaced or deleted); see :mod:`cryospire_core.outputs`."""
+    out = Path(out_dir)
+    gt = out / "gt"
+    paths = [out / n for n in SIMULATION_FILES] + [gt / n for n in GROUND_TRUTH_FILES] + _state_maps(gt)
+    check_new_outputs(paths, overwrite, under=out)
+
+
 def write_simulation(
     out_dir: str | os.PathLike,
     result: SimulationResult,
@@ -325,8 +346,7 @@ def write_simulation(
     from . import cryodrgn, mrc, star  # the writers import the readers' stack; load them lazily
 
     out = Path(out_dir)
-    if (out / "metadata.json").exists() and not overwrite:
-        raise InputError(out, "--out", "a new folder (or --overwrite)", "an existing simulation")
+    check_output_folder(out, overwrite)
     gt = out / "gt"
     gt.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -339,10 +359,9 @@ def write_simulation(
         np.maximum(union, vol, out=union)
         if progress is not None:
             progress(ProgressEvent("ground truth", k + 1, ph.n_states, elapsed=time.perf_counter() - t0))
-    for old in gt.glob("vol_*.mrc"):
-        number = old.stem.removeprefix("vol_")
-        if number.isdigit() and int(number) >= ph.n_states:
-            old.unlink()  # left by an earlier simulation with more states
+    for old in _state_maps(gt):
+        if int(old.stem.removeprefix("vol_")) >= ph.n_states:
+            old.unlink()  # left by an earlier simulation with more states (replaced only with overwrite)
     threshold = _density_threshold(ph)
     dilate, edge = max(2.0, ph.box / 32), max(3.0, ph.box / 16)
     mrc.write_map(gt / "mask.mrc", evaluation_mask(union, threshold, dilate, edge), ph.apix)

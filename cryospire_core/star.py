@@ -10,6 +10,8 @@ of a STAR file keep every original column and point to the original stacks.
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,11 @@ import pandas as pd
 import starfile
 
 from .atomic import atomic_path
+from .ctf import CTF_COLUMNS
 from .errors import InputError
 from .geometry import euler_to_matrix, matrix_to_euler
 from .mrc import find_file, open_stacks, relative_paths
-from .particles import ParticleSet, Provenance
+from .particles import ParticleSet, Provenance, check_angles, common_pixel_size, require
 
 # Columns that may sit in data_optics (RELION 3.1) or in the particle rows (3.0).
 _CTF_REQUIRED = (
@@ -31,7 +34,8 @@ _CTF_REQUIRED = (
     "rlnSphericalAberration",
     "rlnAmplitudeContrast",
 )  # in the order of ctf.CTF_COLUMNS
-_REQUIRED = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", *_CTF_REQUIRED)
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+_REQUIRED = ("rlnImageName", *_ANGLES, *_CTF_REQUIRED)
 # Optional CTF columns and the value RELION assumes when they are absent.
 _CTF_DEFAULTS = {"rlnPhaseShift": 0.0, "rlnCtfBfactor": 0.0, "rlnCtfScalefactor": 1.0}
 # STAR values are text: 6 decimals, as RELION writes them.
@@ -39,6 +43,9 @@ _FLOAT_FORMAT = "%.6f"
 # Folders above the STAR file searched for project-relative stack paths (RELION jobs sit two
 # levels below the project directory, e.g. Refine3D/job012/run_data.star).
 _PARENT_LEVELS = 3
+# A line opening a block (``data_NAME``, NAME up to the first blank) or a loop, as starfile
+# sees them: after leading blanks.
+_BLOCK_OR_LOOP = re.compile(rb"^[ \t]*(data_\S*|loop_)", re.M)
 
 
 def _as_numbers(path: Path, values: pd.Series, name: str, dtype) -> np.ndarray:
@@ -86,14 +93,89 @@ class _Columns:
         return _as_numbers(self.path, values, name, dtype)
 
 
+def _line_end(raw: bytes, pos: int) -> int:
+    """Offset just past the line holding ``raw[pos]`` (its newline included)."""
+    end = raw.find(b"\n", pos)
+    return len(raw) if end < 0 else end + 1
+
+
+def _loop_header_clutter(path: Path, raw: bytes) -> list[tuple[int, int]]:
+    """Byte ranges (start, end) of the comment and blank lines inside loop headers (between
+    ``loop_`` and its last ``_label``), after refusing two blocks of one name.
+
+    RELION reads the first of two ``data_particles`` (or ``data_optics``) blocks and starfile the
+    last, and RELION never writes two: a second one is an InputError naming both lines. RELION's
+    parser skips comment lines anywhere, while starfile ends a loop header at the first one and
+    then misreads the remaining labels as data.
+    """
+    seen: dict[str, list[int]] = {}
+    clutter = []
+    line, last = 1, 0
+    for m in _BLOCK_OR_LOOP.finditer(raw):
+        line += raw.count(b"\n", last, m.start())
+        last = m.start()
+        word = m.group(1)
+        if word != b"loop_":
+            seen.setdefault(word[5:].decode("utf-8", "replace"), []).append(line)
+            continue
+        # Walk the header's lines; comment/blank lines count only when a label follows them.
+        pending, pos = [], _line_end(raw, m.end())
+        while pos < len(raw):
+            end = _line_end(raw, pos)
+            text = raw[pos:end].strip()
+            if text.startswith(b"_"):
+                clutter += pending
+                pending = []
+            elif not text or text.startswith(b"#"):
+                pending.append((pos, end))
+            else:
+                break
+            pos = end
+    for name, lines in seen.items():
+        if len(lines) > 1:
+            where = ", ".join(map(str, lines))
+            raise InputError(path, f"data_{name}", f"one data_{name} block (RELION reads only the first)",
+                             f"{len(lines)} blocks, at lines {where}")
+    return clutter
+
+
+def _utf8(raw: bytes) -> bytes:
+    """``raw`` itself when it is UTF-8, else recoded from Latin-1 (older tools and file systems
+    write micrograph folders and comments in it; starfile reads such a file as no blocks at all,
+    while every byte is a Latin-1 character)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").encode("utf-8")
+    return raw
+
+
 def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
-    """(particles, optics or None, format) from a STAR file."""
+    """(particles, optics or None, format) from a STAR file (see :func:`_loop_header_clutter`)."""
     if not path.is_file():
         raise InputError(path, "STAR file", "an existing file", "no such file")
+    raw = path.read_bytes()
+    text = _utf8(raw)
+    clutter = _loop_header_clutter(path, text)
+    parsed = path
+    if clutter or text is not raw:  # parse a copy without what starfile cannot read
+        raw = text
+        keep, start = [], 0
+        for a, b in clutter:
+            keep.append(raw[start:a])
+            start = b
+        keep.append(raw[start:])
+        with tempfile.NamedTemporaryFile("wb", suffix=".star", delete=False) as f:
+            f.write(b"".join(keep))
+        parsed = Path(f.name)
+    del raw
     try:
-        blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnImageName", "rlnMicrographName"])
+        blocks = starfile.read(parsed, always_dict=True, parse_as_string=["rlnImageName", "rlnMicrographName"])
     except Exception as exc:  # the parser raises assorted pandas/ValueErrors on malformed text
         raise InputError(path, "STAR syntax", "a readable STAR file", exc) from exc
+    finally:
+        if parsed != path:
+            parsed.unlink()
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     if "optics" in tables and "particles" in tables:
         return tables["particles"], tables["optics"], "relion3.1"
@@ -117,9 +199,10 @@ def _image_names(path: Path, names: pd.Series) -> tuple[np.ndarray, list[str], n
     return frames.astype(np.int64) - 1, [str(u) for u in uniques], codes.astype(np.int64)
 
 
-def _pixel_size(path: Path, cols: _Columns, apix: float | None) -> float:
+def _pixel_size(path: Path, cols: _Columns, apix: float | None) -> tuple[float, tuple[Path | None, str]]:
+    """The particles' pixel size (Å) and where it was read (see ``Provenance.fields``)."""
     if apix is not None:
-        return float(apix)
+        return float(apix), (None, "apix (given)")
     if "rlnImagePixelSize" in cols:
         values = cols.get("rlnImagePixelSize")
         field = "rlnImagePixelSize"
@@ -133,9 +216,7 @@ def _pixel_size(path: Path, cols: _Columns, apix: float | None) -> float:
             "a pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification, or --apix)",
             "none",
         )
-    if not np.allclose(values, values[0], rtol=1e-4):
-        raise InputError(path, field, "one pixel size for all particles", f"{values.min():g} to {values.max():g} Å")
-    return float(values[0])
+    return common_pixel_size(path, field, values), (path, field)
 
 
 def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None, apix: float | None = None) -> ParticleSet:
@@ -146,7 +227,9 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     project of a job's output), then as a bare file name in datadir and the STAR file's folder.
     apix: Å/pixel overriding the file's pixel size (needed for 3.0 files that lack one).
     Origins missing from the file are taken as 0, as RELION does. Stacks are checked from their
-    headers (count, square, one box size); errors name the file and the column.
+    headers (count, square, one box size, ``rlnImageSize``), values by ``ParticleSet.validate``;
+    errors name the file and the column. Comment lines in loop headers are skipped, as RELION
+    does; a second block of one name (two ``data_particles``) is an error.
     """
     path = Path(path)
     particles, optics, fmt = _read_tables(path)
@@ -156,7 +239,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     missing = [c for c in _REQUIRED if c not in cols]
     if missing:
         raise InputError(path, ", ".join(missing), "columns in data_particles or data_optics", "none")
-    apix = _pixel_size(path, cols, apix)
+    apix, apix_field = _pixel_size(path, cols, apix)
 
     frames, stack_names, codes = _image_names(path, particles["rlnImageName"])
     star_dir = path.parent
@@ -164,15 +247,24 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     dirs = [star_dir, data_dir, *list(star_dir.absolute().parents)[:_PARENT_LEVELS]]
     files = [find_file(s, path, "rlnImageName", dirs, [data_dir, star_dir]) for s in stack_names]
     source, _ = open_stacks(files, codes, frames, path, "rlnImageName")
+    if "rlnImageSize" in cols:
+        size = cols.get("rlnImageSize")
+        expected = f"{source.box} px, the box of the images in {files[0].name}"
+        require(path, "rlnImageSize", size == source.box, expected, size, unit=" px")
 
-    rotations = euler_to_matrix(cols.get("rlnAngleRot"), cols.get("rlnAngleTilt"), cols.get("rlnAnglePsi"))
-    if "rlnOriginXAngst" in cols and "rlnOriginYAngst" in cols:
-        shifts = np.stack([cols.get("rlnOriginXAngst"), cols.get("rlnOriginYAngst")], 1)
-    elif "rlnOriginX" in cols and "rlnOriginY" in cols:
-        shifts = np.stack([cols.get("rlnOriginX"), cols.get("rlnOriginY")], 1) * apix
-    else:
-        shifts = np.zeros((len(particles), 2))
+    angles = [cols.get(c) for c in _ANGLES]
+    for name, values in zip(_ANGLES, angles):
+        check_angles(path, name, values)
+    rotations = euler_to_matrix(*angles)
     n = len(particles)
+    origins = ("rlnOriginXAngst", "rlnOriginYAngst")
+    if all(c in cols for c in origins):
+        shifts = np.stack([cols.get(c) for c in origins], 1)
+    elif all(c in cols for c in ("rlnOriginX", "rlnOriginY")):
+        origins = ("rlnOriginX", "rlnOriginY")
+        shifts = np.stack([cols.get(c) for c in origins], 1) * apix
+    else:
+        shifts = np.zeros((n, 2))
     ctf = np.stack(
         [cols.get(c) for c in _CTF_REQUIRED]
         + [cols.get(c) if c in cols else np.full(n, d) for c, d in _CTF_DEFAULTS.items()],
@@ -183,6 +275,9 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     else:
         optics_group = optics_groups(ctf)[0]
     extra = {"optics": optics} if optics is not None else {}
+    fields = {"apix": apix_field, "rotations": (path, "/".join(_ANGLES)),
+              "shift_x": (path, origins[0]), "shift_y": (path, origins[1]),
+              **{q: (path, c) for q, c in zip(CTF_COLUMNS, (*_CTF_REQUIRED, *_CTF_DEFAULTS))}}
     return ParticleSet(
         source=source,
         apix=apix,
@@ -190,8 +285,8 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         shifts=shifts,
         ctf=ctf,
         optics_group=optics_group,
-        provenance=Provenance(format=fmt, path=path, rows=particles, extra=extra),
-    )
+        provenance=Provenance(format=fmt, path=path, rows=particles, extra=extra, fields=fields),
+    ).validate()
 
 
 def optics_groups(ctf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

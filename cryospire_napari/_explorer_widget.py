@@ -42,11 +42,14 @@ from qtpy.QtWidgets import (
 
 from cryospire_core import explorer as core
 from cryospire_core.atomic import write_text
+from cryospire_core.errors import InputError
+from cryospire_core.outputs import check_new_outputs
 
 from ._layers import volume_translate
+from ._notify import notify_error, status_text
 from ._parts_widget import part_colours
 from ._run_row import RunFolderRow
-from ._workers import CloseWatcher, LatestJob, TrainJob, TrainRequest, notify_error
+from ._workers import CloseWatcher, LatestJob, TrainJob, TrainRequest
 
 MAP_NAME = "explorer map"
 LABELS_NAME = "explorer parts"
@@ -172,8 +175,8 @@ class ExplorerWidget(QWidget):
         self._lasso: list[np.ndarray] = []
         self._dragging = False
         self._play_step = -1
-        self.job = LatestJob("explorer")  # maps: latest wins
-        self.side_job = LatestJob("explorer")  # embeddings, colours, traversals, exports
+        self.job = LatestJob(self._job_failed)  # maps: latest wins
+        self.side_job = LatestJob(self._job_failed)  # embeddings, colours, traversals, exports
         self.train_job: TrainJob | None = None
 
         run_row = RunFolderRow(self.load_run)
@@ -314,6 +317,16 @@ class ExplorerWidget(QWidget):
     def busy(self) -> bool:
         return self.job.busy or self.side_job.busy
 
+    def _job_failed(self, action: str, exc: Exception) -> None:
+        """After a failed background job (already notified): say so in the status line, stop
+        playing, and show the embedding the scatter really has in the method box."""
+        self.status.setText(status_text(exc, action))
+        self.play_button.setChecked(False)
+        if self.embedding is not None and self.method.currentText() != self.embedding.method:
+            self.method.blockSignals(True)
+            self.method.setCurrentText(self.embedding.method)
+            self.method.blockSignals(False)
+
     def load_run(self, root: str | Path) -> None:
         """Explore the run folder ``root`` (asynchronous; errors become notifications)."""
         root = Path(root)
@@ -331,7 +344,7 @@ class ExplorerWidget(QWidget):
             e = core.Explorer.from_run(root)
             return e, e.embedding("pca"), e.states(self.k_states.value())
 
-        self.side_job.submit(load, self._loaded)
+        self.side_job.submit(load, self._loaded, f"loading the run {root}")
 
     def _loaded(self, result) -> None:
         self.explorer, emb, _ = result
@@ -355,7 +368,7 @@ class ExplorerWidget(QWidget):
             return
         e = self.explorer
         self.status.setText(f"computing the {method.upper()} embedding...")
-        self.side_job.submit(lambda: e.embedding(method), self._embedded)
+        self.side_job.submit(lambda: e.embedding(method), self._embedded, f"computing the {method.upper()} embedding")
 
     def _embedded(self, emb: core.Embedding) -> None:
         if emb.method != self.method.currentText():
@@ -386,7 +399,7 @@ class ExplorerWidget(QWidget):
         if kind in ("presence", "displacement") and e.n_parts == 0:
             notifications.show_warning("this run has no parts yet")
             return
-        self.side_job.submit(lambda: (kind, e.colour_values(kind, part, k)), self._coloured)
+        self.side_job.submit(lambda: (kind, e.colour_values(kind, part, k)), self._coloured, f"colouring by {kind}")
 
     def _coloured(self, result) -> None:
         kind, values = result
@@ -489,7 +502,7 @@ class ExplorerWidget(QWidget):
             return
         labels = self.show_labels.isChecked() and e.n_parts > 0
         self.frames_requested += 1
-        self.job.submit(lambda: e.frame(z, labels=labels, live=True), self._show_frame)
+        self.job.submit(lambda: e.frame(z, labels=labels, live=True), self._show_frame, "rendering the map")
 
     def _rerender(self) -> None:
         if self.last_frame is not None:
@@ -573,7 +586,7 @@ class ExplorerWidget(QWidget):
             return zs, e.readouts(zs)
 
         self.status.setText(f"computing the {kind} traversal...")
-        self.side_job.submit(run, self._traversed)
+        self.side_job.submit(run, self._traversed, f"computing the {kind} traversal")
 
     def _traversed(self, result) -> None:
         self.traversal, self.traversal_readouts = result
@@ -650,20 +663,27 @@ class ExplorerWidget(QWidget):
         if self.plot.markers:
             self.plot.canvas.draw_idle()
 
-    def export_series(self, folder: str | Path) -> None:
-        """Write the traversal's maps as folder/vol_###.mrc (+ latents.npy, parts.csv; background)."""
+    def export_series(self, folder: str | Path, overwrite: bool = False) -> None:
+        """Write the traversal's maps as folder/vol_###.mrc (+ latents.npy, parts.csv; background).
+        Files already in ``folder`` with those names are refused (a notification) unless ``overwrite``."""
         e, zs, rs = self.explorer, self.traversal, self.traversal_readouts
         if zs is None:
             notifications.show_warning("compute a traversal first")
             return
+        try:  # before any map is computed
+            core.check_map_series(folder, len(zs), True, bool(rs), overwrite)
+        except InputError as exc:
+            notify_error(exc, f"writing the maps to {folder}")
+            return
 
         def run():
             vols = [e.map_at(z) for z in zs]
-            return core.write_map_series(folder, vols, e.apix, latents=zs, readouts=rs)
+            return core.write_map_series(folder, vols, e.apix, latents=zs, readouts=rs, overwrite=overwrite)
 
         self.status.setText(f"writing {len(zs)} maps to {folder}...")
         self.side_job.submit(run, lambda paths: self.status.setText(
-            f"wrote {len(paths)} maps; ChimeraX: open {Path(folder)}/vol_*.mrc vseries true"))
+            f"wrote {len(paths)} maps; ChimeraX: open {Path(folder)}/vol_*.mrc vseries true"),
+            f"writing the maps to {folder}")
 
     def export_movie(self, path: str | Path, fps: float = 8.0) -> Path | None:
         """Render every traversal step into the viewer and save the canvas frames as a GIF.
@@ -716,8 +736,9 @@ class ExplorerWidget(QWidget):
         sel = self.explorer.selection
         return rows if sel is None else np.asarray(sel)[rows]
 
-    def write_selection(self, path: str | Path) -> tuple[Path, Path] | None:
-        """Write the selection as a .star/.cs subset of the run's particles plus an index file."""
+    def write_selection(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path] | None:
+        """Write the selection as a .star/.cs subset of the run's particles plus an index file
+        (either file existing is refused with a notification unless ``overwrite``)."""
         e = self.explorer
         if e is None or not self.selected.any():
             notifications.show_warning("select particles first (lasso or a state)")
@@ -726,9 +747,9 @@ class ExplorerWidget(QWidget):
             notifications.show_warning("the run's particle file was not found (see RUN/config.json)")
             return None
         try:
-            out = core.write_selection(path, self.selected_rows(), e.particles)
+            out = core.write_selection(path, self.selected_rows(), e.particles, overwrite=overwrite)
         except Exception as exc:  # shown to the user; the viewer stays usable
-            notify_error(exc, "write selection")
+            notify_error(exc, f"writing the selection to {path}")
             return None
         notifications.show_info(f"wrote {int(self.selected.sum())} particles to {out[0]} and {out[1].name}")
         return out
@@ -763,10 +784,13 @@ class ExplorerWidget(QWidget):
             else:
                 out = e.root.parent / f"{e.root.name}_subset{len(rows)}"
                 index = e.root.parent / f"{out.name}_indices.txt"
+                # Both land beside the run, among the user's files: refuse before writing either.
+                core.check_new_run_folder(out)
+                check_new_outputs([index], False, "selection file", remedy="removing the old branch first")
                 write_text(index, "\n".join(map(str, rows)) + "\n")
                 core.branch_run(e.root, out, index)
         except Exception as exc:
-            notify_error(exc, "continue training")
+            notify_error(exc, "preparing training on the selection")
             return None
         request = TrainRequest(particles=e.particles, out=out, resume=True)
         self.train_job = TrainJob(request, STAGES, self._trained, self._train_failed)
@@ -797,7 +821,7 @@ class ExplorerWidget(QWidget):
         self._timer.stop()
         self.train_job = None
         self.progress.setVisible(False)
-        notify_error(exc, "continue training")
+        notify_error(exc, "training on the selection")
 
     # -- dialogs ------------------------------------------------------------------------------------
 
@@ -812,10 +836,13 @@ class ExplorerWidget(QWidget):
             try:
                 self.export_movie(path)
             except Exception as exc:
-                notify_error(exc, "export movie")
+                notify_error(exc, f"exporting the movie to {path}")
 
     def _write_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Selected particles", "selection.star", "Particles (*.star *.cs)")
+        # No "replace?" question from Qt: it would cover only one of the two files written, and
+        # write_selection refuses either existing one with a notification.
+        path, _ = QFileDialog.getSaveFileName(self, "Selected particles", "selection.star", "Particles (*.star *.cs)",
+                                              options=QFileDialog.DontConfirmOverwrite)
         if path:
             self.write_selection(path)
 

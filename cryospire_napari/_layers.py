@@ -16,7 +16,6 @@ returning no layers when its files are not there yet; :func:`run_layers` strings
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -271,19 +270,6 @@ def read_particles_layer(path: str | os.PathLike) -> LayerDataTuple:
 
 
 # -- run folders --------------------------------------------------------------------------------
-
-
-def is_run_folder(path: str | os.PathLike) -> bool:
-    """True for a folder whose config.json looks like cryospire's (has ``format_version``), or
-    is unreadable (so opening it reports why rather than passing it to another reader)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        cfg = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return True
-    return isinstance(cfg, dict) and "format_version" in cfg
 
 
 def gaussians_layer(path: str | os.PathLike, name: str = "gaussians") -> LayerDataTuple:

@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from cryospire_core.errors import InputError
+from cryospire_core.outputs import GUI_REMEDY, check_new_outputs
 from cryospire_core.parts import (
     PartClustering,
     merge_parts,
@@ -49,8 +50,9 @@ from cryospire_core.parts import (
 )
 
 from ._layers import volume_translate
+from ._notify import notify_error, status_text
 from ._run_row import RunFolderRow
-from ._workers import CloseWatcher, LatestJob, notify_error, warm_up
+from ._workers import CloseWatcher, LatestJob, warm_up
 
 LABELS_NAME = "parts"
 POINTS_NAME = "part gaussians"
@@ -162,7 +164,7 @@ class PartsWidget(QWidget):
         self.state: PartsState | None = None
         self.visible: np.ndarray = np.zeros(0, bool)
         self._showing: PartsState | None = None
-        self.job = LatestJob("parts")
+        self.job = LatestJob(self._job_failed)
         warm_up()
 
         run_row = RunFolderRow(self.load_run)
@@ -234,7 +236,7 @@ class PartsWidget(QWidget):
         root = Path(root)
         self.run_edit.setText(str(root))
         self.status.setText(f"loading parts of {root.name}...")
-        self.job.submit(lambda: load_parts(root), self._show)
+        self.job.submit(lambda: load_parts(root), self._show, f"loading the parts of {root}")
 
     def recluster(self, n_level1: str | int = "auto", n_level2: str | int | None = "auto") -> None:
         """Re-run both clustering levels on the saved inputs with new counts (no retraining)."""
@@ -242,7 +244,8 @@ class PartsWidget(QWidget):
         if state is None:
             return
         self.status.setText(f"re-clustering (level 1: {n_level1}, level 2: {n_level2})...")
-        self.job.submit(lambda: edited(state, recluster(state.clustering.inputs, n_level1, n_level2)), self._show)
+        self.job.submit(lambda: edited(state, recluster(state.clustering.inputs, n_level1, n_level2)), self._show,
+                        "re-clustering")
 
     def merge(self, a: int, b: int) -> None:
         """Merge parts ``a`` and ``b`` (0-based; the lower number stays)."""
@@ -262,22 +265,27 @@ class PartsWidget(QWidget):
 
     def _edit(self, state: PartsState, new_index, what: str) -> None:
         self.status.setText(what + "...")
-        self.job.submit(lambda: edited(state, with_part_index(state.clustering, new_index(state.clustering))), self._show)
+        self.job.submit(lambda: edited(state, with_part_index(state.clustering, new_index(state.clustering))),
+                        self._show, what)
 
-    def export_masks(self, folder: str | Path) -> list[Path]:
-        """Write one soft mask per part (``part_<k>_mask.mrc``, k from 1) into ``folder``."""
+    def export_masks(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write one soft mask per part (``part_<k>_mask.mrc``, k from 1) into ``folder``; files
+        of those names already there are refused with a notification unless ``overwrite``."""
         from cryospire_core.mrc import write_map
 
         state = self._require()
         if state is None:
             return []
         folder = Path(folder)
+        paths = [folder / f"part_{k:02d}_mask.mrc" for k in range(1, state.n_parts + 1)]
+        try:
+            check_new_outputs(paths, overwrite, "part masks", remedy=GUI_REMEDY)
+        except InputError as exc:
+            notify_error(exc, f"exporting the part masks to {folder}")
+            return []
         folder.mkdir(parents=True, exist_ok=True)
-        masks = part_masks(state.labels, state.apix, n_parts=state.n_parts)
-        paths = []
-        for k, mask in enumerate(masks):
-            paths.append(folder / f"part_{k + 1:02d}_mask.mrc")
-            write_map(paths[-1], mask, state.apix)
+        for path, mask in zip(paths, part_masks(state.labels, state.apix, n_parts=state.n_parts)):
+            write_map(path, mask, state.apix)
         notifications.show_info(f"wrote {len(paths)} soft masks to {folder}")
         return paths
 
@@ -319,6 +327,12 @@ class PartsWidget(QWidget):
         saved = "edits saved to the run" if state.saved else "edits not saved: stage 2 was already seeded from the run's parts"
         self.status.setText(f"{K} parts; {saved}")
         self.status.setToolTip(state.clustering.rule)
+        self._enable()
+
+    def _job_failed(self, action: str, exc: Exception) -> None:
+        """After a failed load or edit (already notified): say so, keep showing the last good parts."""
+        self._showing = None
+        self.status.setText(status_text(exc, action))
         self._enable()
 
     def _continue_show(self) -> None:
@@ -407,8 +421,8 @@ class PartsWidget(QWidget):
         if folder:
             try:
                 self.export_masks(folder)
-            except (OSError, InputError) as exc:
-                notify_error(exc, "export masks")
+            except Exception as exc:  # shown to the user; the viewer stays usable
+                notify_error(exc, f"exporting the part masks to {folder}")
 
     def _enable(self) -> None:
         has = self.state is not None

@@ -1,10 +1,17 @@
 """npe2 readers: maps, particle stacks, particle metadata and run folders.
 
-Each ``get_*_reader(path)`` answers quickly, from the name (and for folders config.json), whether
-the path is ours: it returns None otherwise so napari can try another plugin. The returned
-function does the reading; a broken file raises :class:`cryospire_core.errors.InputError`, which
-napari reports as a ``ReaderPluginError`` whose message ends with the InputError text
-("Original error from plugin "cryospire-napari": InputError: <file>: <field>: expected ...").
+Each ``get_*_reader(path)`` answers quickly, from the name alone, whether the path is ours: it
+returns None otherwise so napari can try another plugin. The returned function does the reading.
+
+A broken file is reported here, as one notification whose first line is ours (``<file>:
+<field>: expected ..., found ...``, see :mod:`._notify`), and the function returns npe2's "read,
+no layers" value ``[(None,)]``. Raising instead would reach the user wrapped in napari's
+``ReaderPluginError`` ("Tried to read ... with plugin cryospire-napari, because ...") with our
+sentence at its end, and the File > Open path would offer other plugins in a dialog.
+
+A run folder opens through its ``config.json`` (File > Open, or drag and drop): npe2 matches
+every folder to every reader that accepts folders, so a folder reader would make napari ask
+"which plugin?" in a dialog for each folder anyone opens, run or not.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ._layers import LayerDataTuple, is_run_folder, read_mrc_layer, read_particles_layer, read_stack_layer, run_layers
+from ._layers import LayerDataTuple, read_mrc_layer, read_particles_layer, read_stack_layer, run_layers
+from ._notify import notify_error
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
 
@@ -27,15 +35,28 @@ def _single(path: str | list[str]) -> Path | None:
     return Path(os.fspath(path))
 
 
+#: What a reader function returns after reporting a broken file: npe2's "read, but no layers".
+NO_LAYERS: list = [(None,)]
+
+
+def _reporting(p: Path, make: Callable[[Path], list[LayerDataTuple]]) -> ReaderFunction:
+    """The reader function for ``p``: ``make(p)``, or a notification and :data:`NO_LAYERS`."""
+
+    def read(_path: str | list[str]) -> list[LayerDataTuple]:
+        try:
+            return make(p)
+        except Exception as exc:  # reported in our words (see the module docstring)
+            notify_error(exc, f"opening {p}")
+            return NO_LAYERS
+
+    return read
+
+
 def _reader(path: str | list[str], suffixes: tuple[str, ...], make: Callable[[Path], list[LayerDataTuple]]) -> ReaderFunction | None:
     p = _single(path)
     if p is None or p.suffix.lower() not in suffixes or p.is_dir():
         return None
-
-    def read(_path: str | list[str]) -> list[LayerDataTuple]:
-        return make(p)
-
-    return read
+    return _reporting(p, make)
 
 
 def get_map_reader(path: str | list[str]) -> ReaderFunction | None:
@@ -56,12 +77,10 @@ def get_particles_reader(path: str | list[str]) -> ReaderFunction | None:
 
 
 def get_run_reader(path: str | list[str]) -> ReaderFunction | None:
-    """A cryospire run folder (config.json with ``format_version``): every finished artefact."""
+    """A run folder's ``config.json``: every finished artefact of the run. Every file of that
+    name is taken (napari has no other reader for it): one that is not a cryospire run's is
+    reported as such (its ``format_version``)."""
     p = _single(path)
-    if p is None or not p.is_dir() or not is_run_folder(p):
+    if p is None or p.name != "config.json" or p.is_dir():
         return None
-
-    def read(_path: str | list[str]) -> list[LayerDataTuple]:
-        return run_layers(p)
-
-    return read
+    return _reporting(p, lambda config: run_layers(config.parent))

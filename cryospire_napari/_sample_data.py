@@ -118,7 +118,8 @@ def _in_background(spec: SampleSpec, with_run: bool, make) -> list[LayerDataTupl
     from napari.qt.threading import create_worker
     from napari.utils.notifications import show_info
 
-    from ._workers import dispatch, guarded, notify_error
+    from ._notify import notify_error
+    from ._workers import dispatch, guarded
 
     viewer = napari.current_viewer()
     if viewer is None or is_made(spec, with_run):
@@ -132,8 +133,9 @@ def _in_background(spec: SampleSpec, with_run: bool, make) -> list[LayerDataTupl
 
     show_info(f"cryospire: making the sample data in {cache_dir() / spec.folder_name} (first use only, a few "
               "minutes on a CPU); its layers appear when they are ready")
+    report = dispatch(add_rest, lambda exc: notify_error(exc, "making the sample data"))
     worker = create_worker(guarded(make), spec, _start_thread=False, _progress={"desc": "cryospire sample data"},
-                           _connect={"returned": dispatch(add_rest, lambda exc: notify_error(exc, "sample data"))})
+                           _connect={"returned": report})
     worker.start()
     return [preview]
 

@@ -2,9 +2,10 @@
 the dock shows progress, a live loss curve, the current map and (once discovered) the parts.
 
 Buttons: Start (a new run; an existing run is refused, as ``cryospire train`` without
-``--resume`` does), Pause (the loop checkpoints and stops at its next step), Resume (trains the
-same run again: finished stages are skipped, the unfinished one continues from its checkpoint),
-Cancel (stops like Pause and returns the dock to idle; the run folder stays resumable).
+``--resume`` does, with a notification pointing to Resume), Pause (the loop checkpoints and
+stops at its next step), Resume (trains the same run again: finished stages are skipped, the
+unfinished one continues from its checkpoint), Cancel (stops like Pause and returns the dock
+to idle; the run folder stays resumable).
 "Stop after part discovery for review" ends the first run after the ``parts`` stage: the Parts
 tab then shows the proposed parts for re-clustering, merging and splitting, and "Continue to
 stage 2" trains the part-aware model on the edited parts.
@@ -38,6 +39,7 @@ from qtpy.QtWidgets import (
 from cryospire_core.progress import ProgressEvent
 
 from ._layers import display_levels, volume_translate
+from ._notify import notify_error, status_text
 from ._parts_widget import PartsWidget
 from ._workers import (
     CloseWatcher,
@@ -46,7 +48,6 @@ from ._workers import (
     TrainRequest,
     default_torch_threads,
     disconnect_all,
-    notify_error,
     warm_up,
     warm_up_viewer,
 )
@@ -193,7 +194,7 @@ class TrainWidget(QWidget):
         self._paused = False
         self._last_plot = 0.0
         self._signature: tuple = ()
-        self.preview_job = LatestJob("map preview")
+        self.preview_job = LatestJob()
         warm_up()
         warm_up_viewer(napari_viewer)
 
@@ -318,9 +319,9 @@ class TrainWidget(QWidget):
 
         particles, out = self.particles.path(), self.out.path()
         if particles is None:
-            raise InputError(None, "particles", "a .star, .cs or image stack file", "nothing chosen")
+            raise InputError("Train dock", "particles", "a .star, .cs or image stack file", "nothing chosen")
         if out is None:
-            raise InputError(None, "output", "a run folder", "nothing chosen")
+            raise InputError("Train dock", "output", "a run folder", "nothing chosen")
         stack = self.source.currentIndex() == 1
         return TrainRequest(particles=particles, out=out, poses=self.poses.path() if stack else None,
                             ctf=self.ctf.path() if stack else None, profile=self.profile.currentText(),
@@ -370,7 +371,7 @@ class TrainWidget(QWidget):
         try:
             request = self.request(resume)
         except Exception as exc:  # an InputError from the form
-            notify_error(exc, "train")
+            notify_error(exc, "starting training")
             return
         stages = stages or self._stages(resume)
         self.job = TrainJob(request, stages, self._finished, self._failed)
@@ -412,7 +413,7 @@ class TrainWidget(QWidget):
         self._poll()
         self.last_status = "error"
         notify_error(exc, "training")
-        self.status.setText(f"training stopped by an error (the run stays resumable): {exc}")
+        self.status.setText(status_text(exc, "training"))
         self.stage_label.setText("error")
 
     def _job_ended(self) -> None:
@@ -453,7 +454,7 @@ class TrainWidget(QWidget):
             return
         parts_changed = not self._signature or signature[-1] != self._signature[-1]
         self._signature = signature
-        self.preview_job.submit(lambda: preview_map(out), self._show_preview)
+        self.preview_job.submit(lambda: preview_map(out), self._show_preview, "showing the current map")
         if parts_changed and signature[-1]:
             self.parts.load_run(out)
 

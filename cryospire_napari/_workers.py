@@ -6,6 +6,11 @@ previews) goes through :class:`LatestJob`, which keeps at most one job running a
 and drops stale requests (latest wins). Layers are touched only in the callbacks, which napari
 runs on the GUI thread.
 
+A job never raises into napari: its exception comes back as a :class:`Failure` (napari would
+report it a second time, as a bare traceback), goes to the dock's error callback, and becomes
+one notification in the plugin's words (:mod:`._notify`); the dock then restores its buttons
+and labels.
+
 The training thread never talks to Qt: progress events go into a :class:`TrainMonitor`
 (a locked list) that the dock drains on a timer, so a fast training loop cannot flood the
 event loop with signals.
@@ -23,17 +28,12 @@ from typing import Any
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils import notifications
 from qtpy.QtCore import QEvent, QObject
 
 from cryospire_core.errors import InputError
 from cryospire_core.progress import ProgressEvent
 
-
-def error_message(exc: BaseException) -> str:
-    """The text a user sees for a failed job: an InputError's own sentence ("<file>: <field>:
-    expected ..., found ..."), else the exception type and message."""
-    return str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+from ._notify import notify_error
 
 
 @dataclass(frozen=True)
@@ -57,21 +57,20 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def dispatch(on_done: Callable[[Any], None], on_error: Callable[[Exception], None]) -> Callable[[Any], None]:
-    """A ``returned`` slot sending a :class:`Failure` to on_error and anything else to on_done."""
+    """A ``returned`` slot sending a :class:`Failure` to on_error and anything else to on_done;
+    an exception raised by on_done (the GUI-thread half of the job) goes to on_error too, so it
+    never reaches the event loop as a bare traceback."""
 
     def slot(result: Any) -> None:
         if isinstance(result, Failure):
             on_error(result.exc)
-        else:
+            return
+        try:
             on_done(result)
+        except Exception as exc:  # reported like a failure in the thread
+            on_error(exc)
 
     return slot
-
-
-def notify_error(exc: BaseException, what: str = "") -> None:
-    """Show a failed job as a napari error notification (the viewer stays usable)."""
-    prefix = f"{what}: " if what else ""
-    notifications.show_error(prefix + error_message(exc))
 
 
 def warm_up() -> None:
@@ -179,7 +178,10 @@ def run_training(request: TrainRequest, stages: tuple[str, ...], monitor: TrainM
         if request.torch_threads is not None:
             torch.set_num_threads(request.torch_threads)
         run = RunFolder(request.out)
-        saved = run.config_for("train", request.resume)
+        saved = run.read_config()
+        if "train" in saved and not request.resume:  # the command line's rule, in the dock's words
+            raise InputError(run.config_path, "train", "a new output folder, or the Resume button to continue "
+                             "this run", "a trained run already in it")
         device = resolve_device(request.device)
         with run:
             ps = load_particles(request.particles, poses=request.poses, ctf=request.ctf)
@@ -276,13 +278,15 @@ class LatestJob:
     """Runs short jobs one at a time in a worker thread; a job submitted while one runs waits,
     replacing any job already waiting (latest wins), so rapid clicks never queue up stale work.
 
-    ``submit(fn, on_done)``: fn() runs in the worker; on_done(result) on the GUI thread.
-    Errors become notifications prefixed with ``what``.
+    ``submit(fn, on_done, action)``: fn() runs in the worker; on_done(result) on the GUI thread.
+    A failure (in fn or in on_done) becomes one notification (:func:`~._notify.notify_error`
+    with ``action``, e.g. "loading the parts of run"), then ``on_error(action, exc)`` lets the
+    dock put its labels and buttons back.
     """
 
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._pending: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+    def __init__(self, on_error: Callable[[str, Exception], None] | None = None) -> None:
+        self._on_error = on_error
+        self._pending: tuple[Callable[[], Any], Callable[[Any], None], str] | None = None
         self._worker = None
 
     @property
@@ -295,18 +299,23 @@ class LatestJob:
         if self._worker is not None:
             disconnect_all(self._worker.returned)
 
-    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
-        self._pending = (fn, on_done)
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None], action: str) -> None:
+        self._pending = (fn, on_done, action)
         if self._worker is None:
             self._next()
+
+    def _failed(self, action: str, exc: Exception) -> None:
+        notify_error(exc, action)
+        if self._on_error is not None:
+            self._on_error(action, exc)
 
     def _next(self) -> None:
         if self._pending is None:
             self._worker = None
             return
-        fn, on_done = self._pending
+        fn, on_done, action = self._pending
         self._pending = None
-        report = dispatch(on_done, lambda exc: notify_error(exc, self.what))
+        report = dispatch(on_done, lambda exc: self._failed(action, exc))
         worker = create_worker(guarded(fn), _start_thread=False, _connect={"returned": report, "finished": self._next})
         self._worker = worker
         worker.start()

@@ -4,7 +4,10 @@ The voxel size comes from the layer's ``scale`` (Å, the same on the three axes)
 origin is the one the map was read with (``metadata["mrc_origin"]``), else left at 0. Labels
 are stored as float32 values (MRC mode 2, exact for labels below 2**24), so every map reader,
 ChimeraX included, opens them; reading one back gives an Image layer with the same values.
-Files are written atomically by :func:`cryospire_core.mrc.write_map`.
+Files are written atomically by :func:`cryospire_core.mrc.write_map` (a symbolic link at the
+name is replaced, its target never written). napari's save dialog has asked the user before a
+file of the given name is replaced; a name without .mrc/.map gets ``.mrc`` added, and that file
+is never replaced (:class:`NameInUseError`), since nobody was asked about it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from cryospire_core.errors import InputError
 from cryospire_core.mrc import write_map
+from cryospire_core.outputs import check_new_outputs
 
 MAP_SUFFIXES = (".mrc", ".map")
 #: Largest integer float32 holds exactly.
@@ -27,6 +32,12 @@ class NotAMapError(RuntimeError):
     Not a ValueError on purpose: napari's save path catches ValueError from npe2 and replaces
     it with "not a valid writer", which would hide the reason from the user.
     """
+
+
+class NameInUseError(RuntimeError):
+    """The file the writer would write (``.mrc`` added to the name napari gave) exists: napari
+    asked the user only about the name it gave, so this one is not replaced. A RuntimeError for
+    the reason :class:`NotAMapError` gives."""
 
 
 def _map_path(path: str) -> Path:
@@ -49,6 +60,12 @@ def _write(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     if data.ndim != 3:
         raise NotAMapError(f"an .mrc map needs a 3D (z, y, x) layer; '{attributes.get('name')}' has shape {data.shape}")
     out = _map_path(path)
+    if out != Path(path):
+        # napari asked the user about replacing ``path``, not the name with ".mrc" added.
+        try:
+            check_new_outputs([out], False, "map file", remedy="saving under the full name, .mrc included")
+        except InputError as exc:
+            raise NameInUseError(str(exc)) from exc
     write_map(out, data, _voxel_size(attributes, data.ndim), origin=meta.get("mrc_origin"))
     return [str(out)]
 

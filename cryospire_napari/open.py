@@ -18,6 +18,8 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from cryospire_core.atomic import atomic_path
+
     from ._explorer_widget import ExplorerWidget
     from ._layers import set_chimerax_view
     from ._parts_widget import PartsWidget
@@ -25,7 +27,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
 
     viewer = napari.Viewer(title=f"cryospire: {run.name}", show=True)
     viewer.window.resize(1500, 950)
-    viewer.open(str(run), plugin="cryospire-napari")
+    viewer.open(str(run / "config.json"), plugin="cryospire-napari")
     parts = PartsWidget(viewer)
     viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
     viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
@@ -46,8 +48,8 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
             break
         parts.thread().msleep(100)
     app.processEvents()
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(screenshot), canvas_only=False)
+    with atomic_path(screenshot) as tmp:  # replaces a link at that name, never writes through it
+        viewer.screenshot(str(tmp), canvas_only=False)
     viewer.close()
     print(f"wrote {screenshot}")
     return 0

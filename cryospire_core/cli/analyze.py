@@ -6,7 +6,8 @@ Examples::
     cryospire analyze runs/igg --ksample 10 --pc-steps 20 --pcs 2 --out igg_analysis
 
 Needs RUN/latents.npy and a trained model (``cryospire train``) to render volumes from; the part
-label map and focused-refinement masks are added when the run has its part clustering.
+label map and focused-refinement masks are added when the run has its part clustering. A second
+analysis into the same folder replaces the first's files only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis import RenderFn, analyze, load_latents
+from ..analysis import RenderFn, analyze, check_outputs, load_latents, part_gaussians
 from ..errors import InputError
+from ..outputs import add_overwrite_arg
+from .options import COUNT, SEED
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (holds latents.npy and the trained model)")
-    parser.add_argument("--ksample", type=int, default=20, help="k-means states to render (default 20)")
-    parser.add_argument("--pc-steps", type=int, default=10, help="maps along each principal component (default 10)")
-    parser.add_argument("--pcs", type=int, default=1, help="traverse PC1..PCn (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    parser.add_argument("--ksample", type=COUNT, default=20, help="k-means states to render (default 20)")
+    parser.add_argument("--pc-steps", type=COUNT, default=10, help="maps along each principal component (default 10)")
+    parser.add_argument("--pcs", type=COUNT, default=1, help="traverse PC1..PCn (default 1)")
+    parser.add_argument("--seed", type=SEED, default=0, help="k-means seed (default 0)")
     parser.add_argument("--out", help="output folder (default RUN/analysis)")
+    add_overwrite_arg(parser, "files in the output folder")
 
 
 def load_renderer(run_dir: Path) -> tuple[RenderFn, float]:
@@ -32,9 +36,10 @@ def load_renderer(run_dir: Path) -> tuple[RenderFn, float]:
     InputError when the run has none."""
     import torch
 
-    from ..train import load_trained_model
+    from ..train import check_run_latents, load_trained_model
 
     model = load_trained_model(run_dir)
+    check_run_latents(model, load_latents(run_dir), Path(run_dir) / "latents.npy")
 
     def render(z):
         with torch.no_grad():
@@ -47,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise InputError(run_dir, "run folder", "an existing run folder", "no such folder")
-    for name, value in (("--ksample", args.ksample), ("--pc-steps", args.pc_steps), ("--pcs", args.pcs)):
-        if value < 1:
-            raise InputError(None, name, "a positive integer", value)
-    load_latents(run_dir)  # fail on missing latents before loading the model
+    # Missing latents and files in the way fail before the model is loaded.
+    latents = load_latents(run_dir)
+    check_outputs(run_dir, len(latents), latents.shape[1], args.ksample, args.pc_steps, args.pcs, args.out,
+                  part_gaussians(run_dir), args.overwrite)
     render_fn, apix = load_renderer(run_dir)
     result = analyze(run_dir, render_fn, apix, ksample=args.ksample, pc_steps=args.pc_steps, n_pcs=args.pcs,
-                     out_dir=args.out, seed=args.seed, log=print)
+                     out_dir=args.out, seed=args.seed, log=print, overwrite=args.overwrite)
     for note in result.notes:
         print(f"note: {note}")
     n = sum(len(v) for v in result.files.values())

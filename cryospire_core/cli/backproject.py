@@ -17,19 +17,25 @@ from ..errors import InputError
 from ..load import add_particle_args, particles_from_args
 from ..metrics import freq_to_angstrom, freq_to_pixels, resolution
 from ..mrc import write_map
+from ..outputs import add_overwrite_arg, check_new_outputs
 from ..progress import TerminalProgress
+from .options import COUNT, Real
+
+WIENER = Real(0, 100)
+PAD = Real(1, 4)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_particle_args(parser)
     parser.add_argument("--out", required=True, help="output map (.mrc)")
+    add_overwrite_arg(parser, "maps (--out and its half maps)")
     parser.add_argument("--halfmaps", action="store_true",
                         help="also write <out>_half1.mrc and <out>_half2.mrc (even/odd particles) and print "
                              "their FSC resolution (0.143)")
-    parser.add_argument("--wiener", type=float, default=0.01,
+    parser.add_argument("--wiener", type=WIENER, default=0.01,
                         help="Wiener constant as a fraction of the mean summed CTF^2 (default 0.01)")
-    parser.add_argument("--pad", type=float, default=2.0, help="zero-padding factor of the images (default 2)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: from a memory budget)")
+    parser.add_argument("--pad", type=PAD, default=2.0, help="zero-padding factor of the images (default 2)")
+    parser.add_argument("--batch-size", type=COUNT, default=None, help="images per batch (default: from a memory budget)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arg(parser)
 
@@ -43,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".mrc", ".map"):
         raise InputError(out, "--out", "a .mrc or .map file name", out.suffix or "no extension")
-    if args.pad < 1 or args.wiener < 0:
-        raise InputError(None, "--pad/--wiener", "pad >= 1 and wiener >= 0", f"{args.pad}, {args.wiener}")
+    check_new_outputs([out, *(half_map_paths(out) if args.halfmaps else ())], args.overwrite)
     device = resolve_device(args.device)
     ps = particles_from_args(args)
     print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px "

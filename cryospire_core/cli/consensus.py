@@ -16,9 +16,11 @@ import time
 from ..consensus import ConsensusConfig, fit_consensus, seed_map
 from ..device import add_device_arg, resolve_device
 from ..engine import LoopConfig
+from ..errors import InputError
 from ..load import add_particle_args, particles_from_args
 from ..progress import TerminalProgress
-from ..runfolder import RunFolder
+from ..runfolder import RunFolder, section_from_dict
+from .options import COUNT, LEARNING_RATE, MINUTES, SEED, Whole
 
 _DEF = ConsensusConfig()
 _LOOP = LoopConfig(epochs=_DEF.epochs)
@@ -29,24 +31,35 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder (created if missing)")
     parser.add_argument("--map", help="map to seed the Gaussians from (.mrc on the particles' box and pixel size); "
                                       "default: the particles' backprojection")
-    parser.add_argument("--n-gaussians", type=int, default=_DEF.n_gaussians,
+    parser.add_argument("--n-gaussians", type=Whole(0), default=_DEF.n_gaussians,
                         help="number of Gaussians; 0 = from the map's volume (default)")
-    parser.add_argument("--epochs", type=int, default=_DEF.epochs, help=f"image-fitting epochs (default {_DEF.epochs})")
-    parser.add_argument("--batch-size", type=int, default=_LOOP.batch_size, help=f"images per step (default {_LOOP.batch_size})")
-    parser.add_argument("--lr", type=float, default=_DEF.lr, help=f"Adam learning rate, pixels per step (default {_DEF.lr})")
-    parser.add_argument("--map-fit-steps", type=int, default=_DEF.map_fit_steps,
+    parser.add_argument("--epochs", type=COUNT, default=_DEF.epochs,
+                        help=f"image-fitting epochs (default {_DEF.epochs})")
+    parser.add_argument("--batch-size", type=COUNT, default=_LOOP.batch_size,
+                        help=f"images per step (default {_LOOP.batch_size})")
+    parser.add_argument("--lr", type=LEARNING_RATE, default=_DEF.lr,
+                        help=f"Adam learning rate, pixels per step, at most 1 (default {_DEF.lr})")
+    parser.add_argument("--map-fit-steps", type=Whole(0), default=_DEF.map_fit_steps,
                         help=f"3D pre-fit iterations against the seed map (default {_DEF.map_fit_steps})")
-    parser.add_argument("--seed", type=int, default=_DEF.seed, help="random seed (default 0)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=_LOOP.checkpoint_minutes,
+    parser.add_argument("--seed", type=SEED, default=_DEF.seed, help="random seed (default 0)")
+    parser.add_argument("--checkpoint-minutes", type=MINUTES, default=_LOOP.checkpoint_minutes,
                         help=f"minutes between checkpoints inside an epoch (default {_LOOP.checkpoint_minutes})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arg(parser)
 
 
-def _config(args: argparse.Namespace, saved: dict) -> ConsensusConfig:
+def _config(args: argparse.Namespace, saved: dict, run_dir: RunFolder) -> ConsensusConfig:
     if args.resume and "consensus" in saved:
-        return ConsensusConfig(**saved["consensus"])
+        cfg = section_from_dict(ConsensusConfig, saved["consensus"], run_dir.config_path, "consensus")
+        # The resumed model must be seeded from the same map, and checkpoint as often, as the killed one.
+        command = saved.get("consensus_command", {})
+        args.map = args.map or command.get("map")
+        args.checkpoint_minutes = command.get("checkpoint_minutes", args.checkpoint_minutes)
+        if not (args.map is None or isinstance(args.map, str)) or not MINUTES.accepts(args.checkpoint_minutes):
+            raise InputError(run_dir.config_path, "consensus_command", f"map: a file name, checkpoint_minutes: "
+                             f"{MINUTES.what}", f"{args.map!r}, {args.checkpoint_minutes!r}")
+        return cfg
     return ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            map_fit_steps=args.map_fit_steps, seed=args.seed)
 
@@ -56,13 +69,7 @@ def run(args: argparse.Namespace) -> int:
     saved = run_dir.config_for("consensus", args.resume)
     device = resolve_device(args.device)
     with run_dir:
-        cfg = _config(args, saved)
-        if args.resume and "consensus" in saved:
-            # The resumed model must be seeded from the same map as the killed one.
-            args.map = args.map or saved["consensus_command"].get("map")
-            args.checkpoint_minutes = saved["consensus_command"]["checkpoint_minutes"]
-        else:
-            run_dir.update_config(consensus_command={"argv": sys.argv[1:], **vars(args)}, consensus=cfg)
+        cfg = _config(args, saved, run_dir)
         ps = particles_from_args(args)
         stage = run_dir.stage_dir("consensus")
         print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}")
@@ -70,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             init_map = seed_map(ps, stage, device, progress=bar, user_map=args.map)
+            # Written once the particles and the seed map are known good: a refused command leaves
+            # no config behind that would make the corrected one need --resume.
+            if not (args.resume and "consensus" in saved):
+                run_dir.update_config(consensus_command={"argv": sys.argv[1:], **vars(args)}, consensus=cfg)
             result = fit_consensus(ps, init_map, stage, cfg, device, progress=bar,
                                    checkpoint_minutes=args.checkpoint_minutes)
         finally:

@@ -35,9 +35,11 @@ from ..metrics import (
     read_grid_map,
     score_states,
 )
+from ..outputs import add_overwrite_arg, check_new_outputs
 from ..partscores import domain_presence, format_presence, load_beads, part_ari
 from ..parts import PartClustering
 from ..train import load_trained_model
+from .options import Whole
 from .render import read_rows
 
 
@@ -53,7 +55,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents", help="with --run: score these latents (.npy, rows matching gt/labels.npy, "
                                           "e.g. from `cryospire infer`) instead of the run's own")
     parser.add_argument("--out", help="write the scores as JSON here")
-    parser.add_argument("--rows", type=int, default=None, help="print at most this many state rows (default all)")
+    add_overwrite_arg(parser, "a scores file (--out)")
+    parser.add_argument("--rows", type=Whole(0), default=None, help="print at most this many state rows (default all)")
 
 
 def state_map_paths(spec: str) -> list[Path]:
@@ -118,6 +121,8 @@ def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_new_outputs([args.out], args.overwrite)
     gt = load_ground_truth(args.gt)
     print(f"ground truth: {len(gt)} states, {gt.box} px at {gt.apix:.4g} Å/px, "
           f"{'mask ' + str(gt.folder / 'mask.mrc') if gt.mask is not None else 'no mask (unmasked FSC)'}")

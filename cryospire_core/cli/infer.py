@@ -21,25 +21,29 @@ import numpy as np
 
 from ..atomic import write_json, write_npy
 from ..device import add_device_arg, resolve_device
-from ..errors import InputError
+from ..engine import DIVERGED
+from ..errors import InputError, require_finite
 from ..infer import InferConfig, infer_latents
 from ..load import add_particle_args, particles_from_args
+from ..outputs import add_overwrite_arg, check_new_outputs
 from ..progress import TerminalProgress
 from ..train import load_trained_model
+from .options import COUNT, SEED
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder trained by `cryospire train`")
     add_particle_args(parser)
     parser.add_argument("--out", required=True, help="output latents (.npy)")
+    add_overwrite_arg(parser, "latents (--out and its .json)")
     defaults = InferConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+    parser.add_argument("--epochs", type=COUNT, default=defaults.epochs,
                         help=f"refinement passes over the particles (default {defaults.epochs})")
-    parser.add_argument("--candidates", type=int, default=defaults.candidates,
+    parser.add_argument("--candidates", type=COUNT, default=defaults.candidates,
                         help=f"starting latents tried per particle (default {defaults.candidates})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    parser.add_argument("--batch-size", type=COUNT, default=defaults.batch_size,
                         help=f"particles per step (default {defaults.batch_size})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    parser.add_argument("--seed", type=SEED, default=defaults.seed, help="random seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arg(parser)
 
@@ -48,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npy":
         raise InputError(out, "--out", "a .npy file name", out.suffix or "no suffix")
-    for name in ("epochs", "candidates", "batch_size"):
-        if getattr(args, name) < 1:
-            raise InputError(None, f"--{name.replace('_', '-')}", "a whole number >= 1", getattr(args, name))
+    check_new_outputs([out, out.with_suffix(".json")], args.overwrite)
     cfg = InferConfig(candidates=args.candidates, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     model = load_trained_model(args.run)
     ps = particles_from_args(args)
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if latents is None:
         print(f"infer {status}; rerun the same command to continue")
         return 1
+    require_finite(latents, out, "latents", f"the refinement diverged: {DIVERGED}")
     write_npy(out, latents.astype(np.float32))
     write_json(out.with_suffix(".json"), {"run": str(Path(args.run).resolve()), "particles": str(args.particles),
                                           "n_particles": len(ps), "infer": dataclasses.asdict(cfg),

@@ -3,13 +3,24 @@
 Each subcommand lives in its own module ``cryospire_core.cli.<name>`` exposing
 ``add_args(parser)`` and ``run(args) -> int | None``; modules are imported only when their
 command runs so that ``cryospire --help`` stays fast.
+
+Every failure ends in one line on stderr and exit status 1: a usage error as ``cryospire CMD:
+error: --opt: expected ..., found ...`` (:mod:`.options`), a bad input as its InputError, a full
+disk or exhausted memory as what to change. An exception nobody foresaw is a bug: it prints one
+line naming a log file in the system's temporary folder that holds the traceback
+(``CRYOSPIRE_DEBUG=1`` raises it instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
+import warnings
 
 from ..errors import InputError, ResourceError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
 
@@ -26,8 +37,17 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``expected ..., found ...`` line and exit status 1."""
+
+    def error(self, message: str):
+        from .options import usage_error
+
+        self.exit(1, f"{self.prog}: error: {usage_error(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryospire", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="cryospire", description=__doc__.splitlines()[0])
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"cryospire {__version__}")
@@ -46,9 +66,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = argv[0]
     module = importlib.import_module(f"{__package__}.{name}")
-    sub = argparse.ArgumentParser(prog=f"cryospire {name}", description=COMMANDS[name])
+    sub = CommandParser(prog=f"cryospire {name}", description=COMMANDS[name])
     module.add_args(sub)
-    args = sub.parse_args(argv[1:])
+    try:
+        args = sub.parse_args(argv[1:])
+    except SystemExit as exc:  # --help (0) or a usage error (1, already printed): a status like run's
+        return exc.code if isinstance(exc.code, int) else 1
+    with warnings.catch_warnings():  # restores the default printer when the command returns
+        warnings.showwarning = _warning_line(name)
+        return _run(name, module, args)
+
+
+def _warning_line(name: str):
+    """A ``warnings.showwarning`` that prints ``cryospire CMD: warning: <message>``: one line a
+    user can act on, not Python's file, line number and source line."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"cryospire {name}: warning: {message}", file=sys.stderr if file is None else file)
+    return show
+
+
+def _run(name: str, module, args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure becomes one line on stderr and a status."""
     try:
         return int(module.run(args) or 0)
     except (InputError, ResourceError) as exc:
@@ -66,10 +104,33 @@ def main(argv: list[str] | None = None) -> int:
             error = out_of_memory(device, getattr(args, "batch_size", None))
             print(f"cryospire {name}: error: {error}", file=sys.stderr)
             return 1
-        raise
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            # The file system refused (permissions, a file where a folder should be, ...): the
+            # user's environment, not a bug.
+            print(f"cryospire {name}: error: {exc.filename}: file access: expected a path cryospire can read "
+                  f"and write, found {exc.strerror}", file=sys.stderr)
+            return 1
+        return internal_error(name, exc)
     except KeyboardInterrupt:
         print(f"cryospire {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the safety net: one line and a log, never a traceback
+        return internal_error(name, exc)
+
+
+def internal_error(name: str, exc: Exception) -> int:
+    """Report an exception no check foresaw: one line naming a log file holding the traceback;
+    with CRYOSPIRE_DEBUG=1 it is raised instead."""
+    if os.environ.get("CRYOSPIRE_DEBUG", "") not in ("", "0"):
+        raise exc
+    text = "".join(traceback.format_exception(exc))
+    fd, log = tempfile.mkstemp(prefix=f"cryospire-{name}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"cryospire {name} {' '.join(sys.argv[1:])}\n{text}")
+    msg = (str(exc).strip().splitlines() or [""])[0][:200]
+    print(f"cryospire {name}: error: internal error ({type(exc).__name__}: {msg}); this is a cryospire bug: "
+          f"please report it with {log}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

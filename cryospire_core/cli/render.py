@@ -9,6 +9,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..mrc import write_map
+from ..outputs import add_overwrite_arg, check_new_outputs
 from ..train import load_trained_model
 
 
@@ -25,17 +28,38 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--z", help="latents, one per row: text (as numpy.savetxt writes) or .npy")
     which.add_argument("--particles", help="0-based particle indices (text or .npy): render at their latents")
     parser.add_argument("--out", required=True, help="output folder for vol_000.mrc, vol_001.mrc, ...")
+    add_overwrite_arg(parser, "maps in --out")
 
 
 def read_rows(path: str, what: str, dtype) -> np.ndarray:
+    """The numbers in a text file (as numpy.savetxt writes) or an .npy: float latents (rows,
+    finite) for ``dtype`` float, else whole numbers (0-based indices, 1D int64). InputError
+    naming the file (and option ``what``) for anything else."""
     p = Path(path)
     if not p.is_file():
         raise InputError(p, what, "an existing text or .npy file", "no such file")
     try:
-        arr = np.load(p, allow_pickle=False) if p.suffix == ".npy" else np.loadtxt(p, ndmin=2 if dtype is float else 1)
-    except ValueError as exc:
-        raise InputError(p, what, "numbers, one row per map", exc) from exc
-    return np.asarray(arr, dtype=dtype)
+        with warnings.catch_warnings():  # an empty file is reported below, not as loadtxt's warning
+            warnings.simplefilter("ignore", UserWarning)
+            arr = (np.load(p, allow_pickle=False) if p.suffix == ".npy"
+                   else np.loadtxt(p, ndmin=2 if dtype is float else 1))
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(p, what, "numbers, one row per map", " ".join(str(exc).split())[:200]) from exc
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise InputError(p, what, "at least one row of numbers", "none")
+    if arr.dtype.kind not in "iuf":
+        raise InputError(p, what, "numbers", f"{arr.dtype} values")
+    finite = np.isfinite(arr)
+    if dtype is float:
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0]) + 1
+            raise InputError(p, what, "finite numbers (no NaN or inf)", f"{int((~finite).sum())} non-finite values, "
+                             f"the first in row {row}")
+        return arr.astype(np.float64)
+    if not finite.all() or np.any(arr != np.round(arr)):
+        raise InputError(p, what, "whole numbers (0-based indices)", "fractions or non-finite values")
+    return arr.astype(np.int64)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(args.particles, "--particles", f"indices in 0..{len(latents) - 1}", f"{idx.min()}..{idx.max()}")
         z = latents[idx]
     out = Path(args.out)
+    paths = [out / f"vol_{k:03d}.mrc" for k in range(len(z))]
+    check_new_outputs(paths, args.overwrite)
+    reach = float(np.linalg.norm(latents, axis=1).max())
     with torch.no_grad():
-        for k, zk in enumerate(z):
-            write_map(out / f"vol_{k:03d}.mrc", model.volume(torch.as_tensor(zk, dtype=torch.float32)).numpy(), model.apix)
+        for k, (path, zk) in enumerate(zip(paths, z)):
+            volume = model.volume(torch.as_tensor(zk, dtype=torch.float32)).numpy()
+            write_map(path, volume, model.apix)
+            if not np.any(volume):  # e.g. a latent far outside the run's: every Gaussian moved off the box
+                print(f"warning: {path} is empty (all zero) at latent row {k + 1} (|z| = {np.linalg.norm(zk):.3g}; "
+                      f"the run's latents reach |z| = {reach:.3g})", file=sys.stderr)
     print(f"wrote {len(z)} maps to {out}")
     return 0

@@ -17,7 +17,9 @@ from ..device import add_device_arg, resolve_device
 from ..errors import InputError
 from ..phantoms import PRESETS, phantom_from_structure
 from ..progress import TerminalProgress
-from ..simulate import DEFAULT_FOV_A, simulate, write_simulation
+from ..outputs import add_overwrite_arg
+from ..simulate import DEFAULT_FOV_A, check_output_folder, simulate, write_simulation
+from .options import APIX, BOX, COUNT, IMAGES, SEED, SNR, Whole
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -26,24 +28,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="homogeneous; hinge (IgG-1D-like); random-hinge (IgG-RL-like); "
                              "assembly (Ribosembly-like); mixed (a subunit on/off x a moving domain)")
     source.add_argument("--structure", help="an atomic model (.pdb/.cif) to simulate instead of a preset")
-    parser.add_argument("--box", type=int, required=True, help="image size in pixels (even)")
-    parser.add_argument("--n", type=int, required=True, help="number of images")
-    parser.add_argument("--snr", type=float, required=True,
+    parser.add_argument("--box", type=BOX, required=True, help="image size in pixels (even)")
+    parser.add_argument("--n", type=IMAGES, required=True, help="number of images")
+    parser.add_argument("--snr", type=SNR, required=True,
                         help="signal-to-noise ratio: mean clean-image variance over the box / noise variance "
                              "(inf: no noise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of poses, CTFs, states and noise (default 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of poses, CTFs, states and noise (default 0)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--apix", type=float, default=None,
+    parser.add_argument("--apix", type=APIX, default=None,
                         help=f"pixel size in Å (default {DEFAULT_FOV_A:g} / box: CryoBench's field of view)")
-    parser.add_argument("--oversample", type=int, default=2,
+    parser.add_argument("--oversample", type=Whole(1, 4), default=2,
                         help="project on a lattice this many times finer, then Fourier-crop (default 2; 1 allowed)")
     parser.add_argument("--contrast", choices=("white", "dark"), default="white",
                         help="white (default): particles written bright, as after RELION's contrast inversion")
     parser.add_argument("--spec", help="with --structure: JSON naming moving chains (pivot, axis, angles) and "
                                        "optional chains; see phantoms.phantom_from_structure")
-    parser.add_argument("--phantom-seed", type=int, default=0, help="seed of the molecule itself (default 0)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: from a memory budget)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing simulation in --out")
+    parser.add_argument("--phantom-seed", type=SEED, default=0, help="seed of the molecule itself (default 0)")
+    parser.add_argument("--batch-size", type=COUNT, default=None, help="images per batch (default: from a memory budget)")
+    add_overwrite_arg(parser, "files in --out (an earlier simulation's, or any file of the same name)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arg(parser)
 
@@ -64,6 +66,7 @@ def _read_spec(path: str | None) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    check_output_folder(args.out, args.overwrite)  # before any compute; write_simulation checks again
     phantom = None
     if args.structure:
         apix = args.apix if args.apix is not None else DEFAULT_FOV_A / args.box

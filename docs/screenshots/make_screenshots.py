@@ -109,7 +109,7 @@ def dock_screenshots() -> None:
 def file_screenshots() -> None:
     root = ensure_sample(DEFAULT_SPEC, with_run=True)
 
-    viewer = viewer_with(root / "run", "cryospire: consensus run")
+    viewer = viewer_with(root / "run" / "config.json", "cryospire: consensus run")
     set_chimerax_view(viewer)
     viewer.layers["consensus gaussians"].visible = False
     shoot(viewer, "run_consensus_map.png")

@@ -17,6 +17,7 @@ more than ``MAX_ALLOC_BYTES`` of Python/numpy allocations) raises :class:`Unexpe
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import pickle
 import shutil
@@ -221,6 +222,35 @@ def _star_damage(kind: str):
         return st.floats(0.0, 1.0), lambda p, f: p.write_text(p.read_text()[: int(len(p.read_text()) * f)])
     if kind == "no optics table":
         return st.just(None), lambda p, _: _rewrite_star(p, lambda b: b.pop("optics"))
+    if kind == "impossible value":
+        # Physics and float32 range: every particle's value (optics) or one particle's.
+        strat = st.tuples(st.sampled_from([("optics", c) for c in PHYSICS_OPTICS] +
+                                          [("particles", c) for c in PHYSICS_PARTICLES]),
+                          st.integers(0, N - 1), st.sampled_from(IMPOSSIBLE))
+
+        def corrupt(path, c):
+            (block, column), row, value = c
+
+            def change(b):
+                b[block].loc[row if block == "particles" else 0, column] = value
+            _rewrite_star(path, change)
+        return strat, corrupt
+    if kind == "second block":
+        def corrupt(path, name):
+            text = path.read_text()
+            start = text.index(f"data_{name}")
+            end = text.find("data_", start + 1)
+            path.write_text(text + "\n" + text[start:end if end >= 0 else len(text)])
+        return st.sampled_from(["optics", "particles"]), corrupt
+    if kind == "header comments":
+        # RELION skips comment and blank lines in loop headers: a documented read.
+        def corrupt(path, c):
+            label, lines = c
+            text = path.read_text()
+            anchor = text.index(f"_{label} ")
+            path.write_text(text[:anchor] + lines + text[anchor:])
+        return st.tuples(st.sampled_from(STAR_COLUMNS + OPTICS_COLUMNS),
+                         st.sampled_from(["# a comment\n", "\n", "  # indented\n\n", "#\n#\n"])), corrupt
     if kind == "random bytes":
         return st.binary(max_size=4096), lambda p, b: p.write_bytes(b)
     if kind == "empty file":
@@ -228,8 +258,15 @@ def _star_damage(kind: str):
     raise KeyError(kind)
 
 
+# Values no microscope gives or float32 cannot hold, for the columns of the physics checks.
+PHYSICS_OPTICS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize"]
+PHYSICS_PARTICLES = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnOriginXAngst", "rlnOriginYAngst",
+                     "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+IMPOSSIBLE = [0.0, -1.0, 1.0, -300.0, 3e5, 2700.0, 1e8, 1e-30, 1e20, 1e39, -1e39, np.nan, np.inf, -np.inf]
+
 STAR_KINDS = ("missing column", "non-numeric value", "duplicated column", "mismatched count", "bad image name",
-              "missing stack", "truncated", "no optics table", "random bytes", "empty file")
+              "missing stack", "truncated", "no optics table", "impossible value", "second block", "header comments",
+              "random bytes", "empty file")
 
 
 # -- cryoSPARC .cs damage ---------------------------------------------------------------------------
@@ -371,6 +408,26 @@ def _pkl_damage(kind: str):
         strat = st.sampled_from([None, 3, "x", [], {}, (np.eye(3),), ([1, 2], [3]), np.zeros((N, 3)),
                                  np.zeros((N, 3, 3), dtype=np.complex64), (np.zeros((N, 9)), np.zeros((N, 2)))])
         return strat, lambda p, obj: (p.parent / "poses.pkl").write_bytes(pickle.dumps(obj, protocol=4))
+    if kind == "malformed arrays":
+        # One array of the pickles replaced by a malformed one: ragged rows, text, complex
+        # numbers, booleans, deep nesting, objects.
+        malformed = {"ragged": lambda a: [list(r) for r in a.reshape(len(a), -1)][:-1] + [[1.0]],
+                     "text": lambda a: a.astype(str), "complex": lambda a: a.astype(complex),
+                     "bool": lambda a: a > 0, "deep": lambda a: functools.reduce(lambda x, _: [x], range(80), 1.0),
+                     "objects": lambda a: np.array([None] * len(a), dtype=object)}
+        strat = st.tuples(st.sampled_from(["rots", "trans", "ctf"]), st.sampled_from(sorted(malformed)))
+
+        def corrupt(path, c):
+            from cryospire_core.safe_pickle import load_pickle
+            which, how = c
+            name = "ctf.pkl" if which == "ctf" else "poses.pkl"
+            obj = load_pickle(path.parent / name)
+            if which == "ctf":
+                obj = malformed[how](obj)
+            else:
+                obj = tuple(malformed[how](a) if k == ("rots", "trans").index(which) else a for k, a in enumerate(obj))
+            (path.parent / name).write_bytes(pickle.dumps(obj, protocol=4))
+        return strat, corrupt
     if kind == "truncated":
         def corrupt(path, n):
             _edit_bytes(path.parent / "poses.pkl", lambda raw: raw[: min(n, len(raw) - 1)])
@@ -383,7 +440,8 @@ def _pkl_damage(kind: str):
     raise KeyError(kind)
 
 
-PKL_KINDS = ("mismatched count", "wrong values", "wrong structure", "truncated", "random bytes", "empty file")
+PKL_KINDS = ("mismatched count", "wrong values", "wrong structure", "malformed arrays", "truncated", "random bytes",
+             "empty file")
 
 
 # -- families ---------------------------------------------------------------------------------------
@@ -436,14 +494,14 @@ FAMILIES = _families()
 # -- running a case ---------------------------------------------------------------------------------
 
 
-class _Timeout(BaseException):
+class Timeout(BaseException):
     """Raised by the alarm; a BaseException so no reader's ``except Exception`` swallows it."""
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
+def time_limit(seconds: float):
     def fire(signum, frame):
-        raise _Timeout
+        raise Timeout
 
     old = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -471,14 +529,14 @@ def run_case(family: Family, template: Path, case) -> str:
         family.corrupt(folder / family.target, case)
         tracemalloc.start()
         try:
-            with warnings.catch_warnings(record=True) as caught, _time_limit(TIMEOUT_S):
+            with warnings.catch_warnings(record=True) as caught, time_limit(TIMEOUT_S):
                 warnings.simplefilter("always")
                 result = family.read(folder)
         except InputError as exc:
             if not (exc.path and Path(exc.path).name and exc.field and exc.expected):
                 raise Unexpected(f"{family.name} {case!r}: InputError without file/field/expected: {exc}") from exc
             return "error"
-        except _Timeout:
+        except Timeout:
             raise Unexpected(f"{family.name} {case!r}: no answer within {TIMEOUT_S} s") from None
         except Exception as exc:
             raise Unexpected(f"{family.name} {case!r}: {type(exc).__name__}: {exc}") from exc

@@ -156,6 +156,21 @@ def test_part_maps_use_the_stage2_gaussians_when_present(tmp_path):
     assert analysis.part_gaussians(run)[2] == run / "discovery" / "seed.npz"
 
 
+def test_a_second_analysis_replaces_files_only_with_overwrite(tmp_path):
+    run = _run_folder(tmp_path)
+    analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2)
+    written = sorted(p for p in (run / "analysis").rglob("*") if p.is_file())
+    latents = analysis.load_latents(run)
+    checked = analysis.check_outputs(run, len(latents), latents.shape[1], 2, 2, 1, None, analysis.part_gaussians(run),
+                                     overwrite=True)
+    assert written == sorted(checked.all())  # the list checked before computing is what is written
+    before = {p: p.read_bytes() for p in written}
+    with pytest.raises(InputError, match="analysis/pca.npz: --out: expected a file name not in use"):
+        analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2)
+    assert {p: p.read_bytes() for p in written} == before
+    analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2, overwrite=True)
+
+
 def test_analyze_without_parts_notes_the_skip(tmp_path):
     run = _run_folder(tmp_path, with_parts=False)
     res = analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2, out_dir=tmp_path / "elsewhere")
@@ -187,8 +202,9 @@ def test_cli_writes_the_files_and_refuses_incomplete_runs(tmp_path, monkeypatch,
     np.save(empty / "latents.npy", np.zeros(5))
     with pytest.raises(InputError, match="latents.npy: latents: expected a finite float"):
         cli_analyze.run(_cli_args(empty))
-    with pytest.raises(InputError, match="--ksample"):
-        cli_analyze.run(_cli_args(run, "--ksample", "0"))
+    with pytest.raises(SystemExit):  # refused while the command line is read (cli.options.COUNT)
+        _cli_args(run, "--ksample", "0")
+    assert "--ksample: expected a whole number >= 1, found 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryospire_core.atomic import TEMP_GLOB
 from cryospire_core.cli.main import main
 from cryospire_core.distributed import Distributed
 from cryospire_core.runfolder import RunFolder
@@ -72,7 +73,7 @@ def test_two_gloo_processes_match_one_process(runs, particles, tmp_path):
     one, two = runs["one"], runs["two"]
     assert runs["stdout"].count("train finished") == 1 and "x 2 processes" in runs["stdout"]  # rank 0 alone reports
     assert RunFolder(two).read_config()["train_command"]["processes"] == 2
-    assert not list(two.rglob("*.tmp*"))
+    assert not list(two.rglob(TEMP_GLOB))
     for rel, key in (("latents.npy", None), ("consensus/gaussians.npz", "centres"),
                      ("consensus/gaussians.npz", "amplitudes"), ("discovery/outputs.npz", "features"),
                      ("discovery/outputs.npz", "gates_sample")):

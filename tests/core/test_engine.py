@@ -4,10 +4,20 @@ step, and a resumed run ends where an uninterrupted one does."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from cryospire_core.engine import Batch, LoopConfig, epoch_order, iterate_batches, run_loop
+from cryospire_core.engine import (
+    Batch,
+    LoopConfig,
+    epoch_order,
+    iterate_batches,
+    load_loop_state,
+    run_loop,
+    save_checkpoint,
+)
+from cryospire_core.errors import ResultError
 from cryospire_core.load import load_particles
 from cryospire_core.progress import ProgressEvent
 
@@ -67,3 +77,34 @@ def test_cancel_then_resume_matches_uninterrupted(homogeneous_32, tmp_path):
     assert resumed.status == "finished"
     torch.testing.assert_close(model.template, ref_model.template, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(resumed.history, ref.history, rtol=1e-5)
+
+
+def test_a_diverging_stage_stops_with_a_clear_error_and_keeps_its_last_checkpoint(homogeneous_32, tmp_path):
+    """A loss that turns NaN (e.g. a learning rate far too high) ends the loop at that step with a
+    ResultError naming the stage and what to change; the last checkpoint is the sound one before."""
+
+    class Diverging(TemplateModel):
+        diverged = False
+
+        def loss(self, batch):
+            mse, metrics = super().loss(batch)
+            return (mse * float("nan"), metrics) if self.diverged else (mse, metrics)
+
+    ps = load_particles(homogeneous_32 / "particles.star")
+    ckpt = tmp_path / "ckpt.pt"
+    model = Diverging(ps.box)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    run_loop(model, opt, ps, LoopConfig(epochs=1, batch_size=500, seed=4), ckpt, "stage 9", torch.device("cpu"))
+    sound = load_loop_state(ckpt)
+    model.diverged = True
+    with pytest.raises(ResultError, match=r"ckpt\.pt: stage 9 loss: expected finite values, found nan at epoch 2, "
+                                          r"step 1: the stage diverged: lower the learning rate"):
+        run_loop(model, opt, ps, LoopConfig(epochs=2, batch_size=500, seed=4), ckpt, "stage 9", torch.device("cpu"))
+    assert load_loop_state(ckpt)["epoch"] == sound["epoch"] == 1
+    assert torch.equal(load_loop_state(ckpt)["model"]["template"], sound["model"]["template"])
+    with torch.no_grad():
+        model.template[0, 0] = float("nan")
+    with pytest.raises(ResultError, match=r"weights: expected finite numbers, found 1 NaN/Inf values, not written "
+                                          r"\(stage 9 diverged"):
+        save_checkpoint(ckpt, {"model": model.state_dict()}, "stage 9")
+    assert torch.equal(load_loop_state(ckpt)["model"]["template"], sound["model"]["template"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cryospire_core import explorer as ex
+from cryospire_core.errors import InputError
 from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
 from cryospire_core.mrc import read_map
 from cryospire_core.render import rasterize
@@ -164,7 +165,10 @@ def test_selection_export_keeps_every_column(tmp_path):
     from cryospire_core.selection import read_selection
 
     assert read_selection(out, load_particles(star)).tolist() == rows.tolist()
-    cs, _ = ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star)
+    with pytest.raises(InputError, match="keep_indices.txt: selection file: expected a file name not in use"):
+        ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star)  # its index file is keep.star's
+    assert not (tmp_path / "sel" / "keep.cs").exists()
+    cs, _ = ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star, overwrite=True)
     assert read_selection(cs, load_particles(star)).tolist() == rows.tolist()
 
 

@@ -126,8 +126,12 @@ def test_map_errors(tmp_path):
     vol = _vol(6)
     vol[1, 2, 3] = np.nan
     p = tmp_path / "nan.mrc"
-    with pytest.warns(RuntimeWarning):  # mrcfile's own warning while computing header stats
-        write_map(p, vol, 1.0)
+    with pytest.raises(InputError, match="nan.mrc: map values: expected finite numbers, found 1 NaN/Inf values"):
+        write_map(p, vol, 1.0)  # cryospire never writes one (ResultError)
+    assert not p.exists()
+    with pytest.warns(RuntimeWarning), mrcfile.new(p) as m:  # another program's; mrcfile warns computing stats
+        m.set_data(vol)
+        m.voxel_size = 1.0
     with pytest.raises(InputError, match="1 NaN/Inf"):
         read_map(p)
 
@@ -150,3 +154,22 @@ def test_map_errors(tmp_path):
     p.write_text("not an mrc")
     with pytest.raises(InputError, match="text.mrc"):
         read_map(p)
+
+
+@pytest.mark.parametrize("axes", [(2, 1, 3), (3, 2, 1), (2, 3, 1)])
+def test_axis_order_is_honoured_for_maps_and_stacks(tmp_path, axes):
+    """A file whose header declares columns/rows/sections along other axes reads as the same
+    (z, y, x) array, whether it holds a map or a stack (one rule: mrc.to_zyx)."""
+    from cryospire_core.particles import ImageSource
+
+    vol = np.random.default_rng(1).standard_normal((6, 8, 8)).astype(np.float32)  # (z, y, x): 6 images
+    stored = vol.transpose([(3, 2, 1).index(a) for a in axes[::-1]])
+    p = tmp_path / "t.mrcs"
+    with mrcfile.new(p) as m:
+        m.set_data(np.ascontiguousarray(stored))
+        m.header.mapc, m.header.mapr, m.header.maps = axes
+        m.voxel_size = 1.5
+    h = read_header(p)
+    assert h.shape == vol.shape and h.axis_order == axes and h.voxel_size == (1.5, 1.5, 1.5)
+    np.testing.assert_array_equal(read_map(p, require_cubic=False).data, vol)
+    np.testing.assert_array_equal(ImageSource([p], np.zeros(6, int), np.arange(6), 8).read(np.arange(6)), vol)

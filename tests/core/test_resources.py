@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from cryospire_core import engine
-from cryospire_core.atomic import atomic_path, write_text
+from cryospire_core.atomic import TEMP_PREFIX, atomic_path, write_text
 from cryospire_core.cli import demo
 from cryospire_core.cli.main import main
 from cryospire_core.engine import LoopConfig, load_checkpoint, run_loop, save_checkpoint
@@ -46,7 +48,7 @@ def test_real_enospc_from_torch_save_is_reported(tmp_path, monkeypatch):
     real_open = open
 
     def open_full(path, mode="r", *a, **k):  # the temporary file is swapped for /dev/full
-        return real_open("/dev/full" if str(path).endswith(".tmp.pt") else path, mode, *a, **k)
+        return real_open("/dev/full" if os.path.basename(str(path)).startswith(TEMP_PREFIX) else path, mode, *a, **k)
 
     monkeypatch.setattr("builtins.open", open_full)
     with pytest.raises(ResourceError, match="disk full writing .*checkpoint.pt"):
@@ -142,8 +144,21 @@ def test_cli_prints_one_line_and_exits_1(monkeypatch, capsys, error, line):
     assert err.startswith(f"cryospire demo: error: {line}")
 
 
-def test_cli_does_not_hide_bugs(monkeypatch):
+def test_cli_reports_a_bug_in_one_line_with_its_log(monkeypatch, capsys):
+    monkeypatch.setattr(demo, "run", lambda args: (_ for _ in ()).throw(KeyError("a bug")))
+    monkeypatch.delenv("CRYOSPIRE_DEBUG", raising=False)
+    assert main(["demo", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("cryospire demo: error: internal error (KeyError: 'a bug'); this is a cryospire bug")
+    log = Path(err.split("please report it with ")[1].strip())
+    assert log.parent == Path(tempfile.gettempdir()) and "KeyError: 'a bug'" in log.read_text()
+    log.unlink()
+
+
+def test_cli_does_not_hide_bugs_when_debugging(monkeypatch):
     monkeypatch.setattr(demo, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setenv("CRYOSPIRE_DEBUG", "1")
     with pytest.raises(RuntimeError, match="a bug"):
         main(["demo", "--quiet"])
 
@@ -194,8 +209,11 @@ def test_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):
 
 def test_locking_removes_temporaries_a_killed_run_left(tmp_path):
     (tmp_path / "consensus").mkdir()
-    stale = [tmp_path / ".config.k2j3.tmp.json", tmp_path / "consensus" / ".checkpoint.a1b2.tmp.pt"]
-    kept = [tmp_path / "config.json", tmp_path / "consensus" / "checkpoint.pt", tmp_path / "consensus" / "notes.tmp"]
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # a process id no process has any more
+    stale = [tmp_path / f"{TEMP_PREFIX}{gone.pid}-k2j3.json", tmp_path / "consensus" / f"{TEMP_PREFIX}{gone.pid}-a1b2.pt"]
+    kept = [tmp_path / "config.json", tmp_path / "consensus" / "checkpoint.pt", tmp_path / "consensus" / "notes.tmp",
+            tmp_path / ".config.k2j3.tmp.json"]
     for p in stale + kept:
         p.write_text("x")
     with RunFolder(tmp_path):

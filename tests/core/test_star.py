@@ -272,3 +272,34 @@ def test_errors_name_file_and_field(project):
 
     with pytest.raises(InputError, match="no such file"):
         read_star(job / "absent.star")
+
+
+def test_values_checked_and_comments_skipped(project):
+    """Physics checks name the column, the first bad particle and its optics group; an unusual
+    defocus reads with a warning; comment lines in loop headers are skipped, as RELION does."""
+    root, job, t, _ = project
+    p = _particles_31(t)
+    optics = _optics_31()
+    optics.loc[1, "rlnVoltage"] = 0.0
+    first = int(np.argmax(t["group"] == 2)) + 1
+    with pytest.raises(InputError, match=rf"rlnVoltage: expected a voltage in kV, > 0 .*found 0 at particle {first}, "
+                                         rf"optics group 2 \({int((t['group'] == 2).sum())} of {N} particles\)"):
+        read_star(_write_31(job / "kv.star", p, optics))
+
+    far = p.copy()
+    far["rlnDefocusU"] = 4e5
+    with pytest.warns(UserWarning, match=rf"rlnDefocusU: {N} of {N} particles outside the usual defocus"):
+        assert len(read_star(_write_31(job / "far.star", far))) == N
+
+    plain = _write_31(job / "plain.star", p)
+    commented = job / "commented.star"
+    commented.write_text(plain.read_text().replace("loop_\n", "loop_\n# a comment\n\n").replace(
+        "_rlnAngleTilt #", "# between labels\n_rlnAngleTilt #"))
+    a, b = read_star(plain), read_star(commented)
+    np.testing.assert_array_equal(a.ctf, b.ctf)
+    np.testing.assert_array_equal(a.rotations, b.rotations)
+
+    twice = job / "twice.star"
+    twice.write_text(plain.read_text() + plain.read_text()[plain.read_text().index("data_particles"):])
+    with pytest.raises(InputError, match=r"data_particles: expected one data_particles block .*found 2 blocks"):
+        read_star(twice)

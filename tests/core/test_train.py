@@ -106,6 +106,27 @@ def test_selection_between_the_stages_drops_particles_from_stage_2(trained, homo
     assert main(["train", star, "--out", str(run), "--resume", "--select", str(tmp_path / "keep.txt"), *SMALL]) == 1
 
 
+def test_resume_with_more_stage_2_epochs_continues_the_finished_stage(trained, homogeneous_32, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    star = str(homogeneous_32 / "particles.star")
+    before = np.load(run / "latents.npy")
+    assert main(["train", star, "--out", str(run), "--resume", "--epochs-2", "2", "--quiet"]) == 0
+    assert RunFolder(run).read_config()["train"]["hierarchical"]["epochs"] == 2
+    assert torch.load(run / "hierarchical" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    after = np.load(run / "latents.npy")
+    assert after.shape == before.shape and np.isfinite(after).all() and not np.array_equal(after, before)
+    np.testing.assert_array_equal(load_trained_model(run).latents.numpy(), after)
+    capsys.readouterr()
+    # Stage 1 cannot train longer under the stage 2 built on it, and no stage un-trains epochs.
+    assert main(["train", star, "--out", str(run), "--resume", "--epochs-1", "2", "--quiet"]) == 1
+    assert ("--epochs-1: expected 1 (stage 1: part discovery has trained 1 epoch and parts, hierarchical were built "
+            "on it: train longer in a new run folder), found 2") in capsys.readouterr().err
+    assert main(["train", star, "--out", str(run), "--resume", "--epochs-2", "1", "--quiet"]) == 1
+    assert ("--epochs-2: expected at least 2 (stage 2: hierarchical has trained 2 epochs), found 1"
+            in capsys.readouterr().err)
+
+
 def test_evaluate_reports_part_scores_with_bead_ground_truth(trained, homogeneous_32, capsys):
     assert main(["evaluate", "--gt", str(homogeneous_32 / "gt"), "--run", str(trained), "--rows", "0"]) == 0
     out = capsys.readouterr().out

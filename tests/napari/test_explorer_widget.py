@@ -99,7 +99,8 @@ def test_drag_across_the_scatter_renders_the_state_under_the_cursor(make_napari_
     assert widget.readout.rowCount() == e.n_parts
 
 
-def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_viewer, qtbot, hinge_run, tmp_path):
+def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_viewer, qtbot, hinge_run, tmp_path,
+                                                                notes):
     widget = loaded(make_napari_viewer, qtbot, hinge_run)
     e = widget.explorer
     pts = widget.embedding.points
@@ -121,14 +122,17 @@ def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_view
     ps = load_particles(e.particles)
     assert read_selection(star, ps).tolist() == got.tolist()
     assert np.loadtxt(index, dtype=int).tolist() == got.tolist()
-    cs, _ = widget.write_selection(tmp_path / "keep.cs")
+    assert widget.write_selection(tmp_path / "keep.cs") is None  # keep_indices.txt is keep.star's: refused
+    assert any("keep_indices.txt: selection file: expected a file name not in use" in str(n.message) for n in notes)
+    assert not (tmp_path / "keep.cs").exists()
+    cs, _ = widget.write_selection(tmp_path / "keep.cs", overwrite=True)
     assert read_selection(cs, ps).tolist() == got.tolist()
     # a k-means state selection
     widget.select_state(0)
     assert widget.selected.sum() == (e.states(widget.k_states.value()) == 0).sum()
 
 
-def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot, hinge_run, tmp_path):
+def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot, hinge_run, tmp_path, notes):
     widget = loaded(make_napari_viewer, qtbot, hinge_run, show=True)  # a hidden canvas screenshots black
     widget.show_labels.setChecked(True)
     widget.trav_steps.setValue(5)
@@ -147,6 +151,11 @@ def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot,
     m = read_map(tmp_path / "series" / "vol_004.mrc")
     assert m.data.shape == (32, 32, 32) and m.apix == pytest.approx(12.0)
     np.testing.assert_allclose(m.origin, [-16 * 12.0] * 3)
+    (tmp_path / "series" / "vol_002.mrc").write_text("the user's own")
+    widget.export_series(tmp_path / "series")  # refused at once (a notification), before any map is computed
+    assert not widget.busy and (tmp_path / "series" / "vol_002.mrc").read_text() == "the user's own"
+    assert any("vol_000.mrc: map series: expected a file name not in use (or choose a new or empty folder)"
+               in str(n.message) for n in notes)
     gif = widget.export_movie(tmp_path / "trav.gif")
     import imageio.v3 as iio
 

@@ -77,7 +77,7 @@ def test_recluster_merge_split_update_layers_table_and_file(make_napari_viewer, 
     assert "edited by hand" in saved.rule
 
 
-def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path):
+def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path, notes):
     widget = loaded(make_napari_viewer, qtbot, run)
     paths = widget.export_masks(tmp_path / "masks")
     assert len(paths) == widget.state.n_parts
@@ -86,6 +86,11 @@ def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path):
     assert m.data.max() == pytest.approx(1.0) and m.data.min() >= 0.0
     inside = widget.state.labels == 1
     assert np.all(m.data[inside] == 1.0)
+    paths[-1].write_text("the user's own")
+    assert widget.export_masks(tmp_path / "masks") == []  # refused with a notification: nothing replaced
+    assert paths[-1].read_text() == "the user's own"
+    assert any("part_01_mask.mrc: part masks: expected a file name not in use" in str(n.message) for n in notes)
+    assert len(widget.export_masks(tmp_path / "masks", overwrite=True)) == widget.state.n_parts
 
 
 def test_newer_run_format_is_a_clear_notification(make_napari_viewer, qtbot, run, notes):

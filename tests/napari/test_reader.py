@@ -9,7 +9,6 @@ import json
 import mrcfile
 import numpy as np
 import pytest
-from napari.errors import ReaderPluginError
 from napari.layers import Layer
 
 from cryospire_core.errors import InputError
@@ -115,9 +114,8 @@ def test_readers_decline_other_files(tmp_path):
     assert get_stack_reader(str(tmp_path / "a.mrc")) is None
     assert get_particles_reader(str(tmp_path / "a.mrcs")) is None
     assert get_map_reader([str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc")]) is None  # no stacking of maps
-    assert get_run_reader(str(tmp_path)) is None  # no config.json
-    (tmp_path / "config.json").write_text(json.dumps({"model": "other tool"}))
-    assert get_run_reader(str(tmp_path)) is None  # someone else's config.json
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": 1}))
+    assert get_run_reader(str(tmp_path)) is None  # a folder: runs open through their config.json
     assert get_run_reader(str(tmp_path / "notes.txt")) is None
 
 
@@ -138,7 +136,7 @@ def make_run(root, D=16, apix=2.0):
 def test_run_reader_points_sit_on_the_density(tmp_path):
     run = tmp_path / "run"
     at = make_run(run)
-    layers = read_one(get_run_reader, run)
+    layers = read_one(get_run_reader, run / "config.json")
     by_name = {kw["name"]: (data, kw, kind) for data, kw, kind in layers}
     assert set(by_name) == {"consensus map", "consensus gaussians"}
     img = Layer.create(*by_name["consensus map"])
@@ -149,25 +147,26 @@ def test_run_reader_points_sit_on_the_density(tmp_path):
     np.testing.assert_allclose(pts.features["amplitude"], [2.0, 1.0])
 
 
-def test_run_reader_errors_name_the_problem(tmp_path):
+def test_run_reader_errors_name_the_problem(tmp_path, notes):
     run = tmp_path / "run"
     RunFolder(run).update_config(consensus={"epochs": 1})
     with pytest.raises(InputError, match="finished stage"):
-        read_one(get_run_reader, run)
+        _layers.run_layers(run)
     cfg = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
     with pytest.raises(InputError, match="format_version"):
-        read_one(get_run_reader, run)
+        _layers.run_layers(run)
     (run / "config.json").write_text("{not json")
-    with pytest.raises(InputError, match="config"):
-        read_one(get_run_reader, run)  # unreadable: ours to report, not silently declined
+    # The reader function reports it (a notification) and returns npe2's "no layers" value.
+    assert read_one(get_run_reader, run / "config.json") == [(None,)]
+    assert [n.message.split(": ")[:2] for n in notes] == [[str(run / "config.json"), "config"]]
 
 
-def test_viewer_opens_run_and_reports_broken_files(make_napari_viewer, tmp_path):
+def test_viewer_opens_run_and_reports_broken_files(make_napari_viewer, tmp_path, notes):
     viewer = make_napari_viewer()
     run = tmp_path / "run"
     make_run(run)
-    layers = viewer.open(run, plugin=PLUGIN)
+    layers = viewer.open(run / "config.json", plugin=PLUGIN)
     assert [layer.name for layer in layers] == ["consensus map", "consensus gaussians"]
     assert layers[0].rendering == "iso" and layers[0].data.dtype == np.float32
 
@@ -175,11 +174,11 @@ def test_viewer_opens_run_and_reports_broken_files(make_napari_viewer, tmp_path)
     bad.write_text("data_particles\nloop_\n_rlnImageName #1\n1@missing.mrcs\n")
     with pytest.raises(InputError) as direct:
         load_particles(bad, invert=False)
-    # With plugin=None (as File > Open and drag-and-drop call it) napari wraps the reader's error;
-    # the notification it shows is str(ReaderPluginError), which ends with the InputError text.
-    with pytest.raises(ReaderPluginError) as shown:
-        viewer.open(bad, plugin=None)
-    assert str(direct.value) in str(shown.value)
+    # With plugin=None (as File > Open and drag-and-drop call it) the reader reports the error
+    # itself, in our words, and opens nothing (tests/napari/test_errors.py: every kind of file).
+    notes.clear()
+    assert viewer.open(bad, plugin=None) == []
+    assert [n.message for n in notes] == [str(direct.value)]
     assert len(viewer.layers) == 2
 
 

@@ -89,7 +89,8 @@ def test_pause_leaves_a_run_that_resume_finishes(dock, qtbot, tmp_path):
     assert dock.resume_button.isEnabled()
     dock.start()  # Start over an existing run is refused, as `cryospire train` without --resume
     wait_idle(qtbot, dock)
-    assert dock.last_status == "error" and "--resume" in dock.status.text()
+    assert dock.last_status == "error" and "the Resume button" in dock.status.text()
+    assert "--resume" not in dock.status.text()  # the dock's words, not the command line's
     dock.resume()
     wait_idle(qtbot, dock)
     assert dock.last_status == "finished" and (run / "hierarchical" / "model.pt").is_file()

@@ -11,7 +11,7 @@ from npe2 import PluginManager
 
 from cryospire_core.mrc import read_map, write_map
 from cryospire_napari._reader import get_map_reader
-from cryospire_napari._writer import NotAMapError
+from cryospire_napari._writer import NameInUseError, NotAMapError, write_image
 
 PLUGIN = "cryospire-napari"
 
@@ -66,3 +66,18 @@ def test_writer_refuses_what_is_not_a_map(tmp_path):
     with pytest.raises(NotAMapError, match="particle stack"):
         save_layers(str(tmp_path / "c.mrc"), [stack], plugin=PLUGIN)
     assert not list(tmp_path.iterdir())
+
+
+def test_writer_never_replaces_the_name_it_adds_mrc_to(tmp_path):
+    """napari's save dialog, with the MRC writer chosen, passes the typed name as it is: the user
+    was asked about "noext", not "noext.mrc". A link napari asked about is replaced itself, its
+    target never written."""
+    (tmp_path / "noext.mrc").write_text("the user's file")
+    with pytest.raises(NameInUseError, match="noext.mrc: map file: expected a file name not in use"):
+        write_image(str(tmp_path / "noext"), np.ones((4, 4, 4)), {"scale": (1.0, 1.0, 1.0)})
+    assert (tmp_path / "noext.mrc").read_text() == "the user's file"
+    (tmp_path / "target.mrc").write_text("kept")
+    (tmp_path / "link.mrc").symlink_to(tmp_path / "target.mrc")
+    save_layers(str(tmp_path / "link.mrc"), [Image(np.ones((4, 4, 4)))], plugin=PLUGIN)
+    assert (tmp_path / "target.mrc").read_text() == "kept" and not (tmp_path / "link.mrc").is_symlink()
+    assert read_map(tmp_path / "link.mrc").data.shape == (4, 4, 4)
