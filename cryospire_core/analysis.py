@@ -224,6 +224,11 @@ def load_latents(run_dir: str | os.PathLike) -> np.ndarray:
     z = read_npy(path, "latents")
     if z.ndim != 2 or len(z) < 2 or not np.issubdtype(z.dtype, np.floating) or not np.all(np.isfinite(z)):
         raise InputError(path, "latents", "a finite float (N, zdim) array with N >= 2", f"{z.dtype} {z.shape}")
+    big = np.abs(z) > np.finfo(np.float32).max
+    if big.any():  # finite in float64, inf once float32
+        row = int(np.argwhere(big)[0][0]) + 1
+        raise InputError(path, "latents", "values finite in float32 (|z| <= 3.4e38)",
+                         f"{int(big.sum())} larger values, the first in row {row}")
     return z.astype(np.float32)
 
 

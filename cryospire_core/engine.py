@@ -14,8 +14,10 @@ import math
 import pickle
 import queue
 import re
+import struct
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +187,13 @@ def read_weights(path: Path, field: str, expected: str):
     if not Path(path).is_file():
         raise InputError(path, field, expected, "no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 78": garbage, refused below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    # the weights-only unpickler meets damaged bytes with any of these (IndexError, KeyError and
+    # struct.error included: about one random file in ten)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, TypeError,
+            AttributeError, OverflowError, struct.error) as exc:
         raise InputError(path, field, expected, _unreadable(exc)) from exc
 
 

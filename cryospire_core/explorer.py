@@ -639,7 +639,12 @@ def _ground_truth_labels(particles: Path | None, selection: np.ndarray | None, n
     gt = particles.parent / "gt"
     if not (gt / "labels.npy").is_file():
         return None, None
-    labels = np.load(gt / "labels.npy", allow_pickle=False)
+    try:  # optional colouring: a damaged or foreign labels.npy is ignored, not an error
+        labels = np.load(gt / "labels.npy", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None, None
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return None, None
     if selection is not None:
         labels = labels[selection] if selection.max() < len(labels) else labels[:0]
     return (labels.astype(np.int64), gt) if len(labels) == n else (None, None)

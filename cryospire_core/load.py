@@ -15,7 +15,7 @@ import numpy as np
 from .cryodrgn import read_stack_with_pkls
 from .cryosparc import read_cs, write_cs
 from .errors import InputError
-from .particles import ParticleSet, check_pixel_size, detect_contrast
+from .particles import ParticleSet, check_not_blank, check_pixel_size, detect_contrast
 from .star import read_star, write_star
 
 STACK_SUFFIXES = (".mrcs", ".mrc", ".txt")
@@ -62,6 +62,7 @@ def load_particles(
     if invert is None:
         ps.contrast = detect_contrast(ps.source)
     else:
+        check_not_blank(ps.source)
         ps.contrast = -1.0 if invert else 1.0
     return ps
 

@@ -259,7 +259,31 @@ def read_grid_map(path: str | os.PathLike, box: int, apix: float):
         raise InputError(path, "map dimensions", f"{box}^3 like the ground truth", m.data.shape)
     if not np.isclose(m.apix, apix, rtol=1e-3):
         raise InputError(path, "voxel size", f"{apix:.4g} Å like the ground truth", f"{m.apix:.4g} Å")
+    if Path(path).name != "mask.mrc" and np.ptp(m.data) == 0:  # an FSC of it is 0/0 at every shell
+        raise InputError(path, "map values", "a map whose voxels vary", f"every voxel {float(m.data.flat[0]):g}")
     return m
+
+
+def _read_labels(path: Path, n_states: int) -> np.ndarray:
+    """gt/labels.npy: (N,) whole numbers in 0..n_states-1 (InputError naming it otherwise)."""
+    expected = f"(N,) integers in 0..{n_states - 1}"
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        found = (f"a file starting with {head!r}" if head != b"\x93NUMPY"
+                 else "pickled Python objects" if "pickle" in str(exc) else f"a damaged file ({exc})")
+        raise InputError(path, "labels", f"an .npy array of {expected}", found) from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(path, "labels", f"an .npy array of {expected}",
+                         f"a damaged or truncated file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(labels, np.ndarray):
+        raise InputError(path, "labels", f"an .npy array of {expected}", "an .npz archive")
+    in_range = labels.ndim == 1 and (len(labels) == 0 or 0 <= labels.min() <= labels.max() < n_states)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or not in_range:
+        raise InputError(path, "labels", expected, f"{labels.dtype} {labels.shape}")
+    return labels
 
 
 def load_ground_truth(folder: str | os.PathLike) -> GroundTruth:
@@ -271,14 +295,18 @@ def load_ground_truth(folder: str | os.PathLike) -> GroundTruth:
     paths = sorted(folder.glob("vol_*.mrc"), key=natural_key)
     if not paths:
         raise InputError(folder, "ground-truth maps", "vol_000.mrc, vol_001.mrc, ... (one per state)", "none")
+    numbers = [re.fullmatch(r"vol_(\d+)", p.stem) for p in paths]
+    for k, (p, match) in enumerate(zip(paths, numbers)):
+        if match is None or int(match.group(1)) != k:  # labels.npy counts states in this order
+            raise InputError(p, "ground-truth maps", f"vol_000.mrc, vol_001.mrc, ... numbered from 0 without gaps "
+                             f"(state {k} here)", p.name)
     first = read_map(paths[0])
     box, apix = first.data.shape[0], first.apix
-    mask = read_grid_map(folder / "mask.mrc", box, apix).data if (folder / "mask.mrc").exists() else None
-    labels = None
-    if (folder / "labels.npy").exists():
-        labels = np.load(folder / "labels.npy", allow_pickle=False)
-        in_range = len(labels) == 0 or 0 <= labels.min() <= labels.max() < len(paths)
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or not in_range:
-            raise InputError(folder / "labels.npy", "labels", f"(N,) integers in 0..{len(paths) - 1}",
-                             f"{labels.dtype} {labels.shape}")
+    mask = None
+    if (folder / "mask.mrc").exists():
+        mask = read_grid_map(folder / "mask.mrc", box, apix).data
+        if not np.any(mask > 0):
+            raise InputError(folder / "mask.mrc", "mask values", "some voxels > 0 (the region scored)",
+                             f"none (max {float(mask.max()):g})")
+    labels = _read_labels(folder / "labels.npy", len(paths)) if (folder / "labels.npy").exists() else None
     return GroundTruth(folder, paths, mask, labels, apix, box)

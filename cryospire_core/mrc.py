@@ -110,6 +110,10 @@ def read_header(path: str | os.PathLike) -> MrcHeader:
     size = path.stat().st_size
     if size < expected:
         raise InputError(path, "MRC data", f"{expected} bytes for a {shape} mode-{mode} array", f"{size} bytes (truncated file?)")
+    section = int(np.prod(shape[-2:])) * dtype_from_mode(mode).itemsize
+    if size - expected >= section:  # a whole image more: the header's mode or image count is wrong
+        raise InputError(path, "MRC data", f"{expected} bytes for a {shape} mode-{mode} array",
+                         f"{size} bytes ({size - expected} more: a wrong mode or nz in the header?)")
     axes = axis_order(h)
     counts = [int(h.nx), int(h.ny), int(h.nz)]  # columns, rows, sections
     if axes != (1, 2, 3):

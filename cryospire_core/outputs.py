@@ -54,6 +54,7 @@ def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> N
     """InputError unless ``folder``, or the nearest folder above it that exists (where the
     missing ones will be made), is a folder we may write to (see the module docstring)."""
     folder = Path(folder)
+    check_name_lengths(folder, option)
     existing = folder
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
@@ -83,6 +84,7 @@ def check_new_outputs(paths: Iterable[str | os.PathLike], overwrite: bool, optio
     root = Path(under) if under is not None else None
     checked: set[Path] = set()
     for p in map(Path, paths):
+        check_name_lengths(p, option)
         if root is not None:
             for folder in _folders_between(root, p):
                 refuse_link(folder, option, "folder")
@@ -95,6 +97,24 @@ def check_new_outputs(paths: Iterable[str | os.PathLike], overwrite: bool, optio
             raise InputError(p, option, "a file name (not a folder)", describe(p))
         if not overwrite:
             raise InputError(p, option, f"{NOT_IN_USE} (or {remedy})", describe(p))
+
+
+#: Longest file name and path (bytes) on Linux file systems; paths keep TMP_EXTRA bytes spare for
+#: what cryospire adds below an output folder (a run's stage folder and ``atomic``'s temporaries).
+NAME_MAX, PATH_MAX, TMP_EXTRA = 255, 4096, 64
+
+
+def check_name_lengths(path: Path, option: str = "--out") -> None:
+    """InputError (before any compute) for an output name or path too long for the file system,
+    which would otherwise fail only when the result is written."""
+    full = os.fsencode(os.path.abspath(path))
+    if len(full) + TMP_EXTRA > PATH_MAX:
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-60:]}"
+        raise InputError(shown, option, f"a path of at most {PATH_MAX - TMP_EXTRA} bytes", f"{len(full)} bytes")
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise InputError(path, option, f"file and folder names of at most {NAME_MAX} bytes",
+                             f"a name of {len(os.fsencode(part))} bytes")
 
 
 def _folders_between(root: Path, path: Path) -> list[Path]:

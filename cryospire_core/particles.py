@@ -344,8 +344,28 @@ def detect_contrast(source: ImageSource, n: int = 1000, seed: int = 0) -> float:
     yy, xx = np.mgrid[:D, :D] - D // 2
     r = np.hypot(xx, yy)
     inner, outer = r < D / 4, (r >= D / 4) & (r < D / 2)
-    total = 0.0
+    total, varied = 0.0, 0
     for start in range(0, len(idx), 256):
         imgs = source.read(idx[start : start + 256]).astype(np.float64)
         total += float((imgs[:, inner].mean(1) - imgs[:, outer].mean(1)).sum())
+        varied += int(np.count_nonzero(np.ptp(imgs.reshape(len(imgs), -1), axis=1) > 0))
+    if varied == 0:
+        raise_blank(source, len(idx))
     return 1.0 if total <= 0 else -1.0
+
+
+def raise_blank(source: ImageSource, n_read: int) -> None:
+    """InputError naming the first stack: every image read holds one value (e.g. all zero), so
+    whatever is computed from them (a map, latents) would be empty or meaningless."""
+    stack = source.files[int(source.file_index[0])]
+    raise InputError(stack, "images", "particle images (pixel values that vary)",
+                     f"{n_read} of {n_read} images read blank (every pixel the same value, e.g. all zero)")
+
+
+def check_not_blank(source: ImageSource, n: int = 64) -> None:
+    """InputError (see :func:`raise_blank`) when up to ``n`` images spread over ``source`` are
+    all blank; used when :func:`detect_contrast`, which checks the same, is not run."""
+    idx = np.unique(np.linspace(0, len(source) - 1, num=min(n, len(source))).astype(np.int64))
+    imgs = source.read(idx)
+    if not np.any(np.ptp(imgs.reshape(len(imgs), -1), axis=1) > 0):
+        raise_blank(source, len(idx))

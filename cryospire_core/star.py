@@ -9,6 +9,7 @@ of a STAR file keep every original column and point to the original stacks.
 
 from __future__ import annotations
 
+import linecache
 import os
 import re
 import tempfile
@@ -174,6 +175,10 @@ def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     except Exception as exc:  # the parser raises assorted pandas/ValueErrors on malformed text
         raise InputError(path, "STAR syntax", "a readable STAR file", exc) from exc
     finally:
+        # starfile reads lines through linecache and clears it only after a successful parse: a
+        # failed one would leave this file's lines there for the next read of the same name (in a
+        # long-lived process such as napari, even after the user fixed the file).
+        linecache.clearcache()
         if parsed != path:
             parsed.unlink()
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}

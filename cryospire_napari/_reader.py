@@ -32,7 +32,19 @@ def _single(path: str | list[str]) -> Path | None:
         if len(path) != 1:
             return None
         path = path[0]
-    return Path(os.fspath(path))
+    try:
+        return Path(os.fsdecode(path))
+    except TypeError:  # not a path at all
+        return None
+
+
+def _is_dir(p: Path) -> bool:
+    """``p.is_dir()``, False where the system refuses the name (too long, ...): the reader
+    function then reports that in our words."""
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 #: What a reader function returns after reporting a broken file: npe2's "read, but no layers".
@@ -54,7 +66,7 @@ def _reporting(p: Path, make: Callable[[Path], list[LayerDataTuple]]) -> ReaderF
 
 def _reader(path: str | list[str], suffixes: tuple[str, ...], make: Callable[[Path], list[LayerDataTuple]]) -> ReaderFunction | None:
     p = _single(path)
-    if p is None or p.suffix.lower() not in suffixes or p.is_dir():
+    if p is None or p.suffix.lower() not in suffixes or _is_dir(p):
         return None
     return _reporting(p, make)
 
@@ -81,6 +93,6 @@ def get_run_reader(path: str | list[str]) -> ReaderFunction | None:
     name is taken (napari has no other reader for it): one that is not a cryospire run's is
     reported as such (its ``format_version``)."""
     p = _single(path)
-    if p is None or p.name != "config.json" or p.is_dir():
+    if p is None or p.name != "config.json" or _is_dir(p):
         return None
     return _reporting(p, lambda config: run_layers(config.parent))

@@ -19,7 +19,6 @@ event loop with signals.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from qtpy.QtCore import QEvent, QObject
 
 from cryospire_core.errors import InputError
 from cryospire_core.progress import ProgressEvent
+from cryospire_core.threads import thread_budget
 
 from ._notify import notify_error
 
@@ -109,9 +109,9 @@ def warm_up_viewer(viewer: Any) -> None:
 
 
 def default_torch_threads() -> int:
-    """Intra-op threads for the training thread: one core fewer than the machine has (at least
-    one), so the GUI thread keeps a core."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    """Intra-op threads for the training thread: one fewer than the CPUs this process may use
+    (:func:`cryospire_core.threads.thread_budget`; at least one), so the GUI thread keeps one."""
+    return max(1, thread_budget().n - 1)
 
 
 @dataclass

@@ -23,6 +23,8 @@ import traceback
 import warnings
 
 from ..errors import InputError, ResourceError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
+from ..threads import prefer_sleeping_threads, thread_budget, use_threads
+from .options import COUNT, OrAuto
 
 COMMANDS: dict[str, str] = {
     "demo": "run the main job on built-in sample data (simulate, reconstruct, score)",
@@ -65,13 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     name = argv[0]
+    prefer_sleeping_threads()  # before the command's module loads torch (and OpenMP)
     module = importlib.import_module(f"{__package__}.{name}")
     sub = CommandParser(prog=f"cryospire {name}", description=COMMANDS[name])
     module.add_args(sub)
+    sub.add_argument("--threads", type=OrAuto(COUNT), default="auto",
+                     help="CPU threads: auto (default: the CPUs this process may use, from its affinity, cgroup "
+                          "quota, SLURM_CPUS_PER_TASK or OMP_NUM_THREADS) or N")
     try:
         args = sub.parse_args(argv[1:])
     except SystemExit as exc:  # --help (0) or a usage error (1, already printed): a status like run's
         return exc.code if isinstance(exc.code, int) else 1
+    budget = thread_budget(args.threads)
+    use_threads(budget)
+    args.threads, args.threads_source = budget.n, budget.source  # saved with the command in a run's config
     with warnings.catch_warnings():  # restores the default printer when the command returns
         warnings.showwarning = _warning_line(name)
         return _run(name, module, args)

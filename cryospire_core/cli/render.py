@@ -56,9 +56,16 @@ def read_rows(path: str, what: str, dtype) -> np.ndarray:
             row = int(np.argwhere(~finite)[0][0]) + 1
             raise InputError(p, what, "finite numbers (no NaN or inf)", f"{int((~finite).sum())} non-finite values, "
                              f"the first in row {row}")
+        big = np.abs(arr) > np.finfo(np.float32).max
+        if big.any():  # finite here, inf in the model's float32
+            row = int(np.argwhere(big)[0][0]) + 1
+            raise InputError(p, what, "numbers finite in float32 (|z| <= 3.4e38)",
+                             f"{int(big.sum())} larger values, the first in row {row}")
         return arr.astype(np.float64)
     if not finite.all() or np.any(arr != np.round(arr)):
         raise InputError(p, what, "whole numbers (0-based indices)", "fractions or non-finite values")
+    if arr.dtype.kind == "f" and np.any(np.abs(arr) >= 2.0 ** 62):  # would wrap around as int64
+        raise InputError(p, what, "0-based indices", f"{float(np.max(np.abs(arr))):.4g}")
     return arr.astype(np.int64)
 
 

@@ -28,6 +28,7 @@ from ..progress import TerminalProgress
 from ..parts import PartClustering
 from ..precision import PRECISIONS
 from ..runfolder import RunFolder
+from ..threads import ThreadBudget
 from ..train import (
     EPOCH_OPTIONS,
     PART_SIGNALS,
@@ -196,8 +197,9 @@ def _run(args: argparse.Namespace, dist, device) -> int:
                 (run_dir.root / "parts" / "clustering.npz").unlink(missing_ok=True)
         dist.barrier()
         processes = f" x {dist.world_size} processes" if dist.active else ""
-        say(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}{processes}; profile {cfg.profile}; "
-            f"stages: {', '.join(stages)}")
+        threads = f" with {ThreadBudget(args.threads, args.threads_source)}" if device.type == "cpu" else ""
+        say(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}{processes}{threads}; "
+            f"profile {cfg.profile}; stages: {', '.join(stages)}")
         bar = TerminalProgress(disable=args.quiet or not dist.is_main)
         t0 = time.perf_counter()
         try:

@@ -264,3 +264,12 @@ CASES += [
          setup=_file(f"user/{name}"))
     for cmd in ("train", "consensus") for name in ("consensus/notes.txt", "latents.npy")
 ]
+
+# Names the file system cannot hold: refused before any compute, naming --out (red-team additions).
+CASES += [
+    Case(CAT, "backproject --out a 304-byte file name", lambda ws: BP + ["out/" + "b" * 300 + ".mrc"],
+         error(r"out/b+\.mrc: --out: expected file and folder names of at most 255 bytes, found a name of 304 bytes")),
+    Case(CAT, "render --out a path of 5000 bytes", lambda ws: RENDER + ["/".join(["a" * 200] * 25)],
+         error(r"^cryospire render: error: a+\.\.\.a+/vol_000\.mrc: --out: expected a path of at most 4032 bytes, found \d+ bytes"),
+         setup=_z_file),
+]

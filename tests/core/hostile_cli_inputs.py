@@ -550,3 +550,39 @@ FORMATS = [
 ]
 CASES += [Case("metadata", f"a valid STAR file: {name}", _argv(STAR), _bp_ok(), setup=setup) for name, setup in FORMATS]
 CASES += [Case("metadata", "a valid cryoSPARC v4 .cs with its extra fields", _argv(CS), _bp_ok(), setup=_cs_extra_fields)]
+
+
+# -- stacks whose header lies about the data, and stacks without signal (red-team additions) -----
+
+
+def _mrcs_bytes(edit: Callable[[bytearray], bytes]) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        path = _bad(ws) / "particles.mrcs"
+        path.write_bytes(edit(bytearray(path.read_bytes())))
+    return setup
+
+
+def _header_mode(mode: int) -> Callable[[bytearray], bytes]:
+    def edit(raw: bytearray) -> bytes:
+        raw[12:16] = np.int32(mode).tobytes()  # the float32 data stays: read as int16, garbage
+        return bytes(raw)
+    return edit
+
+
+_BLANK = r"bad/particles\.mrcs: images: expected particle images \(pixel values that vary\), found \d+ of \d+ images read blank"
+CASES += [
+    Case("metadata", f"mrcs header mode {mode} over float32 data", _argv(STAR),
+         error(rf"bad/particles\.mrcs: MRC data: expected \d+ bytes for a \(300, 32, 32\) mode-{mode} array, found "
+               rf"1229824 bytes \(\d+ more: a wrong mode or nz in the header\?\)"), setup=_mrcs_bytes(_header_mode(mode)))
+    for mode in (0, 1, 6, 12)
+] + [
+    Case("metadata", "mrcs header nz one image short", _argv(STAR),
+         error(r"bad/particles\.mrcs: MRC data: expected \d+ bytes for a \(299, 32, 32\) mode-2 array, found 1229824 "
+               r"bytes \(4096 more"), setup=_mrcs_bytes(lambda raw: bytes(raw[:8]) + np.int32(299).tobytes() + bytes(raw[12:]))),
+    Case("metadata", "mrcs with 100 stray bytes at the end (read, with a warning)", _argv(STAR), _bp_ok(),
+         setup=_mrcs_bytes(lambda raw: bytes(raw) + b"x" * 100)),
+    Case("numbers", "mrcs stack of all zeros", _argv(STAR), error(_BLANK),
+         setup=_mrcs_bytes(lambda raw: bytes(raw[:1024]) + bytes(len(raw) - 1024))),
+    Case("numbers", "mrcs stack of one constant value, --invert yes", lambda ws: [*STAR, "--invert", "yes"],
+         error(_BLANK), setup=_mrcs_bytes(lambda raw: bytes(raw[:1024]) + np.ones((len(raw) - 1024) // 4, "<f4").tobytes())),
+]

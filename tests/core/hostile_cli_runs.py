@@ -435,3 +435,64 @@ CASES += [
 def _finite_latents(path: Path, shape: tuple[int, int]) -> None:
     z = np.load(path)
     assert z.shape == shape and np.isfinite(z).all(), f"{path}: {z.shape}"
+
+
+# -- evaluate against a damaged ground truth, and latents beyond float32 (red-team additions) -----
+
+
+def _gt_copy(ws: Path) -> None:
+    """user/gt: the first two states of data/gt and its mask (two states score fast)."""
+    (ws / "user" / "gt").mkdir()
+    for name in ("vol_000.mrc", "vol_001.mrc", "mask.mrc"):
+        shutil.copy(ws / "data" / "gt" / name, ws / "user" / "gt" / name)
+
+
+def _flat_map(rel: str, value: float = 0.0) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        from cryospire_core.mrc import write_map
+
+        write_map(ws / rel, np.full((32, 32, 32), value, np.float32), 12.0)
+    return setup
+
+
+_EVAL_MAP = ["evaluate", "--gt", "user/gt", "--map", "data/gt/vol_000.mrc"]
+CASES += [
+    Case("metadata", "evaluate --map of all zeros", lambda ws: ["evaluate", "--gt", "user/gt", "--map", "user/m.mrc"],
+         error(r"^cryospire evaluate: error: user/m\.mrc: map values: expected a map whose voxels vary, found every "
+               r"voxel 0$"), setup=_steps(_gt_copy, _flat_map("user/m.mrc"))),
+    Case("metadata", "evaluate a ground-truth state of constant value", lambda ws: _EVAL_MAP,
+         error(r"user/gt/vol_001\.mrc: map values: expected a map whose voxels vary, found every voxel 1$"),
+         setup=_steps(_gt_copy, _flat_map("user/gt/vol_001.mrc", 1.0))),
+    Case("metadata", "evaluate with an all-zero ground-truth mask", lambda ws: _EVAL_MAP,
+         error(r"user/gt/mask\.mrc: mask values: expected some voxels > 0 \(the region scored\), found none"),
+         setup=_steps(_gt_copy, _flat_map("user/gt/mask.mrc"))),
+    Case("metadata", "evaluate with ground-truth states vol_000, vol_002 (a gap)", lambda ws: _EVAL_MAP,
+         error(r"user/gt/vol_002\.mrc: ground-truth maps: expected vol_000\.mrc, vol_001\.mrc, \.\.\. numbered from 0 "
+               r"without gaps \(state 1 here\), found vol_002\.mrc"),
+         setup=_steps(_gt_copy, lambda ws: (ws / "user/gt/vol_001.mrc").rename(ws / "user/gt/vol_002.mrc"))),
+    Case("metadata", "evaluate --run with gt/labels.npy not an .npy file",
+         lambda ws: ["evaluate", "--gt", "user/gt", "--run", "run"],
+         error(r"user/gt/labels\.npy: labels: expected an \.npy array of \(N,\) integers in 0\.\.1, found a file "
+               r"starting with b'garbag'"), setup=_steps(_gt_copy, _text("user/gt/labels.npy", "garbage\n"))),
+    Case("run folder", "latents.npy beyond float32 (1e300), on analyze",
+         lambda ws: ["analyze", "run", "--out", "ana"],
+         error(r"run/latents\.npy: latents: expected values finite in float32 \(\|z\| <= 3\.4e38\), found 1200 larger "
+               r"values, the first in row 1$"),
+         setup=lambda ws: np.save(ws / "run/latents.npy", np.full((300, 4), 1e300))),
+    Case("results", "render --z beyond float32 (1e39)", _RENDER_Z,
+         error(r"user/z\.txt: --z: expected numbers finite in float32 \(\|z\| <= 3\.4e38\), found 1 larger values, "
+               r"the first in row 1$"), setup=_rows("1e39 0 0 0\n")),
+    Case("results", "render --particles 1e20 (past int64)", lambda ws: ["render", "run", "--particles", "user/i.txt",
+                                                                       "--out", "maps"],
+         error(r"user/i\.txt: --particles: expected 0-based indices, found 1e\+20$"),
+         setup=_rows("99999999999999999999\n", "i.txt")),
+]
+
+# Byte patterns on which torch's weights-only unpickler raises IndexError, KeyError, struct.error
+# (random bytes hit one in about ten runs): each one clear line, never the safety net.
+CASES += [
+    Case("run folder", f"stage-2 model.pt of bytes {raw!r} ({why})", _render,
+         error(_MODEL + r" \(tensors only\), found a damaged or truncated file"),
+         setup=_steps(_idx, lambda ws, raw=raw: (ws / "run/hierarchical/model.pt").write_bytes(raw)))
+    for raw, why in ((b"\x80\x02(.", "IndexError"), (b"\x80\x02h\x00", "KeyError"), (b"\x80\x02G", "struct.error"))
+]

@@ -303,3 +303,18 @@ def test_values_checked_and_comments_skipped(project):
     twice.write_text(plain.read_text() + plain.read_text()[plain.read_text().index("data_particles"):])
     with pytest.raises(InputError, match=r"data_particles: expected one data_particles block .*found 2 blocks"):
         read_star(twice)
+
+
+def test_a_failed_parse_leaves_nothing_behind_for_the_next_read(project, monkeypatch):
+    """starfile reads lines through linecache and clears it only after a successful parse: a
+    malformed file must not leave its lines for the next read of the same (relative) name, as in
+    napari when the user fixes the file and opens it again."""
+    _, job, t, images = project
+    monkeypatch.chdir(job)
+    good = (job / "run_data.star").read_text()
+    broken = good.replace("\n", "\t99\n", good.count("\n") - 1)[:-1]  # an extra field on the rows
+    (job / "edit.star").write_text(broken)
+    with pytest.raises(InputError, match=r"edit\.star: STAR syntax"):
+        read_star("edit.star")
+    (job / "edit.star").write_text(good)
+    _check_truth(read_star("edit.star"), t, images)
