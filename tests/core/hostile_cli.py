@@ -244,6 +244,14 @@ def sound_map(path: Path) -> None:
     assert np.abs(m.data).max() > 0, f"{path} is all zero"
 
 
+def steps(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
+    """One setup (or check) that applies ``fns`` to the workspace in order."""
+    def apply(ws: Path) -> None:
+        for fn in fns:
+            fn(ws)
+    return apply
+
+
 def unchanged(path: Path, text: str) -> Callable[[Path], None]:
     """A check that ``ws / path`` still holds ``text``."""
     def check(ws: Path) -> None:

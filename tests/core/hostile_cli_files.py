@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hostile_cli import Case, error, ok, sound_map
+from .hostile_cli import Case, error, ok, sound_map, steps
 
 CASES: list[Case] = []
 
@@ -30,11 +30,6 @@ RUN_LINK = r"run folder: expected a regular (file|folder) cryospire made, found 
 CAT = "user files"
 
 
-def _steps(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
-    def run(ws: Path) -> None:
-        for step in steps:
-            step(ws)
-    return run
 
 
 def _file(rel: str, text: str = "the user's file\n") -> Callable[[Path], None]:
@@ -81,11 +76,6 @@ def _moved_to_user(rel: str) -> Callable[[Path], None]:
     return make
 
 
-def _all(*checks: Callable[[Path], None]) -> Callable[[Path], None]:
-    def check(ws: Path) -> None:
-        for c in checks:
-            c(ws)
-    return check
 
 
 def _ours(rel: str) -> Callable[[Path], None]:
@@ -126,10 +116,10 @@ CASES += [
          error("out/sim/poses.pkl: " + A_LINK), setup=_link("out/sim/poses.pkl")),
     Case(CAT, "simulate --overwrite replaces the poses.pkl link, not its target",
          lambda ws: SIM + ["out/sim", "--overwrite"],
-         ok(_all(_ours("out/sim/poses.pkl"), _map("out/sim/gt/vol_000.mrc"))), setup=_link("out/sim/poses.pkl")),
+         ok(steps(_ours("out/sim/poses.pkl"), _map("out/sim/gt/vol_000.mrc"))), setup=_link("out/sim/poses.pkl")),
     Case(CAT, "simulate --overwrite deletes an old simulation's extra state maps",
          lambda ws: SIM + ["out/sim", "--overwrite"],
-         ok(_all(_gone("out/sim/gt/vol_005.mrc"), _map("out/sim/gt/vol_000.mrc"))),
+         ok(steps(_gone("out/sim/gt/vol_005.mrc"), _map("out/sim/gt/vol_000.mrc"))),
          setup=_file("out/sim/gt/vol_005.mrc")),
     Case(CAT, "simulate with gt/ a link to a user folder", lambda ws: SIM + ["out/sim"],
          error("out/sim/gt: " + LINKED_FOLDER), setup=_link("out/sim/gt", "user")),
@@ -143,23 +133,23 @@ CASES += [
 RENDER = ["render", "run", "--z", "user/z.txt", "--out"]
 CASES += [
     Case(CAT, "render over a user's vol_001.mrc", lambda ws: RENDER + ["out/maps"],
-         error("out/maps/vol_001.mrc: " + A_FILE), setup=_steps(_z_file, _file("out/maps/vol_001.mrc"))),
+         error("out/maps/vol_001.mrc: " + A_FILE), setup=steps(_z_file, _file("out/maps/vol_001.mrc"))),
     Case(CAT, "render with vol_000.mrc a link to a user file", lambda ws: RENDER + ["out/maps"],
-         error("out/maps/vol_000.mrc: " + A_LINK), setup=_steps(_z_file, _link("out/maps/vol_000.mrc"))),
+         error("out/maps/vol_000.mrc: " + A_LINK), setup=steps(_z_file, _link("out/maps/vol_000.mrc"))),
     Case(CAT, "render --overwrite replaces the vol_000.mrc link, not its target",
          lambda ws: RENDER + ["out/maps", "--overwrite"],
-         ok(_all(_ours("out/maps/vol_000.mrc"), _map("out/maps/vol_000.mrc"), _map("out/maps/vol_001.mrc"))),
-         setup=_steps(_z_file, _link("out/maps/vol_000.mrc"))),
+         ok(steps(_ours("out/maps/vol_000.mrc"), _map("out/maps/vol_000.mrc"), _map("out/maps/vol_001.mrc"))),
+         setup=steps(_z_file, _link("out/maps/vol_000.mrc"))),
     Case(CAT, "render --overwrite with a folder named vol_000.mrc", lambda ws: RENDER + ["out/maps", "--overwrite"],
          error(r"out/maps/vol_000.mrc: --out: expected a file name \(not a folder\), found an existing folder"),
-         setup=_steps(_z_file, _folder("out/maps/vol_000.mrc"))),
+         setup=steps(_z_file, _folder("out/maps/vol_000.mrc"))),
     Case(CAT, "render --out a link to a user folder holding vol_000.mrc", lambda ws: RENDER + ["out/maps"],
          error("out/maps/vol_000.mrc: " + A_FILE),
-         setup=_steps(_z_file, _file("user/vol_000.mrc"), _link("out/maps", "user"))),
+         setup=steps(_z_file, _file("user/vol_000.mrc"), _link("out/maps", "user"))),
     Case(CAT, "render --out a user's file", lambda ws: RENDER + ["user/notes.txt"], error(NOT_A_FOLDER),
          setup=_z_file),
     Case(CAT, "render into a read-only folder", lambda ws: RENDER + ["out/ro"], error(READ_ONLY),
-         setup=_steps(_z_file, _read_only())),
+         setup=steps(_z_file, _read_only())),
 ]
 
 BP = ["backproject", "data/particles.star", "--quiet", "--out"]
@@ -171,7 +161,7 @@ CASES += [
     Case(CAT, "backproject with --out a link to a user file", lambda ws: BP + ["out/bp.mrc"],
          error("out/bp.mrc: " + A_LINK), setup=_link("out/bp.mrc")),
     Case(CAT, "backproject --overwrite replaces the --out link, not its target",
-         lambda ws: BP + ["out/bp.mrc", "--overwrite"], ok(_all(_ours("out/bp.mrc"), _map("out/bp.mrc"))),
+         lambda ws: BP + ["out/bp.mrc", "--overwrite"], ok(steps(_ours("out/bp.mrc"), _map("out/bp.mrc"))),
          setup=_link("out/bp.mrc")),
     Case(CAT, "backproject into a user's file posing as a folder", lambda ws: BP + ["user/notes.txt/bp.mrc"],
          error(NOT_A_FOLDER)),
@@ -220,8 +210,8 @@ CASES += [
     Case(CAT, "evaluate --overwrite replaces the --out link, not its target",
          lambda ws: ["evaluate", "--gt", "out/gt", "--map", "out/gt/vol_000.mrc", "--out", "out/scores.json",
                      "--overwrite"],
-         ok(_all(_ours("out/scores.json"), _json("out/scores.json"))),
-         setup=_steps(_two_state_gt, _link("out/scores.json"))),
+         ok(steps(_ours("out/scores.json"), _json("out/scores.json"))),
+         setup=steps(_two_state_gt, _link("out/scores.json"))),
     Case(CAT, "evaluate into a read-only folder", lambda ws: EVALUATE + ["out/ro/scores.json"], error(READ_ONLY),
          setup=_read_only()),
 ]
@@ -242,7 +232,7 @@ CASES += [
          setup=_read_only()),
     Case(CAT, "train --resume of a finished run keeps .tmp-like user files, removes a stale temporary",
          lambda ws: TRAIN + ["run", "--resume"], ok(_gone("run/consensus/.cryospire-tmp-1999999999-ab.pt")),
-         setup=_steps(_file("run/.notes.tmp.txt"), _file("run/consensus/.notes.tmp.txt"),
+         setup=steps(_file("run/.notes.tmp.txt"), _file("run/consensus/.notes.tmp.txt"),
                       _file("run/consensus/.cryospire-tmp-notes.txt"),
                       _file("run/consensus/.cryospire-tmp-1999999999-ab.pt")),
          protected=_run_user_tmp_files),

@@ -12,7 +12,7 @@ import numpy as np
 
 from cryospire_core.mrc import read_map
 
-from .hostile_cli import Case, error, ok, run_cli, sound_map
+from .hostile_cli import Case, error, ok, run_cli, sound_map, steps
 
 CASES: list[Case] = []
 
@@ -60,11 +60,6 @@ def _remove(*rels: str) -> Callable[[Path], None]:
     return setup
 
 
-def _steps(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
-    def setup(ws: Path) -> None:
-        for s in setups:
-            s(ws)
-    return setup
 
 
 def _torch_save(rel: str, make: Callable[[Path], object]) -> Callable[[Path], None]:
@@ -116,61 +111,61 @@ CASES += [
     Case("run folder", "config.json of another tool", _render,
          error(_CFG + r"format_version: expected a cryospire run config \(with an integer run-format version\), "
                r"found a JSON object with other keys \(name, version\)$"),
-         setup=_steps(_idx, _text("run/config.json", '{"name": "sweep", "version": 3}'))),
+         setup=steps(_idx, _text("run/config.json", '{"name": "sweep", "version": 3}'))),
     Case("run folder", "config.json without a train section", _render,
          error(_CFG + r"train: expected a run trained by `cryospire train`"),
-         setup=_steps(_idx, _config(lambda c: c.pop("train")))),
+         setup=steps(_idx, _config(lambda c: c.pop("train")))),
     Case("run folder", "config.json with a train list", _render,
          error(_CFG + r"train: expected a JSON object \{\.\.\.\}, found \[1, 2\]$"),
-         setup=_steps(_idx, _config(lambda c: c.update(train=[1, 2])))),
+         setup=steps(_idx, _config(lambda c: c.update(train=[1, 2])))),
     Case("run folder", "config.json with epochs as text", _render,
          error(_CFG + r'train\.discovery\.epochs: expected a whole number, found "ten"$'),
-         setup=_steps(_idx, _config(lambda c: c["train"]["discovery"].update(epochs="ten")))),
+         setup=steps(_idx, _config(lambda c: c["train"]["discovery"].update(epochs="ten")))),
     Case("run folder", "config.json with a batch size of 0", _render,
          error(_CFG + r"train\.hierarchical\.batch_size: expected a whole number >= 1, found 0$"),
-         setup=_steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(batch_size=0)))),
+         setup=steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(batch_size=0)))),
     Case("run folder", "config.json with a NaN learning rate", _render,
          error(_CFG + r"train\.consensus\.lr: expected a finite number in \(0, 1\], found NaN$"),
-         setup=_steps(_idx, _config(lambda c: c["train"]["consensus"].update(lr=float("nan"))))),
+         setup=steps(_idx, _config(lambda c: c["train"]["consensus"].update(lr=float("nan"))))),
     Case("run folder", "config.json with an unknown train key", _render,
          error(_CFG + r"train\.colour: expected an option of train \(.*\), found an unknown key$"),
-         setup=_steps(_idx, _config(lambda c: c["train"].update(colour="blue")))),
+         setup=steps(_idx, _config(lambda c: c["train"].update(colour="blue")))),
     Case("run folder", "config.json with an unknown stage key", _render,
          error(_CFG + r"train\.hierarchical\.dropout: expected an option of train\.hierarchical"),
-         setup=_steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(dropout=0.5)))),
+         setup=steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(dropout=0.5)))),
     Case("run folder", "config.json with an unknown top-level key", _render,
          error(_CFG + r"notes: expected a run config key \(format_version, .*\), found an unknown key$"),
-         setup=_steps(_idx, _config(lambda c: c.update(notes="mine")))),
+         setup=steps(_idx, _config(lambda c: c.update(notes="mine")))),
     Case("run folder", "config.json without a stage section", _render,
          error(_CFG + r"train\.discovery: expected a value, found none \(the key is missing\)$"),
-         setup=_steps(_idx, _config(lambda c: c["train"].pop("discovery")))),
+         setup=steps(_idx, _config(lambda c: c["train"].pop("discovery")))),
     Case("run folder", "config.json with an unknown profile", _render,
          error(_CFG + r'train\.profile: expected cpu or paper, found "gpu"$'),
-         setup=_steps(_idx, _config(lambda c: c["train"].update(profile="gpu")))),
+         setup=steps(_idx, _config(lambda c: c["train"].update(profile="gpu")))),
     Case("run folder", "config.json with an unknown MLP form", _render,
          error(_CFG + r'train\.discovery\.mlp_form: expected dense or lowrank, found "wide"$'),
-         setup=_steps(_idx, _config(lambda c: c["train"]["discovery"].update(mlp_form="wide")))),
+         setup=steps(_idx, _config(lambda c: c["train"]["discovery"].update(mlp_form="wide")))),
     Case("run folder", "config.json with n_particles as text", _render,
          error(_CFG + r'n_particles: expected a JSON whole number, found "300"$'),
-         setup=_steps(_idx, _config(lambda c: c.update(n_particles="300")))),
+         setup=steps(_idx, _config(lambda c: c.update(n_particles="300")))),
     Case("run folder", "config.json from a newer cryospire", _render,
          error(_CFG + r"format_version: expected at most 1 .*upgrade to open it\), found 99$"),
-         setup=_steps(_idx, _config(lambda c: c.update(format_version=99, cryospire="9.0")))),
+         setup=steps(_idx, _config(lambda c: c.update(format_version=99, cryospire="9.0")))),
     Case("run folder", "config.json with a text format version", _render,
          error(_CFG + r'format_version: expected an integer run-format version, found "1"$'),
-         setup=_steps(_idx, _config(lambda c: c.update(format_version="1")))),
+         setup=steps(_idx, _config(lambda c: c.update(format_version="1")))),
     Case("run folder", "config.json truncated", _render,
          error(_CFG + r"config: expected a JSON run config written by cryospire, found "),
-         setup=_steps(_idx, _truncate("run/config.json", 120))),
+         setup=steps(_idx, _truncate("run/config.json", 120))),
     Case("run folder", "config.json empty", _render,
          error(_CFG + r"config: expected a JSON run config written by cryospire, found "),
-         setup=_steps(_idx, _text("run/config.json", ""))),
+         setup=steps(_idx, _text("run/config.json", ""))),
     Case("run folder", "config.json a list", _render,
          error(_CFG + r"config: expected a JSON object written by cryospire, found list$"),
-         setup=_steps(_idx, _text("run/config.json", "[1, 2, 3]"))),
+         setup=steps(_idx, _text("run/config.json", "[1, 2, 3]"))),
     Case("run folder", "config.json whose latent size differs from the model's", _render,
          error(r"run/hierarchical/seed\.npz: latents: expected \(N, 8\) finite numbers"),
-         setup=_steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(zdim=8)))),
+         setup=steps(_idx, _config(lambda c: c["train"]["hierarchical"].update(zdim=8)))),
     Case("run folder", "config.json with a negative seed, on train --resume", lambda ws: _RESUME,
          error(r"^cryospire train: error: run/config\.json: train\.seed: expected a whole number in "
                r"\[0, 4294967295\], found -1$"),
@@ -197,48 +192,48 @@ _MODEL = r"run/hierarchical/model\.pt: model: expected a state dict saved by `cr
 CASES += [
     Case("run folder", "stage-2 model.pt truncated", _render,
          error(_MODEL + r" \(tensors only\), found a damaged or truncated file \(RuntimeError: "),
-         setup=_steps(_idx, _truncate("run/hierarchical/model.pt"))),
+         setup=steps(_idx, _truncate("run/hierarchical/model.pt"))),
     Case("run folder", "stage-2 model.pt of random bytes", _render,
          error(_MODEL + r" \(tensors only\), found a damaged or truncated file"),
-         setup=_steps(_idx, lambda ws: (ws / "run/hierarchical/model.pt").write_bytes(os.urandom(4096)))),
+         setup=steps(_idx, lambda ws: (ws / "run/hierarchical/model.pt").write_bytes(os.urandom(4096)))),
     Case("run folder", "stage-2 model.pt that would run code", _render,
          # the refusal never repeats torch's advice to load the file with weights_only=False
          error(r"^(?!.*weights_only)cryospire render: error: run/hierarchical/model\.pt: model: expected .*"
                r"found a pickled (posix|os)\.system \(refused unread"),
-         setup=_steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: {"x": _Exploit()}))),
+         setup=steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: {"x": _Exploit()}))),
     Case("run folder", "stage-2 model.pt holding stage 1's weights", _render,
          error(r"run/hierarchical/model\.pt: model: expected the weights of the model that config\.json and "
                r"seed\.npz describe, found Error\(s\) in loading state_dict"),
-         setup=_steps(_idx, lambda ws: shutil.copy(ws / "run/discovery/model.pt", ws / "run/hierarchical/model.pt"))),
+         setup=steps(_idx, lambda ws: shutil.copy(ws / "run/discovery/model.pt", ws / "run/hierarchical/model.pt"))),
     Case("run folder", "stage-2 model.pt holding one tensor", _render,
          error(_MODEL + r" \(name -> tensor\), found Tensor$"),
-         setup=_steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: __import__("torch").zeros(3)))),
+         setup=steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: __import__("torch").zeros(3)))),
     Case("run folder", "stage-2 model.pt with NaN weights", _render,
          error(r"run/hierarchical/model\.pt: weights: expected finite numbers, found \d+ NaN/Inf values"),
-         setup=_steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: {
+         setup=steps(_idx, _torch_save("run/hierarchical/model.pt", lambda ws: {
              k: v.fill_(float("nan")) if v.is_floating_point() else v
              for k, v in _state("run/hierarchical/model.pt")(ws).items()}))),
     Case("run folder", "stage-2 seed.npz truncated", _render,
          error(r"run/hierarchical/seed\.npz: Gaussian mixture: expected an \.npz of centres, .* found a damaged or "
                r"truncated file"),
-         setup=_steps(_idx, _truncate("run/hierarchical/seed.npz"))),
+         setup=steps(_idx, _truncate("run/hierarchical/seed.npz"))),
     Case("run folder", "stage-2 seed.npz without latents", _render,
          error(r"run/hierarchical/seed\.npz: latents: expected the Gaussian mixture array latents, found missing$"),
-         setup=_steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.pop("latents")))),
+         setup=steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.pop("latents")))),
     Case("run folder", "stage-2 seed.npz with 2D centres", _render,
          error(r"run/hierarchical/seed\.npz: centres: expected \(G, 3\) finite numbers \(Å\), found float32 array of "
                r"shape \(\d+, 2\)$"),
-         setup=_steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.update(centres=a["centres"][:, :2])))),
+         setup=steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.update(centres=a["centres"][:, :2])))),
     Case("run folder", "stage-2 seed.npz with a part index out of range", _render,
          error(r"run/hierarchical/seed\.npz: arrays: expected a seed that fits the run's config\.json, found "
                r"PartAwareModel: part_index"),
-         setup=_steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.update(part_index=a["part_index"] + 99)))),
+         setup=steps(_idx, _npz("run/hierarchical/seed.npz", lambda a: a.update(part_index=a["part_index"] + 99)))),
     Case("run folder", "stage-1 seed.npz truncated (no stage 2)", _render,
          error(r"run/discovery/seed\.npz: Gaussian mixture: expected .* found a damaged or truncated file"),
-         setup=_steps(_idx, _remove("run/hierarchical"), _truncate("run/discovery/seed.npz", 100))),
+         setup=steps(_idx, _remove("run/hierarchical"), _truncate("run/discovery/seed.npz", 100))),
     Case("run folder", "no finished stage to render", _render,
          error(r"^cryospire render: error: run: model: expected a finished stage 1 or stage 2"),
-         setup=_steps(_idx, _remove("run/hierarchical", "run/discovery/model.pt"))),
+         setup=steps(_idx, _remove("run/hierarchical", "run/discovery/model.pt"))),
     Case("run folder", "render a folder that is not a run", lambda ws: ["render", "user", "--z", "user/z.txt",
                                                                         "--out", "maps"],
          error(r"^cryospire render: error: user/config\.json: train: expected a run trained by `cryospire train`"),
@@ -268,7 +263,7 @@ CASES += [
     Case("run folder", "clustering.npz truncated, on analyze of a stage-1 run", lambda ws: ["analyze", "run", "--out",
                                                                                            "ana"],
          error(r"run/parts/clustering\.npz: part clustering: expected .* found a damaged or truncated file"),
-         setup=_steps(_remove("run/hierarchical"), _truncate("run/parts/clustering.npz"))),
+         setup=steps(_remove("run/hierarchical"), _truncate("run/parts/clustering.npz"))),
     Case("run folder", "stage-2 checkpoint.pt truncated, on train --resume", lambda ws: _RESUME,
          error(r"^cryospire train: error: run/hierarchical/checkpoint\.pt: checkpoint: expected a cryospire checkpoint "
                r"\(tensors, numbers and strings only\), found a damaged or truncated file"),
@@ -280,7 +275,7 @@ CASES += [
     Case("run folder", "stage-2 checkpoint.pt of another model, on train --resume", lambda ws: _RESUME,
          error(r"run/hierarchical/checkpoint\.pt: model and optimizer: expected the state of this stage 2: "
                r"hierarchical model"),
-         setup=_steps(_remove("run/hierarchical/model.pt"),
+         setup=steps(_remove("run/hierarchical/model.pt"),
                       lambda ws: shutil.copy(ws / "run/discovery/checkpoint.pt",
                                              ws / "run/hierarchical/checkpoint.pt"))),
     Case("run folder", "stage-2 model.pt truncated, on infer",
@@ -459,21 +454,21 @@ _EVAL_MAP = ["evaluate", "--gt", "user/gt", "--map", "data/gt/vol_000.mrc"]
 CASES += [
     Case("metadata", "evaluate --map of all zeros", lambda ws: ["evaluate", "--gt", "user/gt", "--map", "user/m.mrc"],
          error(r"^cryospire evaluate: error: user/m\.mrc: map values: expected a map whose voxels vary, found every "
-               r"voxel 0$"), setup=_steps(_gt_copy, _flat_map("user/m.mrc"))),
+               r"voxel 0$"), setup=steps(_gt_copy, _flat_map("user/m.mrc"))),
     Case("metadata", "evaluate a ground-truth state of constant value", lambda ws: _EVAL_MAP,
          error(r"user/gt/vol_001\.mrc: map values: expected a map whose voxels vary, found every voxel 1$"),
-         setup=_steps(_gt_copy, _flat_map("user/gt/vol_001.mrc", 1.0))),
+         setup=steps(_gt_copy, _flat_map("user/gt/vol_001.mrc", 1.0))),
     Case("metadata", "evaluate with an all-zero ground-truth mask", lambda ws: _EVAL_MAP,
          error(r"user/gt/mask\.mrc: mask values: expected some voxels > 0 \(the region scored\), found none"),
-         setup=_steps(_gt_copy, _flat_map("user/gt/mask.mrc"))),
+         setup=steps(_gt_copy, _flat_map("user/gt/mask.mrc"))),
     Case("metadata", "evaluate with ground-truth states vol_000, vol_002 (a gap)", lambda ws: _EVAL_MAP,
          error(r"user/gt/vol_002\.mrc: ground-truth maps: expected vol_000\.mrc, vol_001\.mrc, \.\.\. numbered from 0 "
                r"without gaps \(state 1 here\), found vol_002\.mrc"),
-         setup=_steps(_gt_copy, lambda ws: (ws / "user/gt/vol_001.mrc").rename(ws / "user/gt/vol_002.mrc"))),
+         setup=steps(_gt_copy, lambda ws: (ws / "user/gt/vol_001.mrc").rename(ws / "user/gt/vol_002.mrc"))),
     Case("metadata", "evaluate --run with gt/labels.npy not an .npy file",
          lambda ws: ["evaluate", "--gt", "user/gt", "--run", "run"],
          error(r"user/gt/labels\.npy: labels: expected an \.npy array of \(N,\) integers in 0\.\.1, found a file "
-               r"starting with b'garbag'"), setup=_steps(_gt_copy, _text("user/gt/labels.npy", "garbage\n"))),
+               r"starting with b'garbag'"), setup=steps(_gt_copy, _text("user/gt/labels.npy", "garbage\n"))),
     Case("run folder", "latents.npy beyond float32 (1e300), on analyze",
          lambda ws: ["analyze", "run", "--out", "ana"],
          error(r"run/latents\.npy: latents: expected values finite in float32 \(\|z\| <= 3\.4e38\), found 1200 larger "
@@ -493,6 +488,6 @@ CASES += [
 CASES += [
     Case("run folder", f"stage-2 model.pt of bytes {raw!r} ({why})", _render,
          error(_MODEL + r" \(tensors only\), found a damaged or truncated file"),
-         setup=_steps(_idx, lambda ws, raw=raw: (ws / "run/hierarchical/model.pt").write_bytes(raw)))
+         setup=steps(_idx, lambda ws, raw=raw: (ws / "run/hierarchical/model.pt").write_bytes(raw)))
     for raw, why in ((b"\x80\x02(.", "IndexError"), (b"\x80\x02h\x00", "KeyError"), (b"\x80\x02G", "struct.error"))
 ]
