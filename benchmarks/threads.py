@@ -5,8 +5,9 @@ Run:  .venv/bin/python benchmarks/threads.py [--seconds 20] [--competitors 1]
 
 Settings: "before" is how cryospire ran until now (torch's thread count, OpenMP's default wait
 policy: idle threads spin a while); "after" is what a ``cryospire`` command does now
-(``thread_budget()`` threads, the CPUs this process may use, and ``OMP_WAIT_POLICY=PASSIVE``:
-idle threads sleep at once); "1 thread" is ``--threads 1`` (with the same policy). Each case runs in its own process (the wait policy is read when OpenMP loads)
+(``thread_budget()`` threads, the CPUs this process may use, and ``prefer_sleeping_threads()``:
+``OMP_WAIT_POLICY=PASSIVE``, idle threads sleep at once, when other processes are busy on its
+CPUs as it starts); "passive" forces that policy; "1 thread" is ``--threads 1`` (same check). Each case runs in its own process (the wait policy is read when OpenMP loads)
 and times training steps of the ``cpu`` profile's stage-2 model (4,096 Gaussians, 64 px, batch
 64; the model of ``benchmarks/speed.py``) for ``--seconds``; the competitors are busy Python
 loops started just before it and stopped just after. steps/s = 1 / median step time. Writes the
@@ -28,12 +29,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BUSY = "while True: pass"
 
 
-# setting -> (--threads, or None for torch's own count; OMP_WAIT_POLICY, or None for OpenMP's default)
-SETTINGS = {"before": (None, None), "after": ("auto", "PASSIVE"), "1 thread": (1, "PASSIVE")}
+# setting -> (--threads, or None for torch's own count; OMP_WAIT_POLICY: None for OpenMP's default,
+# "check" for what the command line decides)
+SETTINGS = {"before": (None, None), "after": ("auto", "check"), "passive": ("auto", "PASSIVE"), "1 thread": (1, "check")}
 
 
-def case(seconds: float, threads: int | str | None) -> dict:
+def case(seconds: float, threads: int | str | None, check: bool) -> dict:
     """Time stage-2 steps for ``seconds`` in this process; the JSON row."""
+    if check:
+        from cryospire_core.threads import prefer_sleeping_threads
+
+        prefer_sleeping_threads()  # before torch loads OpenMP, as cryospire_core.cli.main does
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,11 +74,11 @@ def case(seconds: float, threads: int | str | None) -> dict:
 def run(seconds: float, setting: str, competitors: int) -> dict:
     threads, policy = SETTINGS[setting]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    if policy is not None:
+    if policy not in (None, "check"):
         env["OMP_WAIT_POLICY"] = policy
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(competitors)]
     try:
-        out = subprocess.run([sys.executable, __file__, "--case", json.dumps([seconds, threads])], env=env,
+        out = subprocess.run([sys.executable, __file__, "--case", json.dumps([seconds, threads, policy == "check"])], env=env,
                              check=True, capture_output=True, text=True).stdout
     finally:
         for p in busy:
@@ -94,12 +100,12 @@ def main() -> int:
     for setting in SETTINGS:
         alone = run(args.seconds, setting, 0)
         shared = run(args.seconds, setting, args.competitors)
-        rows.append([setting, str(alone["threads"]), f"{alone['steps_per_s']:.2f}", f"{shared['steps_per_s']:.2f}",
-                     f"{shared['steps_per_s'] / alone['steps_per_s']:.2f}"])
-    head = ["setting", "threads", "alone steps/s", f"+{args.competitors} busy steps/s", "shared/alone"]
+        rows.append([setting, str(alone["threads"]), f"{alone['steps_per_s']:.2f}", alone["policy"],
+                     f"{shared['steps_per_s']:.2f}", shared["policy"], f"{shared['steps_per_s'] / alone['steps_per_s']:.2f}"])
+    head = ["setting", "threads", "alone steps/s", "policy", f"+{args.competitors} busy steps/s", "policy", "shared/alone"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
-    speed = {r[0]: (float(r[2]), float(r[3])) for r in rows}
+    speed = {r[0]: (float(r[2]), float(r[4])) for r in rows}
     lines.append(f"\nafter/before: alone {speed['after'][0] / speed['before'][0]:.2f}x, "
                  f"with {args.competitors} busy {speed['after'][1] / speed['before'][1]:.2f}x")
     lines.append(f"os.cpu_count() {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))}; "

@@ -9,17 +9,19 @@ for each other: a stage-2 step slowed ~6x here with one other busy process besid
 run. The budget is the smallest of these limits; ``OMP_NUM_THREADS`` or ``--threads`` set by the
 user wins. Under torchrun the processes of one node share it (``LOCAL_WORLD_SIZE``).
 
-Idle OpenMP threads are made to sleep at once rather than spin (``OMP_WAIT_POLICY=PASSIVE``,
-set by the command line before torch loads, unless the user chose a policy): a spinning thread
-whose partner's CPU is taken by another job burns the CPU that partner needs. Measured here
-(``benchmarks/threads.py``, 2 cores, stage 2 of the cpu profile): 1.8x the steps/s with one
-busy process beside the run, and no loss alone.
+When other processes are already busy on this process's CPUs as a command starts, idle OpenMP
+threads are made to sleep at once rather than spin (``OMP_WAIT_POLICY=PASSIVE``, set before torch
+loads, unless the user chose a policy): a spinning thread whose partner's CPU is taken burns the
+CPU that partner needs. Measured here (``benchmarks/threads.py``, 2 cores, stage 2 of the cpu
+profile): 1.8-1.9x the steps/s with one busy process beside the run; on an idle machine the
+spinning default was faster (sleeping threads ran at 0.64-1.10x of it), hence only when shared.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +101,38 @@ def use_threads(budget: ThreadBudget) -> None:
     torch.set_num_threads(budget.n)
 
 
-def prefer_sleeping_threads(environ: dict[str, str] | None = None) -> None:
-    """Ask OpenMP to put idle threads to sleep instead of spinning, unless the user chose a
-    policy; only effective before torch is first imported."""
+def busy_cpus(before: str, after: str, cpus: set[int]) -> float:
+    """How many of ``cpus`` other processes kept busy between two readings of ``/proc/stat``
+    (taken while this process slept): the busy fraction of their time, times their count."""
+    def times(text: str) -> tuple[int, int]:
+        busy = total = 0
+        for line in text.splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(f) for f in fields[:8]]
+                idle = ticks[3] + ticks[4]  # idle + iowait
+                busy, total = busy + sum(ticks) - idle, total + sum(ticks)
+        return busy, total
+
+    (b0, t0), (b1, t1) = times(before), times(after)
+    return len(cpus) * (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def prefer_sleeping_threads(environ: dict[str, str] | None = None, busy: float | None = None,
+                            seconds: float = 0.2) -> None:
+    """Ask OpenMP to put idle threads to sleep instead of spinning when other processes keep at
+    least half a CPU of this process's CPUs busy (``busy``, measured over ``seconds`` when not
+    given), unless the user chose a policy; only effective before torch is first imported."""
     env = os.environ if environ is None else environ
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in env:
+        return
+    if busy is None:
+        try:
+            stat = Path("/proc/stat")
+            first = stat.read_text()
+            time.sleep(seconds)
+            busy = busy_cpus(first, stat.read_text(), os.sched_getaffinity(0))
+        except (OSError, ValueError, AttributeError):
+            return  # no /proc (not Linux): keep OpenMP's default
+    if busy >= 0.5:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cryospire_core.threads import ThreadBudget, cgroup_cpus, prefer_sleeping_threads, thread_budget
+from cryospire_core.threads import ThreadBudget, busy_cpus, cgroup_cpus, prefer_sleeping_threads, thread_budget
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -46,13 +46,34 @@ def test_cgroup_quota_v1_and_v2(tmp_path, v2, v1, expected):
     assert cgroup_cpus(f2, (q1, p1)) == expected
 
 
-def test_idle_threads_sleep_unless_the_user_chose_a_policy():
+STAT = """cpu  10 0 10 100 0 0 0 0 0 0
+cpu0 {u0} 0 0 {i0} 0 0 0 0 0 0
+cpu1 {u1} 0 0 {i1} 0 0 0 0 0 0
+intr 1 2 3
+"""
+
+
+def test_busy_cpus_counts_other_processes_on_our_cpus_only():
+    before = STAT.format(u0=100, i0=100, u1=100, i1=100)
+    after = STAT.format(u0=200, i0=100, u1=110, i1=190)  # cpu0 fully busy, cpu1 10 % busy
+    assert busy_cpus(before, after, {0, 1}) == pytest.approx(2 * 110 / 200)
+    assert busy_cpus(before, after, {0}) == pytest.approx(1.0)
+    assert busy_cpus(before, after, {1}) == pytest.approx(0.1)
+    assert busy_cpus(before, before, {0, 1}) == 0.0
+
+
+@pytest.mark.parametrize("env, busy, policy", [
+    ({}, 1.0, "PASSIVE"), ({}, 0.2, None), ({"OMP_WAIT_POLICY": "ACTIVE"}, 2.0, "ACTIVE"),
+])
+def test_idle_threads_sleep_only_on_a_shared_machine_unless_the_user_chose(env, busy, policy):
+    prefer_sleeping_threads(env, busy=busy)
+    assert env.get("OMP_WAIT_POLICY") == policy
+
+
+def test_the_measurement_reads_this_machine():
     env: dict[str, str] = {}
-    prefer_sleeping_threads(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    prefer_sleeping_threads(env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    prefer_sleeping_threads(env, seconds=0.05)
+    assert env.get("OMP_WAIT_POLICY") in (None, "PASSIVE")
 
 
 def test_every_command_takes_threads_and_train_prints_and_saves_them(tmp_path):
