@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,8 @@ def prefer_sleeping_threads(environ: dict[str, str] | None = None, busy: float |
     if "OMP_WAIT_POLICY" in env:
         return
     if busy is None:
+        if "torch" in sys.modules:
+            return  # OpenMP has loaded and read its policy: measuring would only cost time
         try:
             stat = Path("/proc/stat")
             first = stat.read_text()

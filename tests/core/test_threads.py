@@ -70,10 +70,17 @@ def test_idle_threads_sleep_only_on_a_shared_machine_unless_the_user_chose(env, 
     assert env.get("OMP_WAIT_POLICY") == policy
 
 
-def test_the_measurement_reads_this_machine():
-    env: dict[str, str] = {}
-    prefer_sleeping_threads(env, seconds=0.05)
-    assert env.get("OMP_WAIT_POLICY") in (None, "PASSIVE")
+def test_the_command_line_measures_before_torch_loads(tmp_path):
+    """In a fresh process the check reads /proc/stat and decides; with torch loaded it does
+    nothing (OpenMP has read its policy already)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from cryospire_core.threads import prefer_sleeping_threads as p; "
+            "e = {}; p(e, seconds=0.05); print(e.get('OMP_WAIT_POLICY'), 'torch' in sys.modules); "
+            "import torch; e = {}; p(e, seconds=0.05); print(e.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[0] in ("None", "PASSIVE") and out[1] == "False" and out[2] == "None"
 
 
 def test_every_command_takes_threads_and_train_prints_and_saves_them(tmp_path):
