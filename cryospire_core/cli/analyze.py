@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..analysis import RenderFn, analyze, check_outputs, load_latents, part_gaussians
 from ..errors import InputError
 from ..outputs import add_overwrite_arg
@@ -31,15 +33,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_overwrite_arg(parser, "files in the output folder")
 
 
-def load_renderer(run_dir: Path) -> tuple[RenderFn, float]:
+def load_renderer(run_dir: Path, latents: np.ndarray) -> tuple[RenderFn, float]:
     """The run's most advanced trained model (stage 2, else stage 1) as (render_fn, voxel size Å);
-    InputError when the run has none."""
+    InputError when the run has none or ``latents`` (RUN/latents.npy, already read) do not fit it."""
     import torch
 
     from ..train import check_run_latents, load_trained_model
 
     model = load_trained_model(run_dir)
-    check_run_latents(model, load_latents(run_dir), Path(run_dir) / "latents.npy")
+    check_run_latents(model, latents, Path(run_dir) / "latents.npy")
 
     def render(z):
         with torch.no_grad():
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     latents = load_latents(run_dir)
     check_outputs(run_dir, len(latents), latents.shape[1], args.ksample, args.pc_steps, args.pcs, args.out,
                   part_gaussians(run_dir), args.overwrite)
-    render_fn, apix = load_renderer(run_dir)
+    render_fn, apix = load_renderer(run_dir, latents)
     result = analyze(run_dir, render_fn, apix, ksample=args.ksample, pc_steps=args.pc_steps, n_pcs=args.pcs,
                      out_dir=args.out, seed=args.seed, log=print, overwrite=args.overwrite)
     for note in result.notes:
