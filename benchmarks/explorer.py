@@ -3,7 +3,7 @@
 For a PartAwareModel of 8,192 Gaussians with the paper's MLP sizes (3 hidden layers of 128,
 features of 24, 8 parts; random weights: timing does not depend on them), at 64^3 and 128^3:
 
-- decode + rasterise: :meth:`cryospire_core.explorer.Explorer.frame` (no readout, no labels);
+- decode + rasterise: :meth:`cryospire_core.analysis.explorer.Explorer.frame` (no readout, no labels);
 - layer update: ``layer.data = volume`` on the napari Image layer plus the repaint of the
   viewer's canvas (3D, iso-surface, ChimeraX view), with the event loop turned until it is done;
 - total: both, one after the other on the GUI thread (in the dock the first part runs in a
@@ -33,7 +33,7 @@ TARGETS_MS = {64: 30.0, 128: 100.0}
 
 def make_model(box: int, n_gaussians: int = 8192, n_parts: int = 8, seed: int = 0):
     """A stage-2 model of a random molecule: Gaussians of ~1.5 px in a ball of radius ~box/3 px."""
-    from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
+    from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
     rng = np.random.default_rng(seed)
     apix = 384.0 / box
@@ -60,7 +60,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 def time_box(viewer, box: int, repeats: int, draw_frames: bool, fp32: bool = False) -> dict[str, tuple[float, float]]:
     from qtpy.QtWidgets import QApplication
 
-    from cryospire_core.explorer import Explorer
+    from cryospire_core.analysis.explorer import Explorer
     from cryospire_napari._layers import map_layer, set_chimerax_view
 
     app = QApplication.instance()

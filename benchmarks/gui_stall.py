@@ -36,8 +36,8 @@ def main() -> None:
     import napari
     from qtpy.QtCore import QTimer
 
-    from cryospire_core.simulate import simulate, write_simulation
-    from cryospire_core.train import TrainConfig
+    from cryospire_core.pipeline.train import TrainConfig
+    from cryospire_core.sim.simulate import simulate, write_simulation
     from cryospire_napari import _parts_widget, _train_widget
 
     tmp = Path(tempfile.mkdtemp(prefix="gui_stall_"))

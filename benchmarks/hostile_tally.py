@@ -32,7 +32,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.core import hostile_cli  # noqa: E402
-from tests.core.hostile_cases import FAMILIES, Tally, Unexpected, make_template, run_case  # noqa: E402
+from tests.core.hostile_cases import (  # noqa: E402
+    FAMILIES,
+    Tally,
+    Unexpected,
+    make_template,
+    run_case,
+)
 
 
 def run_family(name: str, template: Path, n: int, rng_seed: int, tally: Tally, failures: list[str]) -> None:

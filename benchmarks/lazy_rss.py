@@ -39,10 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def make_stack(work: Path, n: int, box: int) -> tuple[Path, bool]:
     """(the .star of an n-image stack in ``work``, whether an earlier one was reused)."""
-    from cryospire_core import star
-    from cryospire_core.mrc import StackWriter
-    from cryospire_core.particles import ImageSource, ParticleSet, Provenance
-    from cryospire_core.simulate import simulate
+    from cryospire_core.io import star
+    from cryospire_core.io.mrc import StackWriter
+    from cryospire_core.io.particles import ImageSource, ParticleSet, Provenance
+    from cryospire_core.sim.simulate import simulate
 
     star_path, done = work / "particles.star", work / "stack.json"
     if done.exists() and json.loads(done.read_text()) == {"n": n, "box": box}:
@@ -84,10 +84,14 @@ def child(star_path: Path, steps: int, run_dir: Path) -> None:
     """Read every image once, then train stage 1 for ``steps`` steps; print a JSON report."""
     import torch
 
-    from cryospire_core.discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
-    from cryospire_core.engine import LoopConfig, run_loop
-    from cryospire_core.load import load_particles
-    from cryospire_core.phantoms import make_phantom
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.models.discovery import (
+        DiscoveryConfig,
+        PartDiscoveryModel,
+        image_variance,
+    )
+    from cryospire_core.models.engine import LoopConfig, run_loop
+    from cryospire_core.sim.phantoms import make_phantom
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     t0 = time.perf_counter()

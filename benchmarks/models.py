@@ -34,12 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
-from cryospire_core.engine import Batch, LoopConfig, run_loop
-from cryospire_core.geometry import random_rotations
-from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
-from cryospire_core.render import project, rasterize
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.models.discovery import (
+    DiscoveryConfig,
+    PartDiscoveryModel,
+    image_variance,
+)
+from cryospire_core.models.engine import Batch, LoopConfig, run_loop
+from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
 BOX, APIX, BATCH, PARTS, N_IMAGES = 64, 6.0, 64, 8, 20000
 
@@ -162,11 +166,11 @@ def quality(preset: str, n: int, snr: float, epochs1: int, epochs2: int, hidden2
             forms: list[str]) -> None:
     from sklearn.cluster import KMeans
 
-    from cryospire_core.load import load_particles
-    from cryospire_core.metrics import homogeneous_floor, per_conformation
-    from cryospire_core.mrc import read_map
-    from cryospire_core.phantoms import make_phantom
-    from cryospire_core.simulate import simulate, write_simulation
+    from cryospire_core.analysis.metrics import homogeneous_floor, per_conformation
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.io.mrc import read_map
+    from cryospire_core.sim.phantoms import make_phantom
+    from cryospire_core.sim.simulate import simulate, write_simulation
 
     box = 32
     ph = make_phantom("hinge" if preset == "hinge2" else preset, box, 384.0 / box)

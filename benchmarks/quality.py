@@ -12,7 +12,7 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
    virtual environment (WORK/cryodrgn-venv, made by this script), run only as a separate
    program; then ``cryodrgn eval_vol`` at the latents (z.EPOCH.pkl means) of the particles
    nearest each state's mean latent, picked by the same code as our evaluator
-   (:func:`cryospire_core.metrics.representative_images`), scored by the same FSC code
+   (:func:`cryospire_core.analysis.metrics.representative_images`), scored by the same FSC code
    against the same ground truth and mask.
 
 Every stage is cached in WORK: a finished stage leaves a ``*.json`` record and is skipped on a
@@ -53,8 +53,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from cryospire_core.atomic import write_json, write_text
-from cryospire_core.metrics import (
+from cryospire_core.analysis.metrics import (
     GroundTruth,
     ScoreTable,
     freq_to_angstrom,
@@ -63,7 +62,8 @@ from cryospire_core.metrics import (
     representative_images,
     score_states,
 )
-from cryospire_core.safe_pickle import load_pickle
+from cryospire_core.io.atomic import write_json, write_text
+from cryospire_core.io.safe_pickle import load_pickle
 
 PRESETS = ("hinge", "random-hinge", "assembly", "mixed")
 TOOL_NAMES = {"cryospire": "cryospire", "cryodrgn": "cryoDRGN"}  # --tools value -> table label

@@ -28,10 +28,10 @@ import time
 import numpy as np
 import torch
 
-from cryospire_core import render
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.geometry import random_rotations
-from cryospire_core.render_reference import project_dense, rasterize_dense
+from cryospire_core.imaging import render
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.render_reference import project_dense, rasterize_dense
 
 APIX = 3.0
 BATCH = 16

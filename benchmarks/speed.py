@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.discovery import DiscoveryConfig, PartDiscoveryModel
-from cryospire_core.engine import Batch
-from cryospire_core.geometry import random_rotations
-from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
-from cryospire_core.precision import autocast, grad_scaler, resolve_precision
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.precision import autocast, grad_scaler, resolve_precision
+from cryospire_core.models.discovery import DiscoveryConfig, PartDiscoveryModel
+from cryospire_core.models.engine import Batch
+from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
 FOV_A, PARTS, N_LATENTS = 384.0, 8, 4096
 REFERENCE = {1: 33.0, 2: 3.0}  # dense reference, images/s, CPU, 64 px, batch 64

@@ -37,15 +37,16 @@ SETTINGS = {"before": (None, None), "after": ("auto", "check"), "passive": ("aut
 def case(seconds: float, threads: int | str | None, check: bool) -> dict:
     """Time stage-2 steps for ``seconds`` in this process; the JSON row."""
     if check:
-        from cryospire_core.threads import prefer_sleeping_threads
+        from cryospire_core.pipeline.threads import prefer_sleeping_threads
 
         prefer_sleeping_threads()  # before torch loads OpenMP, as cryospire_core.cli.main does
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import speed
-    from cryospire_core.threads import thread_budget, use_threads
-    from cryospire_core.train import TrainConfig
+
+    from cryospire_core.pipeline.threads import thread_budget, use_threads
+    from cryospire_core.pipeline.train import TrainConfig
 
     if threads is not None:
         use_threads(thread_budget(threads))

@@ -13,7 +13,7 @@ All model work runs in a :class:`~._workers.LatestJob` (one job running, at most
 newer requests replace the waiting one), so a drag never queues stale frames: a frame is
 rendered for the newest cursor position each time the previous frame is done. Layers are
 touched only in the job's callback on the GUI thread. Everything numeric lives in
-:mod:`cryospire_core.explorer`.
+:mod:`cryospire_core.analysis.explorer`.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cryospire_core import explorer as core
-from cryospire_core.atomic import write_text
+from cryospire_core.analysis import explorer as core
 from cryospire_core.errors import InputError
-from cryospire_core.outputs import check_new_outputs
+from cryospire_core.io.atomic import write_text
+from cryospire_core.io.outputs import check_new_outputs
 
 from ._layers import volume_translate
 from ._notify import notify_error, status_text
@@ -760,9 +760,9 @@ class ExplorerWidget(QWidget):
         Before stage 2 starts: the run itself continues with ``select`` set (as
         ``cryospire train --resume --select``). After: a new run folder beside it,
         ``<run>_subset<M>``, reuses the consensus, stage-1 and parts outputs and trains stage 2
-        on the subset (:func:`cryospire_core.explorer.branch_run`). Returns the run folder."""
-        from cryospire_core.runfolder import RunFolder
-        from cryospire_core.train import STAGES, TrainConfig
+        on the subset (:func:`cryospire_core.analysis.explorer.branch_run`). Returns the run folder."""
+        from cryospire_core.io.runfolder import RunFolder
+        from cryospire_core.pipeline.train import STAGES, TrainConfig
 
         e = self.explorer
         if e is None or not self.selected.any() or e.root is None or e.particles is None:

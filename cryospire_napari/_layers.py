@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import read_map
-from cryospire_core.runfolder import RunFolder
+from cryospire_core.io.mrc import read_map
+from cryospire_core.io.runfolder import RunFolder
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -86,7 +86,9 @@ def display_levels(data: np.ndarray) -> tuple[tuple[float, float], float]:
     consensus stage's molecule/solvent threshold (Otsu on the positive voxels), or the middle of
     the limits when the map has too little positive density for it.
     """
-    from cryospire_core.consensus import density_threshold  # imports torch: only when a map is shown
+    from cryospire_core.models.consensus import (
+        density_threshold,  # imports torch: only when a map is shown
+    )
 
     lo, hi = float(data.min()), float(data.max())
     if lo < 0 < hi:
@@ -236,7 +238,7 @@ def stack_layer(
 
 def read_stack_layer(path: str | os.PathLike) -> LayerDataTuple:
     """An .mrcs stack as a lazy Image layer; the header alone is read here."""
-    from cryospire_core.mrc import open_stacks, read_header
+    from cryospire_core.io.mrc import open_stacks, read_header
 
     path = Path(path)
     header = read_header(path)
@@ -253,7 +255,7 @@ def read_particles_layer(path: str | os.PathLike) -> LayerDataTuple:
 
     metadata: ``n``, ``box``, ``apix``, ``optics_groups`` (group -> count), ``format``, ``stacks``.
     """
-    from cryospire_core.load import load_particles
+    from cryospire_core.io.load import load_particles
 
     path = Path(path)
     ps = load_particles(path, invert=False)

@@ -11,7 +11,11 @@ No Qt here: the readers use it too.
 
 from __future__ import annotations
 
-from napari.utils.notifications import ErrorNotification, notification_manager, show_error
+from napari.utils.notifications import (
+    ErrorNotification,
+    notification_manager,
+    show_error,
+)
 
 from cryospire_core.errors import InputError, ResourceError
 

@@ -2,7 +2,7 @@
 merge, split and export of per-part soft masks.
 
 Shows RUN/parts/clustering.npz over the stage-1 Gaussians: a Labels layer ``parts`` (each voxel
-labelled 1 + the part with the most density there, :func:`cryospire_core.parts.part_label_volume`)
+labelled 1 + the part with the most density there, :func:`cryospire_core.models.parts.part_label_volume`)
 and a Points layer ``part gaussians`` (centres coloured by part, diameter 2 x width). Colours
 come from one palette shared by the Labels colormap, the points and the table's swatches.
 
@@ -38,8 +38,8 @@ from qtpy.QtWidgets import (
 )
 
 from cryospire_core.errors import InputError
-from cryospire_core.outputs import GUI_REMEDY, check_new_outputs
-from cryospire_core.parts import (
+from cryospire_core.io.outputs import GUI_REMEDY, check_new_outputs
+from cryospire_core.models.parts import (
     PartClustering,
     merge_parts,
     part_label_volume,
@@ -102,9 +102,9 @@ class PartsState:
 def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(widths (G,) Å, amplitudes (G,)) of the trained stage-1 Gaussians (RUN/discovery/model.pt),
     else of the stage-1 seed."""
-    from cryospire_core.engine import read_weights
-    from cryospire_core.runfolder import RunFolder
-    from cryospire_core.train import TrainConfig, discovery_model
+    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.models.engine import read_weights
+    from cryospire_core.pipeline.train import TrainConfig, discovery_model
 
     run = RunFolder(root)
     if (root / "discovery" / "model.pt").is_file():
@@ -119,7 +119,7 @@ def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_parts(root: str | Path) -> PartsState:
     """Read the parts of a run folder (InputError when part discovery has not run yet)."""
-    from cryospire_core.runfolder import RunFolder
+    from cryospire_core.io.runfolder import RunFolder
 
     root = Path(root)
     RunFolder(root).read_config()  # a run from a newer cryospire is refused here, clearly
@@ -271,7 +271,7 @@ class PartsWidget(QWidget):
     def export_masks(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
         """Write one soft mask per part (``part_<k>_mask.mrc``, k from 1) into ``folder``; files
         of those names already there are refused with a notification unless ``overwrite``."""
-        from cryospire_core.mrc import write_map
+        from cryospire_core.io.mrc import write_map
 
         state = self._require()
         if state is None:

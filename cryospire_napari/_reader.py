@@ -20,7 +20,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ._layers import LayerDataTuple, read_mrc_layer, read_particles_layer, read_stack_layer, run_layers
+from ._layers import (
+    LayerDataTuple,
+    read_mrc_layer,
+    read_particles_layer,
+    read_stack_layer,
+    run_layers,
+)
 from ._notify import notify_error
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]

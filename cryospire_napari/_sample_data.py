@@ -102,8 +102,8 @@ def is_made(spec: SampleSpec, with_run: bool = False) -> bool:
 def ground_truth_preview(spec: SampleSpec) -> LayerDataTuple:
     """The middle state's ground-truth map rendered straight from the phantom (what the
     simulation writes as ``gt/vol_<middle>.mrc``), without simulating any image."""
-    from cryospire_core.phantoms import make_phantom, state_volume
-    from cryospire_core.simulate import DEFAULT_FOV_A
+    from cryospire_core.sim.phantoms import make_phantom, state_volume
+    from cryospire_core.sim.simulate import DEFAULT_FOV_A
 
     phantom = make_phantom(spec.preset, spec.box, DEFAULT_FOV_A / spec.box)
     state = phantom.n_states // 2

@@ -76,12 +76,12 @@ def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
     or checkpoint, else the backprojection; None before any of them exists."""
     import torch
 
-    from cryospire_core.consensus import GaussianMixture
-    from cryospire_core.engine import load_checkpoint
-    from cryospire_core.mrc import read_map
-    from cryospire_core.render import rasterize
-    from cryospire_core.runfolder import RunFolder
-    from cryospire_core.train import TrainConfig, discovery_model
+    from cryospire_core.imaging.render import rasterize
+    from cryospire_core.io.mrc import read_map
+    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.models.consensus import GaussianMixture
+    from cryospire_core.models.engine import load_checkpoint
+    from cryospire_core.pipeline.train import TrainConfig, discovery_model
 
     root = Path(root)
     for path in _watched(root):
@@ -359,7 +359,7 @@ class TrainWidget(QWidget):
             self.status.setText("cancelling at the next step...")
 
     def _stages(self, resume: bool) -> tuple[str, ...]:
-        from cryospire_core.train import STAGES
+        from cryospire_core.pipeline.train import STAGES
 
         out = self.out.path()
         reviewed = out is not None and resume and (out / "parts" / "clustering.npz").is_file()

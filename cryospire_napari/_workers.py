@@ -30,8 +30,8 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QObject
 
 from cryospire_core.errors import InputError
+from cryospire_core.pipeline.threads import thread_budget
 from cryospire_core.progress import ProgressEvent
-from cryospire_core.threads import thread_budget
 
 from ._notify import notify_error
 
@@ -84,7 +84,7 @@ def warm_up() -> None:
     import torch
     from napari.layers import Image, Labels, Points
 
-    for module in ("cryospire_core.load", "cryospire_core.train"):
+    for module in ("cryospire_core.io.load", "cryospire_core.pipeline.train"):
         importlib.import_module(module)
     p = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.Adam([p])
@@ -110,7 +110,7 @@ def warm_up_viewer(viewer: Any) -> None:
 
 def default_torch_threads() -> int:
     """Intra-op threads for the training thread: one fewer than the CPUs this process may use
-    (:func:`cryospire_core.threads.thread_budget`; at least one), so the GUI thread keeps one."""
+    (:func:`cryospire_core.pipeline.threads.thread_budget`; at least one), so the GUI thread keeps one."""
     return max(1, thread_budget().n - 1)
 
 
@@ -169,10 +169,10 @@ def run_training(request: TrainRequest, stages: tuple[str, ...], monitor: TrainM
     checkpoint that a later call with ``resume=True`` continues from."""
     import torch
 
-    from cryospire_core.device import resolve_device
-    from cryospire_core.load import load_particles
-    from cryospire_core.runfolder import RunFolder
-    from cryospire_core.train import TrainConfig, train
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.models.device import resolve_device
+    from cryospire_core.pipeline.train import TrainConfig, train
 
     try:
         if request.torch_threads is not None:

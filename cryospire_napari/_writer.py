@@ -4,7 +4,7 @@ The voxel size comes from the layer's ``scale`` (Å, the same on the three axes)
 origin is the one the map was read with (``metadata["mrc_origin"]``), else left at 0. Labels
 are stored as float32 values (MRC mode 2, exact for labels below 2**24), so every map reader,
 ChimeraX included, opens them; reading one back gives an Image layer with the same values.
-Files are written atomically by :func:`cryospire_core.mrc.write_map` (a symbolic link at the
+Files are written atomically by :func:`cryospire_core.io.mrc.write_map` (a symbolic link at the
 name is replaced, its target never written). napari's save dialog has asked the user before a
 file of the given name is replaced; a name without .mrc/.map gets ``.mrc`` added, and that file
 is never replaced (:class:`NameInUseError`), since nobody was asked about it.
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import write_map
-from cryospire_core.outputs import check_new_outputs
+from cryospire_core.io.mrc import write_map
+from cryospire_core.io.outputs import check_new_outputs
 
 MAP_SUFFIXES = (".mrc", ".map")
 #: Largest integer float32 holds exactly.

@@ -18,7 +18,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from cryospire_core.atomic import atomic_path
+    from cryospire_core.io.atomic import atomic_path
 
     from ._explorer_widget import ExplorerWidget
     from ._layers import set_chimerax_view

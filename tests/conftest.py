@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryospire_core.load import load_particles
-from cryospire_core.phantoms import make_phantom
-from cryospire_core.simulate import simulate, write_simulation
+from cryospire_core.io.load import load_particles
+from cryospire_core.sim.phantoms import make_phantom
+from cryospire_core.sim.simulate import simulate, write_simulation
 
 
 def _simulated(tmp_path_factory, name: str, **kw) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryospire_core.mrc import write_map
+from cryospire_core.io.mrc import write_map
 
 _SPEC = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "benchmarks" / "quality.py")
 quality = importlib.util.module_from_spec(_SPEC)

@@ -17,10 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import RenderFn, analyze, check_outputs, load_latents, part_gaussians
-from ..errors import InputError
-from ..outputs import add_overwrite_arg
-from .options import COUNT, SEED
+from cryospire_core.analysis.latentspace import (
+    RenderFn,
+    analyze,
+    check_outputs,
+    load_latents,
+    part_gaussians,
+)
+from cryospire_core.cli.options import add_overwrite_arg
+from cryospire_core.errors import InputError
+from cryospire_core.ranges import COUNT, SEED
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +44,7 @@ def load_renderer(run_dir: Path, latents: np.ndarray) -> tuple[RenderFn, float]:
     InputError when the run has none or ``latents`` (RUN/latents.npy, already read) do not fit it."""
     import torch
 
-    from ..train import check_run_latents, load_trained_model
+    from cryospire_core.pipeline.train import check_run_latents, load_trained_model
 
     model = load_trained_model(run_dir)
     check_run_latents(model, latents, Path(run_dir) / "latents.npy")

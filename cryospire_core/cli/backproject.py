@@ -11,15 +11,20 @@ import argparse
 import time
 from pathlib import Path
 
-from ..backproject import backproject
-from ..device import add_device_arg, resolve_device
-from ..errors import InputError
-from ..load import add_particle_args, particles_from_args
-from ..metrics import freq_to_angstrom, freq_to_pixels, resolution
-from ..mrc import write_map
-from ..outputs import add_overwrite_arg, check_new_outputs
-from ..progress import TerminalProgress
-from .options import COUNT, Real
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_overwrite_arg,
+    add_particle_args,
+    particles_from_args,
+)
+from cryospire_core.errors import InputError
+from cryospire_core.imaging.fsc import freq_to_angstrom, freq_to_pixels, resolution
+from cryospire_core.io.mrc import write_map
+from cryospire_core.io.outputs import check_new_outputs
+from cryospire_core.models.backproject import backproject
+from cryospire_core.models.device import resolve_device
+from cryospire_core.progress import TerminalProgress
+from cryospire_core.ranges import COUNT, Real
 
 WIENER = Real(0, 100)
 PAD = Real(1, 4)

@@ -12,15 +12,18 @@ import argparse
 import sys
 import time
 
-
-from ..consensus import ConsensusConfig, fit_consensus, seed_map
-from ..device import add_device_arg, resolve_device
-from ..engine import LoopConfig
-from ..errors import InputError
-from ..load import add_particle_args, particles_from_args
-from ..progress import TerminalProgress
-from ..runfolder import RunFolder, section_from_dict
-from .options import COUNT, LEARNING_RATE, MINUTES, SEED, Whole
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_particle_args,
+    particles_from_args,
+)
+from cryospire_core.errors import InputError
+from cryospire_core.io.runfolder import RunFolder, section_from_dict
+from cryospire_core.models.consensus import ConsensusConfig, fit_consensus, seed_map
+from cryospire_core.models.device import resolve_device
+from cryospire_core.models.engine import LoopConfig
+from cryospire_core.progress import TerminalProgress
+from cryospire_core.ranges import COUNT, LEARNING_RATE, MINUTES, SEED, Whole
 
 _DEF = ConsensusConfig()
 _LOOP = LoopConfig(epochs=_DEF.epochs)

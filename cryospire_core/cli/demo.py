@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..device import add_device_arg
-from ..errors import InputError
-from .options import BOX, COUNT, IMAGES, SNR
-from ..outputs import add_overwrite_arg, check_writable_folder
-from ..simulate import check_output_folder
+from cryospire_core.cli.options import add_device_arg, add_overwrite_arg
+from cryospire_core.errors import InputError
+from cryospire_core.io.outputs import check_writable_folder
+from cryospire_core.ranges import BOX, COUNT, IMAGES, SNR
+from cryospire_core.sim.simulate import check_output_folder
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import main
+    from cryospire_core.cli.main import main
 
     out = Path(args.out)
     data, run_dir = out / "data", out / "run"

@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_json
-from ..errors import InputError
-from ..metrics import (
+from cryospire_core.analysis.metrics import (
     GroundTruth,
     ScoreTable,
     ceiling,
@@ -35,12 +33,20 @@ from ..metrics import (
     read_grid_map,
     score_states,
 )
-from ..outputs import add_overwrite_arg, check_new_outputs
-from ..partscores import domain_presence, format_presence, load_beads, part_ari
-from ..parts import PartClustering
-from ..train import load_trained_model
-from .options import Whole
-from .render import read_rows
+from cryospire_core.analysis.partscores import (
+    domain_presence,
+    format_presence,
+    load_beads,
+    part_ari,
+)
+from cryospire_core.cli.options import add_overwrite_arg
+from cryospire_core.cli.render import read_rows
+from cryospire_core.errors import InputError
+from cryospire_core.io.atomic import write_json
+from cryospire_core.io.outputs import check_new_outputs
+from cryospire_core.models.parts import PartClustering
+from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.ranges import Whole
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -19,16 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json, write_npy
-from ..device import add_device_arg, resolve_device
-from ..engine import DIVERGED
-from ..errors import InputError, require_finite
-from ..infer import InferConfig, infer_latents
-from ..load import add_particle_args, particles_from_args
-from ..outputs import add_overwrite_arg, check_new_outputs
-from ..progress import TerminalProgress
-from ..train import load_trained_model
-from .options import COUNT, SEED
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_overwrite_arg,
+    add_particle_args,
+    particles_from_args,
+)
+from cryospire_core.errors import InputError, require_finite
+from cryospire_core.io.atomic import write_json, write_npy
+from cryospire_core.io.outputs import check_new_outputs
+from cryospire_core.models.device import resolve_device
+from cryospire_core.models.engine import DIVERGED
+from cryospire_core.models.infer import InferConfig, infer_latents
+from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.progress import TerminalProgress
+from cryospire_core.ranges import COUNT, SEED
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

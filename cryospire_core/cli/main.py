@@ -22,9 +22,20 @@ import time
 import traceback
 import warnings
 
-from ..errors import InputError, ResourceError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
-from ..threads import prefer_sleeping_threads, thread_budget, use_threads
-from .options import COUNT, OrAuto
+from cryospire_core.errors import (
+    InputError,
+    ResourceError,
+    disk_full,
+    is_disk_full,
+    is_out_of_memory,
+    out_of_memory,
+)
+from cryospire_core.pipeline.threads import (
+    prefer_sleeping_threads,
+    thread_budget,
+    use_threads,
+)
+from cryospire_core.ranges import COUNT, OrAuto
 
 COMMANDS: dict[str, str] = {
     "demo": "run the main job on built-in sample data (simulate, reconstruct, score)",
@@ -43,14 +54,14 @@ class CommandParser(argparse.ArgumentParser):
     """argparse with usage errors as one ``expected ..., found ...`` line and exit status 1."""
 
     def error(self, message: str):
-        from .options import usage_error
+        from cryospire_core.cli.options import usage_error
 
         self.exit(1, f"{self.prog}: error: {usage_error(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="cryospire", description=__doc__.splitlines()[0])
-    from .. import __version__
+    from cryospire_core import __version__
 
     parser.add_argument("--version", action="version", version=f"cryospire {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

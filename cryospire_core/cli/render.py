@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..mrc import write_map
-from ..outputs import add_overwrite_arg, check_new_outputs
-from ..train import load_trained_model
+from cryospire_core.cli.options import add_overwrite_arg
+from cryospire_core.errors import InputError
+from cryospire_core.io.mrc import write_map
+from cryospire_core.io.outputs import check_new_outputs
+from cryospire_core.pipeline.train import load_trained_model
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -13,13 +13,18 @@ import json
 import time
 from pathlib import Path
 
-from ..device import add_device_arg, resolve_device
-from ..errors import InputError
-from ..phantoms import PRESETS, phantom_from_structure
-from ..progress import TerminalProgress
-from ..outputs import add_overwrite_arg
-from ..simulate import DEFAULT_FOV_A, check_output_folder, simulate, write_simulation
-from .options import APIX, BOX, COUNT, IMAGES, SEED, SNR, Whole
+from cryospire_core.cli.options import add_device_arg, add_overwrite_arg
+from cryospire_core.errors import InputError
+from cryospire_core.models.device import resolve_device
+from cryospire_core.progress import TerminalProgress
+from cryospire_core.ranges import APIX, BOX, COUNT, IMAGES, SEED, SNR, Whole
+from cryospire_core.sim.phantoms import PRESETS, phantom_from_structure
+from cryospire_core.sim.simulate import (
+    DEFAULT_FOV_A,
+    check_output_folder,
+    simulate,
+    write_simulation,
+)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

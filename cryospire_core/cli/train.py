@@ -5,7 +5,7 @@ Example: ``cryospire train sim/particles.star --out RUN --profile cpu`` (``--pro
 the paper's sizes on a GPU). A killed run continues with the same command plus ``--resume``;
 ``--stage parts --parts 4 --resume`` re-runs one stage (here: re-cluster into 4 level-1 parts).
 Started by ``torchrun --nproc_per_node=K -m cryospire_core.cli.main train ...`` the K processes
-train one run together (:mod:`cryospire_core.distributed`); ``--batch-size`` is then the global
+train one run together (:mod:`cryospire_core.models.distributed`); ``--batch-size`` is then the global
 batch of all processes, and the result matches a one-process run of the same seed.
 """
 
@@ -20,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import add_device_arg
-from ..distributed import from_environment, shutdown
-from ..errors import InputError
-from ..load import add_particle_args, particles_from_args
-from ..progress import TerminalProgress
-from ..parts import PartClustering
-from ..precision import PRECISIONS
-from ..runfolder import RunFolder
-from ..threads import ThreadBudget
-from ..train import (
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_particle_args,
+    particles_from_args,
+)
+from cryospire_core.errors import InputError
+from cryospire_core.imaging.precision import PRECISIONS
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.models.distributed import from_environment, shutdown
+from cryospire_core.models.parts import PartClustering
+from cryospire_core.pipeline.threads import ThreadBudget
+from cryospire_core.pipeline.train import (
     EPOCH_OPTIONS,
     PART_SIGNALS,
     PROFILES,
@@ -40,8 +42,8 @@ from ..train import (
     stage2_started,
     train,
 )
-from .options import COUNT, MINUTES, SEED, OrAuto
-
+from cryospire_core.progress import TerminalProgress
+from cryospire_core.ranges import COUNT, MINUTES, SEED, OrAuto
 
 PART_COUNT = OrAuto(COUNT)
 

@@ -37,12 +37,12 @@ import starfile
 from hypothesis import strategies as st
 from numpy.lib import format as npy_format
 
-from cryospire_core.cryodrgn import write_ctf_pkl, write_poses_pkl
-from cryospire_core.cryosparc import write_cs
 from cryospire_core.errors import InputError
-from cryospire_core.geometry import matrix_to_euler, random_rotations
-from cryospire_core.load import load_particles
-from cryospire_core.mrc import read_map, write_map, write_stack
+from cryospire_core.imaging.geometry import matrix_to_euler, random_rotations
+from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
+from cryospire_core.io.cryosparc import write_cs
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.mrc import read_map, write_map, write_stack
 
 N, D, APIX = 12, 16, 2.0
 TIMEOUT_S = 10
@@ -378,7 +378,7 @@ def _pkl_damage(kind: str):
         strat = st.tuples(st.sampled_from(["poses.pkl", "ctf.pkl"]), st.sampled_from([0, 1, N - 1, N + 1, 10 * N]))
 
         def corrupt(path, c):
-            from cryospire_core.safe_pickle import load_pickle, save_pickle
+            from cryospire_core.io.safe_pickle import load_pickle, save_pickle
             target = path.parent / c[0]
             obj = load_pickle(target)
             if c[0] == "poses.pkl":
@@ -391,7 +391,7 @@ def _pkl_damage(kind: str):
                           st.sampled_from([np.nan, np.inf, 0.0, -1.0, 1e30, 7.0]))
 
         def corrupt(path, c):
-            from cryospire_core.safe_pickle import load_pickle, save_pickle
+            from cryospire_core.io.safe_pickle import load_pickle, save_pickle
             rots, trans = load_pickle(path.parent / "poses.pkl")
             ctf = load_pickle(path.parent / "ctf.pkl")
             field, row, value = c
@@ -418,7 +418,7 @@ def _pkl_damage(kind: str):
         strat = st.tuples(st.sampled_from(["rots", "trans", "ctf"]), st.sampled_from(sorted(malformed)))
 
         def corrupt(path, c):
-            from cryospire_core.safe_pickle import load_pickle
+            from cryospire_core.io.safe_pickle import load_pickle
             which, how = c
             name = "ctf.pkl" if which == "ctf" else "poses.pkl"
             obj = load_pickle(path.parent / name)

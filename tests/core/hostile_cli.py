@@ -90,12 +90,12 @@ def make_template(folder: Path) -> Path:
     """Build the valid workspace described in the module docstring in ``folder``."""
     import torch
 
-    from cryospire_core.cryodrgn import write_ctf_pkl, write_poses_pkl
-    from cryospire_core.cryosparc import write_cs
-    from cryospire_core.load import load_particles
-    from cryospire_core.runfolder import RunFolder
-    from cryospire_core.simulate import simulate, write_simulation
-    from cryospire_core.train import TrainConfig, train
+    from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
+    from cryospire_core.io.cryosparc import write_cs
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.pipeline.train import TrainConfig, train
+    from cryospire_core.sim.simulate import simulate, write_simulation
 
     folder.mkdir(parents=True, exist_ok=True)
     data = write_simulation(folder / "data", simulate("hinge", BOX, N_IMAGES, snr=10.0, seed=1))
@@ -236,7 +236,7 @@ def run_case(case: Case, template: Path, parent: Path) -> str:
 
 def sound_map(path: Path) -> None:
     """An MRC map that exists, is finite and is not all zero."""
-    from cryospire_core.mrc import read_map
+    from cryospire_core.io.mrc import read_map
 
     assert path.is_file(), f"{path} not written"
     m = read_map(path)
@@ -287,7 +287,12 @@ class Tally:
 
 def all_cases() -> list[Case]:
     """Every case of every category module."""
-    from . import hostile_cli_files, hostile_cli_inputs, hostile_cli_options, hostile_cli_runs
+    from . import (
+        hostile_cli_files,
+        hostile_cli_inputs,
+        hostile_cli_options,
+        hostile_cli_runs,
+    )
 
     cases = [c for m in (hostile_cli_files, hostile_cli_inputs, hostile_cli_options, hostile_cli_runs)
              for c in m.CASES]

@@ -22,7 +22,7 @@ import mrcfile
 import numpy as np
 import starfile
 
-from cryospire_core.safe_pickle import load_pickle
+from cryospire_core.io.safe_pickle import load_pickle
 
 from .hostile_cli import BOX, N_IMAGES, Case, Expect, error, ok, sound_map
 
@@ -409,7 +409,7 @@ def _transposed_stack(axes: tuple[int, int, int]) -> Callable[[Path], None]:
 
 
 def _same_images(ws: Path) -> None:
-    from cryospire_core.load import load_particles
+    from cryospire_core.io.load import load_particles
 
     sound_map(ws / "out" / "bp.mrc")
     got = load_particles(ws / "bad" / "particles.star", invert=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryospire_core.mrc import read_map
+from cryospire_core.io.mrc import read_map
 
 from .hostile_cli import Case, error, ok, run_cli, sound_map, steps
 
@@ -444,7 +444,7 @@ def _gt_copy(ws: Path) -> None:
 
 def _flat_map(rel: str, value: float = 0.0) -> Callable[[Path], None]:
     def setup(ws: Path) -> None:
-        from cryospire_core.mrc import write_map
+        from cryospire_core.io.mrc import write_map
 
         write_map(ws / rel, np.full((32, 32, 32), value, np.float32), 12.0)
     return setup

@@ -8,9 +8,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryospire_core import analysis, parts
+from cryospire_core.analysis import latentspace as analysis
 from cryospire_core.cli import analyze as cli_analyze
 from cryospire_core.errors import InputError
+from cryospire_core.models import parts
 
 BOX, APIX = 16, 3.0
 

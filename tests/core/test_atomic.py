@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from cryospire_core.atomic import atomic_path, write_text
+from cryospire_core.io.atomic import atomic_path, write_text
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporaries(tmp_path):

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.backproject import backproject
+from cryospire_core.analysis.metrics import load_ground_truth
 from cryospire_core.cli.main import main
-from cryospire_core.ctf import compute_ctf, make_ctf_params
-from cryospire_core.fourier import freq_grid_2d, ifft2_centered, shift_phase
-from cryospire_core.geometry import random_rotations
-from cryospire_core.metrics import auc, fsc, load_ground_truth, resolution
-from cryospire_core.particles import ImageSource, ParticleSet, Provenance
+from cryospire_core.imaging.ctf import compute_ctf, make_ctf_params
+from cryospire_core.imaging.fourier import freq_grid_2d, ifft2_centered, shift_phase
+from cryospire_core.imaging.fsc import auc, fsc, resolution
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.io.particles import ImageSource, ParticleSet, Provenance
+from cryospire_core.models.backproject import backproject
 
 D, APIX, N, SNR = 32, 3.0, 2000, 0.5
 SIGMA_PX = 1.5
@@ -144,7 +145,7 @@ def test_streaming_batches_and_progress(noisy):
 
 
 def test_cli_writes_the_map_and_half_maps(noisy, tmp_path, capsys):
-    from cryospire_core.cryodrgn import write_ctf_pkl, write_poses_pkl
+    from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
 
     ps, _ = noisy
     write_poses_pkl(tmp_path / "poses.pkl", ps)
@@ -164,9 +165,9 @@ def test_cli_writes_the_map_and_half_maps(noisy, tmp_path, capsys):
 def test_simulator_data_same_map_from_star_cs_and_pkls(tmp_path):
     """Noise-free images from the simulator (an independent forward model) invert to its ground
     truth, and the same particles read as .star, .cs and .mrcs + pkls give the same map."""
-    from cryospire_core.cryosparc import write_cs
-    from cryospire_core.load import load_particles
-    from cryospire_core.simulate import simulate, write_simulation
+    from cryospire_core.io.cryosparc import write_cs
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.sim.simulate import simulate, write_simulation
 
     out = write_simulation(tmp_path / "sim", simulate("homogeneous", 32, 300, np.inf, seed=2))
     from_star = load_particles(out / "particles.star")

@@ -8,9 +8,10 @@ import argparse
 import pytest
 
 from cryospire_core.cli.main import CommandParser, main
-from cryospire_core.cli.options import COUNT, SEED, OrAuto, Real, Whole, usage_error
-from cryospire_core.device import resolve_device
+from cryospire_core.cli.options import usage_error
 from cryospire_core.errors import InputError
+from cryospire_core.models.device import resolve_device
+from cryospire_core.ranges import COUNT, SEED, OrAuto, Real, Whole
 
 
 @pytest.mark.parametrize("kind, text, value", [

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.backproject import backproject
-from cryospire_core.consensus import ConsensusConfig, fit_consensus
-from cryospire_core.load import load_particles
-from cryospire_core.metrics import auc, fsc, resolution
-from cryospire_core.mrc import read_map
+from cryospire_core.imaging.fsc import auc, fsc, resolution
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.mrc import read_map
+from cryospire_core.models.backproject import backproject
+from cryospire_core.models.consensus import ConsensusConfig, fit_consensus
 
 
 def _score(vol, gt, mask):

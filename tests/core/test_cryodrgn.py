@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryospire_core.cryodrgn import read_stack_with_pkls, write_ctf_pkl, write_poses_pkl
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import write_stack
-from cryospire_core.particles import Provenance
-from cryospire_core.safe_pickle import load_pickle
-from cryospire_core.star import read_star, write_star
+from cryospire_core.io.cryodrgn import (
+    read_stack_with_pkls,
+    write_ctf_pkl,
+    write_poses_pkl,
+)
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.particles import Provenance
+from cryospire_core.io.safe_pickle import load_pickle
+from cryospire_core.io.star import read_star, write_star
 
 N, D, APIX = 50, 16, 1.25
 

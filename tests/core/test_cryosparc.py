@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryospire_core.cryosparc import read_cs, write_cs
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import write_stack
-from cryospire_core.particles import Provenance
+from cryospire_core.io.cryosparc import read_cs, write_cs
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.particles import Provenance
 
 N, D, APIX = 50, 16, 1.25
 ALIGN_PSIZE = 2 * APIX  # the refinement ran on a 2x binned copy of the stack

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.ctf import compute_ctf, electron_wavelength, make_ctf_params
+from cryospire_core.imaging.ctf import compute_ctf, electron_wavelength, make_ctf_params
 
 
 def _reference_ctf(sx, sy, dfu, dfv, ang_deg, kv, cs_mm, w, phase_deg, bfac=0.0, scale=1.0):

@@ -3,17 +3,22 @@ latents of a two-state hinge, and resumes exactly through engine.run_loop."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.discovery import DiscoveryConfig, PairMLP, PartDiscoveryModel, coarsen, image_variance
-from cryospire_core.engine import Batch, LoopConfig, run_loop
-from cryospire_core.geometry import random_rotations
-from cryospire_core.render import project, rasterize
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.models.discovery import (
+    DiscoveryConfig,
+    PairMLP,
+    PartDiscoveryModel,
+    coarsen,
+    image_variance,
+)
+from cryospire_core.models.engine import Batch, LoopConfig, run_loop
 
 from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
 

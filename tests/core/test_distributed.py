@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.atomic import TEMP_GLOB
 from cryospire_core.cli.main import main
-from cryospire_core.distributed import Distributed
-from cryospire_core.runfolder import RunFolder
-from cryospire_core.simulate import simulate, write_simulation
+from cryospire_core.io.atomic import TEMP_GLOB
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.models.distributed import Distributed
+from cryospire_core.sim.simulate import simulate, write_simulation
 
 STAGES = ["--stage", "consensus", "--stage", "discovery"]
 SMALL = ["--epochs-consensus", "1", "--epochs-1", "2", "--gaussians-1", "64", "--batch-size", "16", "--quiet"]

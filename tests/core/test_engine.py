@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cryospire_core.engine import (
+from cryospire_core.errors import ResultError
+from cryospire_core.io.load import load_particles
+from cryospire_core.models.engine import (
     Batch,
     LoopConfig,
     epoch_order,
@@ -17,8 +19,6 @@ from cryospire_core.engine import (
     run_loop,
     save_checkpoint,
 )
-from cryospire_core.errors import ResultError
-from cryospire_core.load import load_particles
 from cryospire_core.progress import ProgressEvent
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core import explorer as ex
+from cryospire_core.analysis import explorer as ex
 from cryospire_core.errors import InputError
-from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
-from cryospire_core.mrc import read_map
-from cryospire_core.render import rasterize
-from cryospire_core.render_reference import rasterize_dense
+from cryospire_core.imaging.render import rasterize
+from cryospire_core.imaging.render_reference import rasterize_dense
+from cryospire_core.io.mrc import read_map
+from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_readout_gives_the_known_part_motion():
 def test_selection_export_keeps_every_column(tmp_path):
     import starfile
 
-    from cryospire_core.simulate import simulate, write_simulation
+    from cryospire_core.sim.simulate import simulate, write_simulation
 
     star = write_simulation(tmp_path / "d", simulate("hinge", 16, 40, snr=1.0, seed=0)) / "particles.star"
     rows = np.array([3, 5, 11, 30])
@@ -161,8 +161,8 @@ def test_selection_export_keeps_every_column(tmp_path):
         if col != "rlnImageName":
             np.testing.assert_array_equal(sub["particles"][col].to_numpy(), full["particles"][col].to_numpy()[rows])
     assert np.loadtxt(index, dtype=int).tolist() == rows.tolist()
-    from cryospire_core.load import load_particles
-    from cryospire_core.selection import read_selection
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.io.selection import read_selection
 
     assert read_selection(out, load_particles(star)).tolist() == rows.tolist()
     with pytest.raises(InputError, match="keep_indices.txt: selection file: expected a file name not in use"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryospire_core.geometry import (
+from cryospire_core.imaging.geometry import (
     euler_to_matrix,
     matrix_to_euler,
     matrix_to_rotvec,

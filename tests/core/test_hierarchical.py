@@ -8,8 +8,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from cryospire_core.engine import LoopConfig, run_loop
-from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel, rotvec_to_rotation
+from cryospire_core.models.engine import LoopConfig, run_loop
+from cryospire_core.models.hierarchical import (
+    HierarchicalConfig,
+    PartAwareModel,
+    rotvec_to_rotation,
+)
 
 from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
 from .test_discovery import random_batch, seed_images, tiny_mixture

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryospire_core.errors import InputError
-from cryospire_core.load import load_particles
+from cryospire_core.io.load import load_particles
 
 from .hostile_cases import FAMILIES, Tally, fresh_copy, make_template, run_case
 

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.discovery import DiscoveryConfig, PartDiscoveryModel, image_variance
-from cryospire_core.engine import LoopConfig, iterate_batches, run_loop
-from cryospire_core.infer import InferConfig, best_candidates, candidate_latents, infer_latents
+from cryospire_core.models.discovery import (
+    DiscoveryConfig,
+    PartDiscoveryModel,
+    image_variance,
+)
+from cryospire_core.models.engine import LoopConfig, iterate_batches, run_loop
+from cryospire_core.models.infer import (
+    InferConfig,
+    best_candidates,
+    candidate_latents,
+    infer_latents,
+)
 
 CPU = torch.device("cpu")
 

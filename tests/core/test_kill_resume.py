@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.atomic import TEMP_GLOB
-from cryospire_core.mrc import read_map
-from cryospire_core.runfolder import RunFolder
-from cryospire_core.simulate import simulate, write_simulation
-from cryospire_core.train import load_trained_model
+from cryospire_core.io.atomic import TEMP_GLOB
+from cryospire_core.io.mrc import read_map
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.sim.simulate import simulate, write_simulation
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core.latents import LatentTable, MultiOptimizer, make_optimizer
+from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
 
 
 def _setup():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cryospire_core.mrc import StackWriter
-from cryospire_core.particles import ImageSource
+from cryospire_core.io.mrc import StackWriter
+from cryospire_core.io.particles import ImageSource
 
 
 def _file_backed_mb() -> float:

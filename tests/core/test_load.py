@@ -5,13 +5,14 @@ import argparse
 import numpy as np
 import pytest
 
-from cryospire_core.cryodrgn import write_ctf_pkl, write_poses_pkl
-from cryospire_core.ctf import make_ctf_params
+from cryospire_core.cli.options import add_particle_args, particles_from_args
 from cryospire_core.errors import InputError
-from cryospire_core.geometry import random_rotations
-from cryospire_core.load import add_particle_args, load_particles, particles_from_args, write_particles
-from cryospire_core.mrc import write_stack
-from cryospire_core.particles import ImageSource, ParticleSet, Provenance
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
+from cryospire_core.io.load import load_particles, write_particles
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.particles import ImageSource, ParticleSet, Provenance
 
 N, D, APIX = 50, 16, 1.5
 

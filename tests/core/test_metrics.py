@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cryospire_core.cli.main import main
-from cryospire_core.metrics import (
+from cryospire_core.analysis.metrics import (
     auc,
     ceiling,
     freq_to_angstrom,
@@ -20,7 +19,8 @@ from cryospire_core.metrics import (
     representative_images,
     resolution,
 )
-from cryospire_core.mrc import write_map
+from cryospire_core.cli.main import main
+from cryospire_core.io.mrc import write_map
 
 
 def _blobby(D: int, seed: int) -> np.ndarray:

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import MapData, StackWriter, read_header, read_map, write_map, write_stack
+from cryospire_core.io.mrc import (
+    MapData,
+    StackWriter,
+    read_header,
+    read_map,
+    write_map,
+    write_stack,
+)
 
 
 def _vol(d=12, seed=0):
@@ -160,7 +167,7 @@ def test_map_errors(tmp_path):
 def test_axis_order_is_honoured_for_maps_and_stacks(tmp_path, axes):
     """A file whose header declares columns/rows/sections along other axes reads as the same
     (z, y, x) array, whether it holds a map or a stack (one rule: mrc.to_zyx)."""
-    from cryospire_core.particles import ImageSource
+    from cryospire_core.io.particles import ImageSource
 
     vol = np.random.default_rng(1).standard_normal((6, 8, 8)).astype(np.float32)  # (z, y, x): 6 images
     stored = vol.transpose([(3, 2, 1).index(a) for a in axes[::-1]])

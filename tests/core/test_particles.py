@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryospire_core import fourier
-from cryospire_core.ctf import compute_ctf, make_ctf_params
-from cryospire_core.mrc import write_stack
-from cryospire_core.particles import ImageSource, detect_contrast
+from cryospire_core.imaging import fourier
+from cryospire_core.imaging.ctf import compute_ctf, make_ctf_params
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.particles import ImageSource, detect_contrast
 
 
 def test_reads_across_more_stacks_than_may_stay_open(tmp_path):

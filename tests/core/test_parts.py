@@ -8,9 +8,9 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryospire_core import parts
-from cryospire_core.mrc import write_map
-from cryospire_core.phantoms import make_phantom
+from cryospire_core.io.mrc import write_map
+from cryospire_core.models import parts
+from cryospire_core.sim.phantoms import make_phantom
 
 F = 24
 BLOBS = np.array([[-60.0, 0.0, 0.0], [60.0, 0.0, 0.0], [0.0, 80.0, 0.0]])

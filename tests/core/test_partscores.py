@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core import parts
+from cryospire_core.analysis.partscores import (
+    domain_presence,
+    load_beads,
+    optional_domains,
+    part_ari,
+)
 from cryospire_core.errors import InputError
-from cryospire_core.partscores import domain_presence, load_beads, optional_domains, part_ari
+from cryospire_core.models import parts
 
 
 def _beads():

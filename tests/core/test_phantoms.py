@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import pdist
 
 from cryospire_core.errors import InputError
-from cryospire_core.phantoms import (
+from cryospire_core.sim.phantoms import (
     PRESETS,
     make_phantom,
     phantom_from_structure,

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from cryospire_core.cli import train as train_cli
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.engine import Batch, LoopConfig, run_loop
 from cryospire_core.errors import InputError
-from cryospire_core.geometry import random_rotations
-from cryospire_core.hierarchical import HierarchicalConfig, PartAwareModel
-from cryospire_core.load import load_particles
-from cryospire_core.precision import autocast, resolve_precision
-from cryospire_core.render import project
-from cryospire_core.simulate import simulate, write_simulation
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.precision import autocast, resolve_precision
+from cryospire_core.imaging.render import project
+from cryospire_core.io.load import load_particles
+from cryospire_core.models.engine import Batch, LoopConfig, run_loop
+from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
+from cryospire_core.sim.simulate import simulate, write_simulation
 
 BOX, APIX, G, PARTS = 32, 12.0, 256, 4
 

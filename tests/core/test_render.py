@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core import fourier, render
-from cryospire_core.ctf import make_ctf_params
-from cryospire_core.geometry import euler_to_matrix, random_rotations
-from cryospire_core.render_reference import project_dense, rasterize_dense
+from cryospire_core.imaging import fourier, render
+from cryospire_core.imaging.ctf import make_ctf_params
+from cryospire_core.imaging.geometry import euler_to_matrix, random_rotations
+from cryospire_core.imaging.render_reference import project_dense, rasterize_dense
 
 F64 = torch.float64
 

@@ -17,14 +17,19 @@ import pytest
 import torch
 from torch import nn
 
-from cryospire_core import engine
-from cryospire_core.atomic import TEMP_PREFIX, atomic_path, write_text
 from cryospire_core.cli import demo
 from cryospire_core.cli.main import main
-from cryospire_core.engine import LoopConfig, load_checkpoint, run_loop, save_checkpoint
 from cryospire_core.errors import InputError, ResourceError, out_of_memory
-from cryospire_core.load import load_particles
-from cryospire_core.runfolder import RUN_FORMAT_VERSION, RunFolder
+from cryospire_core.io.atomic import TEMP_PREFIX, atomic_path, write_text
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.runfolder import RUN_FORMAT_VERSION, RunFolder
+from cryospire_core.models import engine
+from cryospire_core.models.engine import (
+    LoopConfig,
+    load_checkpoint,
+    run_loop,
+    save_checkpoint,
+)
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -193,7 +198,7 @@ def test_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):
     with RunFolder(tmp_path):
         with pytest.raises(InputError, match=f"held by process {os.getpid()}"):
             RunFolder(tmp_path).lock()
-    code = ("import sys, time; from cryospire_core.runfolder import RunFolder; "
+    code = ("import sys, time; from cryospire_core.io.runfolder import RunFolder; "
             f"RunFolder({str(tmp_path)!r}).lock(); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,11 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from cryospire_core import runfolder
-from cryospire_core.consensus import ConsensusConfig
 from cryospire_core.errors import InputError
-from cryospire_core.runfolder import RunFolder, migrate_config, read_npy, read_npz, section_from_dict
-from cryospire_core.train import TrainConfig
+from cryospire_core.io import runfolder
+from cryospire_core.io.runfolder import (
+    RunFolder,
+    migrate_config,
+    read_npy,
+    read_npz,
+    section_from_dict,
+)
+from cryospire_core.models.consensus import ConsensusConfig
+from cryospire_core.pipeline.train import TrainConfig
 
 PATH = "RUN/config.json"
 

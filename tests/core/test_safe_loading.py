@@ -14,14 +14,19 @@ import starfile
 import torch
 from torch import nn
 
-from cryospire_core.cryodrgn import write_ctf_pkl, write_poses_pkl
-from cryospire_core.engine import LoopConfig, load_checkpoint, run_loop, save_checkpoint
 from cryospire_core.errors import InputError
-from cryospire_core.geometry import matrix_to_euler, random_rotations
-from cryospire_core.load import load_particles, write_particles
-from cryospire_core.mrc import write_stack
-from cryospire_core.safe_pickle import load_pickle
-from cryospire_core.star import read_star
+from cryospire_core.imaging.geometry import matrix_to_euler, random_rotations
+from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
+from cryospire_core.io.load import load_particles, write_particles
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.safe_pickle import load_pickle
+from cryospire_core.io.star import read_star
+from cryospire_core.models.engine import (
+    LoopConfig,
+    load_checkpoint,
+    run_loop,
+    save_checkpoint,
+)
 
 N, D, APIX = 6, 16, 2.0
 
@@ -151,7 +156,7 @@ def test_model_state_loads_use_weights_only(tmp_path):
     """train's model.pt loader refuses a malicious state dict without running it (it raises
     torch's UnpicklingError: train.py should route it through engine.load_checkpoint-style
     wrapping to get an InputError)."""
-    from cryospire_core.train import _load_state
+    from cryospire_core.pipeline.train import _load_state
 
     target = tmp_path / "pwned"
     bad = tmp_path / "model.pt"

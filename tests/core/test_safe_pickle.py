@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cryospire_core.errors import InputError
-from cryospire_core.safe_pickle import load_pickle, save_pickle
+from cryospire_core.io.safe_pickle import load_pickle, save_pickle
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryospire_core.cryosparc import write_cs
 from cryospire_core.errors import InputError
-from cryospire_core.load import load_particles
-from cryospire_core.selection import read_selection
-from cryospire_core.star import write_star
+from cryospire_core.io.cryosparc import write_cs
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.selection import read_selection
+from cryospire_core.io.star import write_star
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from cryospire_core import simulate as sim
 from cryospire_core.cli.main import main
-from cryospire_core.fourier import fft2_centered, fft3_centered, fourier_crop_2d, fourier_crop_3d, rfft_centered_crop
-from cryospire_core.load import load_particles
-from cryospire_core.particles import detect_contrast
-from cryospire_core.phantoms import state_volume
+from cryospire_core.imaging.fourier import (
+    fft2_centered,
+    fft3_centered,
+    fourier_crop_2d,
+    fourier_crop_3d,
+    rfft_centered_crop,
+)
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.particles import detect_contrast
+from cryospire_core.sim import simulate as sim
+from cryospire_core.sim.phantoms import state_volume
 
 BOX, N, SNR = 32, 600, 0.1
 

@@ -10,9 +10,9 @@ import starfile
 from scipy.spatial.transform import Rotation
 
 from cryospire_core.errors import InputError
-from cryospire_core.mrc import write_stack
-from cryospire_core.particles import Provenance
-from cryospire_core.star import read_star, write_star
+from cryospire_core.io.mrc import write_stack
+from cryospire_core.io.particles import Provenance
+from cryospire_core.io.star import read_star, write_star
 
 N, D, APIX = 50, 16, 1.25
 STACK = "Extract/job001/parts.mrcs"  # project-relative, as RELION writes it

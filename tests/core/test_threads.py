@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from cryospire_core.threads import ThreadBudget, busy_cpus, cgroup_cpus, prefer_sleeping_threads, thread_budget
+from cryospire_core.pipeline.threads import (
+    ThreadBudget,
+    busy_cpus,
+    cgroup_cpus,
+    prefer_sleeping_threads,
+    thread_budget,
+)
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -76,7 +82,7 @@ def test_the_command_line_measures_before_torch_loads(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, sys; from cryospire_core.threads import prefer_sleeping_threads as p; "
+    code = ("import os, sys; from cryospire_core.pipeline.threads import prefer_sleeping_threads as p; "
             "e = {}; p(e, seconds=0.05); print(e.get('OMP_WAIT_POLICY'), 'torch' in sys.modules); "
             "import torch; e = {}; p(e, seconds=0.05); print(e.get('OMP_WAIT_POLICY'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()
@@ -90,7 +96,7 @@ def test_every_command_takes_threads_and_train_prints_and_saves_them(tmp_path):
     import subprocess
     import sys
 
-    from cryospire_core.simulate import simulate, write_simulation
+    from cryospire_core.sim.simulate import simulate, write_simulation
 
     data = write_simulation(tmp_path / "data", simulate("homogeneous", 16, 40, snr=10.0, seed=0))
     cmd = [sys.executable, "-m", "cryospire_core.cli.main", "train", str(data / "particles.star"), "--out",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cryospire_core.load import load_particles
-from cryospire_core.runfolder import RunFolder
-from cryospire_core.simulate import simulate, write_simulation
-from cryospire_core.train import TrainConfig, train
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.train import TrainConfig, train
+from cryospire_core.sim.simulate import simulate, write_simulation
 
 
 def tiny_config() -> TrainConfig:

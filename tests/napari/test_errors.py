@@ -18,10 +18,10 @@ from numpy.lib import recfunctions
 from qtpy.QtWidgets import QApplication
 
 from cryospire_core.errors import InputError, ResourceError
-from cryospire_core.load import load_particles, write_particles
-from cryospire_core.mrc import write_map
-from cryospire_core.runfolder import RunFolder
-from cryospire_core.simulate import simulate, write_simulation
+from cryospire_core.io.load import load_particles, write_particles
+from cryospire_core.io.mrc import write_map
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.sim.simulate import simulate, write_simulation
 from cryospire_napari import _layers, _parts_widget
 from cryospire_napari._explorer_widget import ExplorerWidget
 from cryospire_napari._notify import error_message, status_text

@@ -12,15 +12,16 @@ import pytest
 import starfile
 import torch
 
-from cryospire_core.analysis import nearest_particles
-from cryospire_core.load import load_particles
-from cryospire_core.metrics import auc, fsc, load_ground_truth
-from cryospire_core.mrc import read_map
-from cryospire_core.phantoms import make_phantom
-from cryospire_core.runfolder import RunFolder
-from cryospire_core.selection import read_selection
-from cryospire_core.simulate import simulate, write_simulation
-from cryospire_core.train import train
+from cryospire_core.analysis.latentspace import nearest_particles
+from cryospire_core.analysis.metrics import load_ground_truth
+from cryospire_core.imaging.fsc import auc, fsc
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.mrc import read_map
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.io.selection import read_selection
+from cryospire_core.pipeline.train import train
+from cryospire_core.sim.phantoms import make_phantom
+from cryospire_core.sim.simulate import simulate, write_simulation
 from cryospire_napari._explorer_widget import LABELS_NAME, MAP_NAME, ExplorerWidget
 
 from .conftest import tiny_config

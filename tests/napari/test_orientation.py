@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryospire_napari._layers import CHIMERAX_ORIENTATION, map_layer, set_chimerax_view, viewer_camera
+from cryospire_napari._layers import (
+    CHIMERAX_ORIENTATION,
+    map_layer,
+    set_chimerax_view,
+    viewer_camera,
+)
 
 D, APIX = 48, 1.0
 OFFSET = 6  # voxels along +x; +y at 2x, +z at 3x

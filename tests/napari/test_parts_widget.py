@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from cryospire_core.mrc import read_map
-from cryospire_core.parts import PartClustering
-from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME, PartsWidget, part_colours
+from cryospire_core.io.mrc import read_map
+from cryospire_core.models.parts import PartClustering
+from cryospire_napari._parts_widget import (
+    LABELS_NAME,
+    POINTS_NAME,
+    PartsWidget,
+    part_colours,
+)
 
 
 @pytest.fixture

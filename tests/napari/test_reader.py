@@ -12,11 +12,16 @@ import pytest
 from napari.layers import Layer
 
 from cryospire_core.errors import InputError
-from cryospire_core.load import load_particles, write_particles
-from cryospire_core.mrc import write_map, write_stack
-from cryospire_core.runfolder import RunFolder
+from cryospire_core.io.load import load_particles, write_particles
+from cryospire_core.io.mrc import write_map, write_stack
+from cryospire_core.io.runfolder import RunFolder
 from cryospire_napari import _layers
-from cryospire_napari._reader import get_map_reader, get_particles_reader, get_run_reader, get_stack_reader
+from cryospire_napari._reader import (
+    get_map_reader,
+    get_particles_reader,
+    get_run_reader,
+    get_stack_reader,
+)
 
 PLUGIN = "cryospire-napari"
 

@@ -12,7 +12,12 @@ import pytest
 from napari.layers import Layer
 
 from cryospire_napari import _sample_data
-from cryospire_napari._sample_data import SampleSpec, cache_dir, consensus_sample, hinge_sample
+from cryospire_napari._sample_data import (
+    SampleSpec,
+    cache_dir,
+    consensus_sample,
+    hinge_sample,
+)
 
 SMALL = SampleSpec(box=32, n=256, snr=1.0, epochs=1, map_fit_steps=20)
 
@@ -74,7 +79,7 @@ def test_first_use_from_the_menu_does_not_block_the_viewer(make_napari_viewer, q
     (rendered from the phantom, equal to the simulation's) and the rest arrives from a worker."""
     import time
 
-    from cryospire_core.mrc import read_map
+    from cryospire_core.io.mrc import read_map
 
     monkeypatch.setenv("CRYOSPIRE_CACHE", str(tmp_path))
     monkeypatch.setattr(_sample_data, "DEFAULT_SPEC", SMALL)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from cryospire_core.parts import PartClustering
-from cryospire_core.runfolder import RunFolder
+from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.models.parts import PartClustering
 from cryospire_napari import _train_widget
 from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME
 from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget
@@ -116,12 +116,12 @@ def test_review_recluster_then_continue_to_stage2(dock, qtbot, tmp_path):
 
 
 def test_worker_exception_becomes_a_notification(dock, qtbot, monkeypatch, notes, tmp_path):
-    import cryospire_core.train
+    import cryospire_core.pipeline.train
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr(cryospire_core.train, "train", broken)
+    monkeypatch.setattr(cryospire_core.pipeline.train, "train", broken)
     dock.start()
     wait_idle(qtbot, dock)
     assert dock.last_status == "error"
@@ -140,8 +140,8 @@ def test_worker_exception_becomes_a_notification(dock, qtbot, monkeypatch, notes
 def test_closing_the_viewer_stops_training_and_leaves_a_resumable_run(dock, qtbot, tmp_path, tiny_star):
     import torch
 
-    from cryospire_core.load import load_particles
-    from cryospire_core.train import TrainConfig, train
+    from cryospire_core.io.load import load_particles
+    from cryospire_core.pipeline.train import TrainConfig, train
 
     dock.start()
     job = dock.job

@@ -9,7 +9,7 @@ from napari import save_layers
 from napari.layers import Image, Labels, Layer
 from npe2 import PluginManager
 
-from cryospire_core.mrc import read_map, write_map
+from cryospire_core.io.mrc import read_map, write_map
 from cryospire_napari._reader import get_map_reader
 from cryospire_napari._writer import NameInUseError, NotAMapError, write_image
 

@@ -1,0 +1,285 @@
+"""Stage 1: part discovery, a coarse Gaussian mixture deformed per image by small MLPs.
+
+Each Gaussian i has a learnable feature f_i (R^24) and each image n a latent z_n (R^4,
+auto-decoder, see :mod:`latents`). Two MLPs read [z_n, f_i]: one shifts the centre,
+``c_i(n) = c_i + MLP_c(z_n, f_i)``, one gates the amplitude, ``m_i(n) = sigmoid(MLP_m) m_i``.
+Widths never depend on z. Gaussians that move or vanish together end up with similar features,
+which is what the part clustering (parts.py) reads.
+
+Loss normalisation (our choice). The paper's loss is, per image, the SUM of squared errors over
+the D^2 pixels plus 0.1 |z_n|^2, for images normalised to unit variance. We compute the mean
+over pixels and images, divided by ``image_var`` (the variance of the observed pixels, so any
+image scale means the same), plus ``prior_weight * mean_n |z_n|^2 / D^2``. That is exactly the
+paper's per-image loss divided by the constant D^2 (Adam is insensitive to a constant factor),
+so ``prior_weight = 0.1`` means what the paper's 0.1 means at every box size.
+
+The MLPs (:class:`PairMLP`) split their first layer, ``[z, f] W = z Wz + f Wf``: ``z Wz`` is
+computed once per image and ``f Wf`` once per Gaussian, and only the sum and what follows is per
+(image, Gaussian) pair. Form ``dense`` is the paper's MLP; form ``lowrank`` replaces the
+per-pair layers by a rank-r product of a per-image and a per-Gaussian network, whose per-pair
+cost is only r x outputs multiply-adds (see benchmarks/models.py for speed and quality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+
+from cryospire_core.imaging.precision import to_float32
+from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.io.particles import ParticleSet
+from cryospire_core.models.consensus import GaussianMixture
+from cryospire_core.models.engine import Batch
+from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
+
+MLP_FORMS = ("dense", "lowrank")
+
+#: Largest per-pair activation (scalars) the dense form builds at once: 4 MiB in float32.
+PAIR_CHUNK_ELEMENTS = 2**20
+
+
+@dataclass
+class DiscoveryConfig:
+    """Every knob of stage 1.
+
+    n_gaussians: G coarse Gaussians; zdim: latent size; feature_dim: per-Gaussian feature size;
+    hidden/depth: MLP width and number of hidden layers; mlp_form: ``dense`` (the paper's) or
+    ``lowrank`` with ``rank``; lr_mlp/lr_features/lr_latent/lr_gaussians: Adam rates (centres and
+    widths of the base mixture in pixels, amplitudes relative to their mean); prior_weight: of
+    |z|^2 per image (see the module docstring); image_var: variance of the observed pixels the
+    data term is divided by (:func:`image_variance`); gate_bias: initial gate logit (sigmoid(3) =
+    0.95; amplitudes are divided by it so the initial model reproduces the seed);
+    latent_init_std/feature_init_std: random initial codes/features; min_width_px: width floor.
+    """
+
+    n_gaussians: int = 2048
+    zdim: int = 4
+    feature_dim: int = 24
+    hidden: int = 32
+    depth: int = 1
+    mlp_form: str = "dense"
+    rank: int = 8
+    lr_mlp: float = 1e-2
+    lr_features: float = 1e-2
+    lr_latent: float = 0.1
+    lr_gaussians: float = 2e-3
+    prior_weight: float = 0.1
+    image_var: float = 1.0
+    gate_bias: float = 3.0
+    latent_init_std: float = 0.1
+    feature_init_std: float = 1.0
+    min_width_px: float = 0.7
+    epochs: int = 15
+    batch_size: int = 64
+    seed: int = 0
+
+    @classmethod
+    def paper(cls, **changes) -> DiscoveryConfig:
+        """The paper's stage 1: G 2,048, MLPs of 1 hidden layer of 32, 15 epochs, batch 64."""
+        return replace(cls(), **changes)
+
+    @classmethod
+    def cpu(cls, **changes) -> DiscoveryConfig:
+        """Sized for a 2-core CPU: the paper's model, 10 epochs (64 px, 20,000 images: ~4-5 min
+        at the ~780 images/s benchmarks/models.py measured)."""
+        return replace(cls(epochs=10), **changes)
+
+
+class PairMLP(nn.Module):
+    """An MLP of [z, f] evaluated for every (image, item) pair: ``forward(z (B, zdim), f (G, fdim))
+    -> (B, G, out)``.
+
+    The first layer is split (``z Wz + b`` per image, ``f Wf`` per item). ``dense``: the sum goes
+    through ReLU, ``depth - 1`` more hidden layers of ``hidden`` and a linear output, all per
+    pair. ``lowrank``: ``z Wz + b`` and ``f Wf + b_f`` each go through their own ``depth - 1``
+    hidden layers; the image branch ends in (rank, out) coefficients U(z), the item branch in
+    (rank,) values V(f), and the output is ``sum_r V_r(f) U_r(z) + bias``.
+    The last layer starts at zero so the output starts at ``out_bias`` for every z and f.
+    """
+
+    def __init__(self, zdim: int, fdim: int, out: int, hidden: int, depth: int, form: str = "dense",
+                 rank: int = 8, out_bias: float = 0.0) -> None:
+        super().__init__()
+        if form not in MLP_FORMS:
+            raise ValueError(f"PairMLP: form must be one of {MLP_FORMS}, got {form!r}")
+        if depth < 1:
+            raise ValueError(f"PairMLP: depth must be >= 1, got {depth}")
+        self.form, self.out, self.rank = form, int(out), int(rank)
+        self.z_in = nn.Linear(zdim, hidden)
+        self.f_in = nn.Linear(fdim, hidden, bias=form == "lowrank")
+
+        def trunk() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for _ in range(depth - 1):
+                layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        self.trunk = trunk()
+        if form == "dense":
+            self.head = nn.Linear(hidden, out)
+            nn.init.zeros_(self.head.weight)
+            nn.init.constant_(self.head.bias, out_bias)
+        else:
+            self.f_trunk = trunk()
+            self.u_head = nn.Linear(hidden, rank * out)
+            self.v_head = nn.Linear(hidden, rank)
+            self.bias = nn.Parameter(torch.full((out,), float(out_bias)))
+            nn.init.zeros_(self.u_head.weight)
+            nn.init.zeros_(self.u_head.bias)
+
+    def forward(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """(B, G, out) float32 (the layers themselves run in the autocast dtype when one is active)."""
+        zh = self.z_in(z)  # (B, H) once per image
+        fh = self.f_in(f)  # (G, H) once per item, shared by the batch
+        if self.form == "dense":
+            # Items in chunks: each chunk's (B, g, H) activations stay below glibc's mmap
+            # threshold (32 MiB), so they come from the reused heap instead of fresh pages
+            # (measured ~3x faster at 4,096-8,192 Gaussians, batch 64, width 32).
+            step = max(1, PAIR_CHUNK_ELEMENTS // (zh.shape[0] * zh.shape[1]))
+            out = torch.cat([self.head(self.trunk(torch.relu(zh[:, None, :] + fh[None, i : i + step, :])))
+                             for i in range(0, fh.shape[0], step)], 1)
+        else:
+            u = self.u_head(self.trunk(torch.relu(zh))).view(-1, self.rank, self.out)  # (B, r, out)
+            v = self.v_head(self.f_trunk(torch.relu(fh)))  # (G, r)
+            out = torch.einsum("gr,bro->bgo", v, u) + self.bias
+        return to_float32(out)  # under autocast the MLP runs in bf16/fp16; what follows in float32
+
+
+def coarsen(centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n: int, seed: int = 0):
+    """Reduce a mixture to at most ``n`` Gaussians: (centres (n, 3) Å, widths (n,) Å, amplitudes (n,)).
+
+    Mixtures of at most n Gaussians are returned unchanged. Otherwise k-means on the centres
+    weighted by each Gaussian's mass (m s^3) groups them, and each group becomes one Gaussian
+    with the group's mass, mass-weighted centre and matched second moment
+    (s^2 = mean of s_i^2 + |c_i - c|^2 / 3), so the coarse map keeps the density's mass and spread.
+    """
+    c = np.asarray(centres, dtype=np.float64)
+    s = np.asarray(widths, dtype=np.float64)
+    m = np.asarray(amplitudes, dtype=np.float64)
+    if len(c) <= n:
+        return c, s, m
+    mass = np.maximum(m * s**3, 1e-12 * np.abs(m * s**3).max())
+    labels = KMeans(n_clusters=n, n_init=1, max_iter=50, random_state=seed).fit(c, sample_weight=mass).labels_
+    total = np.bincount(labels, weights=mass, minlength=n)
+    centre = np.stack([np.bincount(labels, weights=mass * c[:, a], minlength=n) for a in range(3)], 1) / total[:, None]
+    spread = s**2 + np.sum((c - centre[labels]) ** 2, axis=1) / 3.0
+    width = np.sqrt(np.bincount(labels, weights=mass * spread, minlength=n) / total)
+    # Mass of a Gaussian is m s^3 (2 pi)^1.5: keep each group's total signed mass.
+    signed = np.bincount(labels, weights=m * s**3, minlength=n)
+    return centre, width, signed / width**3
+
+
+def image_variance(particles: ParticleSet, n: int = 1024, seed: int = 0) -> float:
+    """Variance of the pixels of up to ``n`` randomly chosen images (the data term's scale)."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(particles), size=min(n, len(particles)), replace=False))
+    return float(particles.images(idx).astype(np.float64).var())
+
+
+def as_arrays(gaussians: Mapping) -> dict[str, np.ndarray]:
+    """A consensus export (dict or loaded gaussians.npz) as plain numpy arrays."""
+    return {k: np.asarray(gaussians[k]) for k in ("centres", "widths", "amplitudes", "box", "apix")}
+
+
+class PartDiscoveryModel(nn.Module):
+    """Stage 1 model. centres/widths/amplitudes seed the base mixture (Å, Å, density);
+    n_particles: number of latents; box, apix: the data lattice."""
+
+    def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n_particles: int,
+                 box: int, apix: float, cfg: DiscoveryConfig) -> None:
+        super().__init__()
+        self.cfg, self.box, self.apix = cfg, int(box), float(apix)
+        with torch.random.fork_rng(devices=[]):  # reproducible initialisation, global RNG untouched
+            torch.manual_seed(cfg.seed)
+            self._build(centres, widths, amplitudes, n_particles, box, apix)
+
+    def _build(self, centres, widths, amplitudes, n_particles: int, box: int, apix: float) -> None:
+        cfg = self.cfg
+        gate0 = 1.0 / (1.0 + np.exp(-cfg.gate_bias))
+        self.base = GaussianMixture(centres, widths, np.asarray(amplitudes) / gate0, box, apix, cfg.min_width_px)
+        self.feature = nn.Parameter(torch.randn(len(centres), cfg.feature_dim) * cfg.feature_init_std)
+        self.latents = LatentTable(n_particles, cfg.zdim, init=torch.randn(n_particles, cfg.zdim) * cfg.latent_init_std)
+        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth, form=cfg.mlp_form, rank=cfg.rank)
+        self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
+        self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
+
+    @classmethod
+    def from_consensus(cls, gaussians: Mapping, n_particles: int, cfg: DiscoveryConfig,
+                       device: torch.device | str = "cpu") -> PartDiscoveryModel:
+        """Seed from a consensus export (``GaussianMixture.export()`` or gaussians.npz), coarsened
+        to ``cfg.n_gaussians`` by :func:`coarsen` when it has more."""
+        g = as_arrays(gaussians)
+        c, s, m = coarsen(g["centres"], g["widths"], g["amplitudes"], cfg.n_gaussians, cfg.seed)
+        return cls(c, s, m, n_particles, int(g["box"]), float(g["apix"]), cfg).to(device)
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def features(self) -> torch.Tensor:
+        """(G, feature_dim) per-Gaussian features."""
+        return self.feature
+
+    def shifts(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, G, 3) Å centre displacements for latents z (B, zdim)."""
+        return self.shift_mlp(z, self.feature) * self.apix
+
+    def gates(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, G) amplitude gates in [0, 1] for latents z (B, zdim)."""
+        return torch.sigmoid(self.gate_mlp(z, self.feature)[..., 0])
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents z (B, zdim) -> (centres (B, G, 3) Å, amplitudes (B, G))."""
+        return self.base.centres[None] + self.shifts(z), self.gates(z) * self.base.amplitudes
+
+    @property
+    def widths(self) -> torch.Tensor:
+        """(G,) Å, shared by every image."""
+        return self.base.widths
+
+    def volume(self, z: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D);
+        ``gates`` (G,) replace the decoded presence when given."""
+        centres, amps = self.decode(z.reshape(1, -1))
+        if gates is not None:
+            amps = gates[None] * self.base.amplitudes
+        return rasterize(centres[0], self.widths, amps[0], self.box, self.apix)
+
+    def improved_map(self, latents: torch.Tensor, gates_sample: torch.Tensor) -> torch.Tensor:
+        """The map that seeds stage 2, (D, D, D): one sharp conformation (the particle nearest
+        the mean of ``latents`` (N, zdim), where the consensus is smeared by motion) with every
+        Gaussian at its present-state gate, the 95th percentile of ``gates_sample`` (n, G). A
+        conformation that lacks an optional part would otherwise seed stage 2 with few Gaussians
+        on it, and those few learn to stay on."""
+        rep = int(torch.argmin(torch.linalg.norm(latents - latents.mean(0), dim=1)))
+        return self.volume(latents[rep], torch.quantile(gates_sample, 0.95, dim=0))
+
+    def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted images (B, D, D) of a batch (its poses, shifts and CTFs) at latents z
+        (default: the batch's own latents)."""
+        centres, amps = self.decode(self.latents(batch.index) if z is None else z)
+        return project(centres, self.widths, amps, batch.rotations, batch.shifts, self.box, self.apix, ctf=batch.ctf)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Normalised L2 + latent prior (see the module docstring)."""
+        z = self.latents(batch.index)
+        data = (self.render_images(batch, z) - batch.images).pow(2).mean() / self.cfg.image_var
+        prior = self.cfg.prior_weight * z.pow(2).sum(1).mean() / self.box**2
+        return data + prior, {"data": float(data.detach()), "prior": float(prior.detach())}
+
+    def make_optimizer(self) -> MultiOptimizer:
+        """Adam over the mixture, features and MLPs; SparseAdam over the latents."""
+        cfg = self.cfg
+        amp_scale = float(self.base.amplitudes.detach().abs().mean()) or 1.0
+        mlps = [p for mod in (self.shift_mlp, self.gate_mlp) for p in mod.parameters()]
+        groups = [
+            {"params": [self.base.centres_px, self.base.width_raw], "lr": cfg.lr_gaussians},
+            {"params": [self.base.amplitudes], "lr": cfg.lr_gaussians * amp_scale},
+            {"params": [self.feature], "lr": cfg.lr_features},
+            {"params": mlps, "lr": cfg.lr_mlp},
+        ]
+        return make_optimizer(groups, self.latents, cfg.lr_latent)

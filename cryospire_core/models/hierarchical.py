@@ -1,0 +1,228 @@
+"""Stage 2: the part-aware hierarchical model.
+
+G Gaussians, each with a fixed part index a_i among K parts. Each part has an anchor (centre,
+fixed, and feature, learnable). Gaussians are parametrised relative to their anchor:
+``c_i = anchor_c[a_i] + dc_i`` and ``f_i = anchor_f[a_i] + df_i`` (df starts at 0, penalised by
+``offset_weight * sum_i |df_i|^2``). Three MLPs (see :class:`discovery.PairMLP`):
+
+1. anchors, [z_n, anchor_f[a]] -> rotation vector (radians) and translation (pixels) of part a
+   in image n, the rotation about the anchor centre; the last layer starts at zero (identity);
+2. residuals, [z_n, f_i] -> small displacement of Gaussian i (pixels), starts at zero;
+3. presence, [z_n, f_i] -> sigmoid gate on the amplitude, starts at sigmoid(gate_bias) (the
+   stored amplitudes are divided by it so the initial model reproduces its seed).
+
+Deformed centre: ``R_a (c_i - anchor_c[a]) + anchor_c[a] + t_a + residual_i``.
+Loss normalisation as in stage 1 (:mod:`discovery`): the paper's per-image loss (sum of squared
+pixel errors for unit-variance images + prior |z|^2) averaged over the batch, plus
+``offset_weight * sum |df|^2``, all divided by D^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryospire_core.imaging.precision import float32_region
+from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.models.consensus import GaussianMixture
+from cryospire_core.models.discovery import PairMLP, as_arrays
+from cryospire_core.models.engine import Batch
+from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
+
+
+@dataclass
+class HierarchicalConfig:
+    """Every knob of stage 2 (see :class:`discovery.DiscoveryConfig` for the shared ones).
+
+    n_gaussians: G the stage-2 seed should have (the caller builds the seed); offset_weight:
+    weight of sum |df|^2; anchors: False drops the per-part rigid motions (every Gaussian moves
+    by its residual alone: the paper's "without anchors" ablation).
+    """
+
+    n_gaussians: int = 8192
+    zdim: int = 4
+    feature_dim: int = 24
+    hidden: int = 128
+    depth: int = 3
+    mlp_form: str = "dense"
+    rank: int = 8
+    lr_mlp: float = 1e-3
+    lr_features: float = 1e-2
+    lr_latent: float = 0.1
+    lr_gaussians: float = 2e-3
+    prior_weight: float = 0.1
+    offset_weight: float = 0.01
+    anchors: bool = True
+    image_var: float = 1.0
+    gate_bias: float = 3.0
+    min_width_px: float = 0.7
+    epochs: int = 30
+    batch_size: int = 64
+    seed: int = 0
+
+    @classmethod
+    def paper(cls, **changes) -> HierarchicalConfig:
+        """The paper's stage 2: G 8,192, MLPs of 3 hidden layers of 128, 30 epochs, batch 64."""
+        return replace(cls(), **changes)
+
+    @classmethod
+    def cpu(cls, **changes) -> HierarchicalConfig:
+        """Sized for a 2-core CPU: G 4,096, MLPs of 2 hidden layers of 32 (dense form), 12 epochs
+        (64 px, 20,000 images: ~15 min at the ~280 images/s benchmarks/models.py measured).
+        The dense 32 x 2 MLP matched 64 x 2 and beat the low-rank form on the assembly
+        quality run of benchmarks/models.py."""
+        return replace(cls(n_gaussians=4096, epochs=12, hidden=32, depth=2), **changes)
+
+
+def rotvec_to_rotation(v: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors (..., 3) radians -> active rotation matrices (..., 3, 3) (Rodrigues).
+
+    R = I + a(t) [v]x + b(t) [v]x^2 with t = |v|, a = sin t / t, b = (1 - cos t) / t^2; Taylor
+    series near 0 keep the value and gradient finite at the identity.
+    """
+    t2 = v.pow(2).sum(-1)
+    small = t2 < 1e-6
+    t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
+    a = torch.where(small, 1.0 - t2 / 6.0, torch.sin(t) / t)
+    b = torch.where(small, 0.5 - t2 / 24.0, (1.0 - torch.cos(t)) / torch.where(small, torch.ones_like(t2), t2))
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    K = torch.stack([torch.stack([o, -z, y], -1), torch.stack([z, o, -x], -1), torch.stack([-y, x, o], -1)], -2)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(K.shape)
+    return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
+
+
+class PartAwareModel(nn.Module):
+    """Stage 2 model.
+
+    centres (G, 3) Å, widths (G,) Å, amplitudes (G,): the seed mixture; part_index (G,) int in
+    [0, K); anchor_centres (K, 3) Å; anchor_features (K, feature_dim); latents (N, zdim) starting
+    codes (stage 1's); box, apix: the data lattice.
+    """
+
+    def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, part_index: np.ndarray,
+                 anchor_centres: np.ndarray, anchor_features: np.ndarray, latents: np.ndarray, box: int, apix: float,
+                 cfg: HierarchicalConfig) -> None:
+        super().__init__()
+        part_index = np.asarray(part_index, dtype=np.int64)
+        anchor_centres = np.asarray(anchor_centres, dtype=np.float64)
+        K = len(anchor_centres)
+        if part_index.shape != (len(centres),) or part_index.min() < 0 or part_index.max() >= K:
+            raise ValueError(f"PartAwareModel: part_index must be (G,) = ({len(centres)},) in [0, {K}), got "
+                             f"shape {part_index.shape} range [{part_index.min()}, {part_index.max()}]")
+        if np.asarray(anchor_features).shape != (K, cfg.feature_dim):
+            raise ValueError(f"PartAwareModel: anchor_features must be {(K, cfg.feature_dim)}, got {np.asarray(anchor_features).shape}")
+        self.cfg, self.box, self.apix, self.n_parts = cfg, int(box), float(apix), K
+        gate0 = 1.0 / (1.0 + np.exp(-cfg.gate_bias))
+        # The mixture's "centres" are the offsets dc_i from each Gaussian's anchor.
+        offsets = np.asarray(centres, dtype=np.float64) - anchor_centres[part_index]
+        self.offsets = GaussianMixture(offsets, widths, np.asarray(amplitudes) / gate0, box, apix, cfg.min_width_px)
+        self.register_buffer("part_index", torch.as_tensor(part_index))
+        self.register_buffer("anchor_centres", torch.as_tensor(anchor_centres, dtype=torch.float32))
+        self.anchor_feature = nn.Parameter(torch.as_tensor(np.asarray(anchor_features), dtype=torch.float32).clone())
+        self.feature_offset = nn.Parameter(torch.zeros(len(centres), cfg.feature_dim))
+        self.latents = LatentTable(len(latents), cfg.zdim, init=latents)
+        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth)
+        with torch.random.fork_rng(devices=[]):  # reproducible initialisation, global RNG untouched
+            torch.manual_seed(cfg.seed)
+            # Only K pairs per image: the anchor MLP is always dense.
+            self.anchor_mlp = PairMLP(out=6, form="dense", **mlp)
+            self.residual_mlp = PairMLP(out=3, form=cfg.mlp_form, rank=cfg.rank, **mlp)
+            self.presence_mlp = PairMLP(out=1, form=cfg.mlp_form, rank=cfg.rank, out_bias=cfg.gate_bias, **mlp)
+
+    @classmethod
+    def from_parts(cls, gaussians: Mapping, part_index: np.ndarray, anchor_centres: np.ndarray,
+                   anchor_features: np.ndarray, latents: np.ndarray, cfg: HierarchicalConfig,
+                   device: torch.device | str = "cpu") -> PartAwareModel:
+        """Build from a stage-2 seed mixture (dict with centres, widths, amplitudes, box, apix),
+        its part labels, the anchors and stage 1's latents."""
+        g = as_arrays(gaussians)
+        return cls(g["centres"], g["widths"], g["amplitudes"], part_index, anchor_centres, anchor_features,
+                   latents, int(g["box"]), float(g["apix"]), cfg).to(device)
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """(G, 3) Å rest centres ``anchor_c[a_i] + dc_i``."""
+        return self.anchor_centres[self.part_index] + self.offsets.centres
+
+    @property
+    def widths(self) -> torch.Tensor:
+        """(G,) Å, shared by every image."""
+        return self.offsets.widths
+
+    def features(self) -> torch.Tensor:
+        """(G, feature_dim) ``anchor_f[a_i] + df_i``."""
+        return self.anchor_feature[self.part_index] + self.feature_offset
+
+    def part_motions(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents z (B, zdim) -> (rotvec (B, K, 3) radians, translation (B, K, 3) Å) of each part
+        (rotation about its anchor centre); zero without anchors."""
+        if not self.cfg.anchors:
+            return z.new_zeros(len(z), self.n_parts, 3), z.new_zeros(len(z), self.n_parts, 3)
+        out = self.anchor_mlp(z, self.anchor_feature)
+        return out[..., :3], out[..., 3:] * self.apix
+
+    def gates(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, G) amplitude gates in [0, 1]."""
+        return torch.sigmoid(self.presence_mlp(z, self.features())[..., 0])
+
+    def part_presence(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, K) mean gate of each part's Gaussians."""
+        g = self.gates(z)
+        total = torch.zeros(g.shape[0], self.n_parts, dtype=g.dtype, device=g.device).index_add_(1, self.part_index, g)
+        count = torch.bincount(self.part_index, minlength=self.n_parts).clamp(min=1).to(g.dtype)
+        return total / count
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Latents z (B, zdim) -> (centres (B, G, 3) Å, amplitudes (B, G), (rotvec (B, K, 3),
+        translation (B, K, 3) Å))."""
+        rotvec, trans = self.part_motions(z)
+        residual = self.residual_mlp(z, self.features()) * self.apix
+        gates = self.gates(z)
+        with float32_region(z.device.type):  # rigid motions of Å-scale offsets: float32 under autocast
+            R = rotvec_to_rotation(rotvec)[:, self.part_index]  # (B, G, 3, 3)
+            anchor = self.anchor_centres[self.part_index]
+            rel = self.offsets.centres  # c_i - anchor_c[a_i]
+            centres = torch.einsum("bgij,gj->bgi", R, rel) + anchor + trans[:, self.part_index] + residual
+        return centres, gates * self.offsets.amplitudes, (rotvec, trans)
+
+    def volume(self, z: torch.Tensor) -> torch.Tensor:
+        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D)."""
+        centres, amps, _ = self.decode(z.reshape(1, -1))
+        return rasterize(centres[0], self.widths, amps[0], self.box, self.apix)
+
+    def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted images (B, D, D) of a batch at latents z (default: the batch's own)."""
+        centres, amps, _ = self.decode(self.latents(batch.index) if z is None else z)
+        return project(centres, self.widths, amps, batch.rotations, batch.shifts, self.box, self.apix, ctf=batch.ctf)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Normalised L2 + latent prior + feature-offset penalty (see the module docstring)."""
+        cfg = self.cfg
+        z = self.latents(batch.index)
+        data = (self.render_images(batch, z) - batch.images).pow(2).mean() / cfg.image_var
+        prior = cfg.prior_weight * z.pow(2).sum(1).mean() / self.box**2
+        offset = cfg.offset_weight * self.feature_offset.pow(2).sum() / self.box**2
+        metrics = {"data": float(data.detach()), "prior": float(prior.detach()), "offset": float(offset.detach())}
+        return data + prior + offset, metrics
+
+    def make_optimizer(self) -> MultiOptimizer:
+        """Adam over the mixture, features and MLPs; SparseAdam over the latents."""
+        cfg = self.cfg
+        amp_scale = float(self.offsets.amplitudes.detach().abs().mean()) or 1.0
+        mlps = [p for mod in (self.anchor_mlp, self.residual_mlp, self.presence_mlp) for p in mod.parameters()]
+        groups = [
+            {"params": [self.offsets.centres_px, self.offsets.width_raw], "lr": cfg.lr_gaussians},
+            {"params": [self.offsets.amplitudes], "lr": cfg.lr_gaussians * amp_scale},
+            {"params": [self.anchor_feature, self.feature_offset], "lr": cfg.lr_features},
+            {"params": mlps, "lr": cfg.lr_mlp},
+        ]
+        return make_optimizer(groups, self.latents, cfg.lr_latent)

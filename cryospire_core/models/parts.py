@@ -1,0 +1,598 @@
+"""Part discovery: cluster the stage-1 Gaussians into parts, and turn parts into maps and masks.
+
+Two levels (METHOD.md, "Stage 1"):
+
+1. Level 1 groups Gaussians that move or appear together. By default it clusters each Gaussian's
+   *dynamics*: its displacement and presence gate over a sample of images, as stage 1 decodes
+   them, averaged over its spatial neighbours and reduced by principal components (see
+   :func:`dynamics_signature`). This goes beyond the paper, which clusters the learned features:
+   at the CPU profile's sizes the features of one rigid domain did not form one cluster (adjusted
+   Rand index 0.54 against the ground-truth domains of ``hinge``, 0.89 with the dynamics, same
+   stage-1 model). Without dynamics, level 1 clusters the standardised features (the paper's
+   rule). The number of clusters K1 is chosen by the best mean silhouette over K1 = 2..8; when
+   even the best silhouette is below ``ONE_PART_SILHOUETTE`` there is no cluster structure and
+   K1 = 1.
+2. Level 2 cuts each level-1 cluster into spatially compact parts: k-means++ (2-way) on the 3D
+   centres, applied recursively while a piece is too big or clearly made of separate blobs:
+   split when its radius of gyration exceeds ``MAX_PART_RG`` x the molecule's, or when the
+   2-way split's silhouette exceeds ``SPLIT_SILHOUETTE``; never into pieces of fewer than
+   ``min_part_size`` Gaussians. Rule of thumb for ``MAX_PART_RG = 0.7``: three touching equal
+   spheres (a typical 3-domain molecule) have a domain Rg 0.56 x the molecule's, and a compact
+   core carrying ~60% of the mass under peripheral subunits about 0.64 x (the ``assembly``
+   preset's), so such domains are kept whole while two domains together (about 1 x) are cut.
+   (0.6 cut that core in two: part ARI 0.40 instead of 0.99 on ``assembly``.)
+
+The clustering works on plain arrays (no model objects), so the GUI can re-cluster in well
+under a second (:func:`recluster`) from the inputs saved in ``RUN/parts/clustering.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+from scipy.spatial import cKDTree
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_score
+from threadpoolctl import threadpool_limits
+
+from cryospire_core.errors import InputError
+from cryospire_core.io.atomic import write_npz
+from cryospire_core.io.runfolder import read_npz
+
+#: Candidate level-1 cluster counts for the automatic choice.
+LEVEL1_CANDIDATES = range(2, 9)
+#: Below this best mean silhouette the features have no substantial cluster structure
+#: (Kaufman & Rousseeuw's 0.25 bound) and level 1 keeps a single cluster.
+ONE_PART_SILHOUETTE = 0.25
+#: Level 2 splits a piece whose radius of gyration exceeds this fraction of the molecule's.
+MAX_PART_RG = 0.7
+#: ...or whose 2-way spatial split has at least this silhouette (separate blobs).
+SPLIT_SILHOUETTE = 0.6
+#: k-means restarts (k-means++ seeding each time).
+N_INIT = 4
+#: Silhouettes are computed on at most this many Gaussians (a seeded subsample) to stay fast.
+SILHOUETTE_SAMPLE = 2048
+#: Neighbours (the Gaussian itself included) whose dynamics are averaged, mass-weighted, into a
+#: Gaussian's signature: rigid domains are spatially contiguous, and averaging lets a light
+#: Gaussian whose decoded motion is mostly noise follow its neighbourhood.
+DYNAMICS_NEIGHBOURS = 16
+#: Principal components of the dynamics signature that level 1 clusters.
+DYNAMICS_COMPONENTS = 8
+#: A gate change of 1 (present to absent) weighs like a displacement of this many pixels. Chosen
+#: on the stage-1 models of the hinge, assembly and mixed presets: the part ARI is flat for
+#: 5-30 px and drops on mixed at 3 px (0.75), where a half-present cap's on/off signal is
+#: outweighed by its neighbours' motion.
+GATE_PX = 10.0
+
+
+@dataclass
+class ClusteringInputs:
+    """What the clustering reads, kept so the GUI can re-cluster without the model.
+
+    features: (G, F) float32 learned features (raw, as the model holds them).
+    centres: (G, 3) float32, Å (x, y, z). masses: (G,) float32 weight of each Gaussian (its
+    integrated density, amplitude x width^3; any positive weights work).
+    dynamics: (G, C) float32 or None: the dynamics signature (:func:`dynamics_signature`); when
+    present level 1 clusters it, otherwise the standardised features. presence: (G,) float32
+    or None, each Gaussian's mean gate over the sampled images. seed: k-means seed.
+    """
+
+    features: np.ndarray
+    centres: np.ndarray
+    masses: np.ndarray
+    dynamics: np.ndarray | None
+    presence: np.ndarray | None
+    seed: int
+
+    def level1_matrix(self) -> np.ndarray:
+        """(G, C or F) the vectors level 1 clusters."""
+        if self.dynamics is not None:
+            return self.dynamics.astype(np.float64)
+        f = self.features.astype(np.float64)
+        sd = f.std(axis=0)
+        return (f - f.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(G,) float64 strictly positive clustering weights."""
+        w = np.abs(self.masses.astype(np.float64))
+        return w + 1e-9 * (w.max() if w.max() > 0 else 1.0) + 1e-300
+
+
+@dataclass
+class PartClustering:
+    """Result of part discovery.
+
+    part_index: (G,) int64 part of each Gaussian, 0..K-1. level1: (K,) int64 level-1 cluster of
+    each part. anchor_index: (K,) Gaussian nearest to each part's (mass-weighted) centroid,
+    chosen among the part's own Gaussians; anchor_centres: (K, 3) Å; anchor_features: (K, F).
+    n_level1: level-1 clusters used. level1_k: (M,) candidate K1 tried (empty when K1 was given)
+    and level1_silhouette: (M,) their mean silhouettes. part_rg: (K,) radius of gyration of each
+    part, Å; molecule_rg: the whole set's, Å. part_presence: (K,) mean gate of each part over the
+    sampled images (NaN without presence). rule: how K1 and the level-2 splits were decided.
+    """
+
+    part_index: np.ndarray
+    level1: np.ndarray
+    anchor_index: np.ndarray
+    anchor_centres: np.ndarray
+    anchor_features: np.ndarray
+    n_level1: int
+    level1_k: np.ndarray
+    level1_silhouette: np.ndarray
+    part_rg: np.ndarray
+    molecule_rg: float
+    part_presence: np.ndarray
+    rule: str
+    inputs: ClusteringInputs = field(repr=False)
+
+    @property
+    def n_parts(self) -> int:
+        return int(self.level1.shape[0])
+
+    def to_npz(self, path: str | os.PathLike) -> None:
+        """Write everything (inputs included, for :func:`recluster`) atomically to ``path``."""
+        arrays = {
+            "part_index": self.part_index, "level1": self.level1, "anchor_index": self.anchor_index,
+            "anchor_centres": self.anchor_centres, "anchor_features": self.anchor_features,
+            "n_level1": np.int64(self.n_level1), "level1_k": self.level1_k,
+            "level1_silhouette": self.level1_silhouette, "part_rg": self.part_rg,
+            "molecule_rg": np.float64(self.molecule_rg), "part_presence": self.part_presence,
+            "rule": np.asarray(self.rule), "features": self.inputs.features, "centres": self.inputs.centres,
+            "masses": self.inputs.masses, "seed": np.int64(self.inputs.seed),
+        }
+        for key in ("dynamics", "presence"):
+            if getattr(self.inputs, key) is not None:
+                arrays[key] = getattr(self.inputs, key)
+        write_npz(path, **arrays)
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> PartClustering:
+        """Read a file written by :meth:`to_npz` (InputError naming the file when it is missing,
+        damaged, or lacks a key or a scalar)."""
+        path = Path(path)
+        needed = ("part_index", "level1", "anchor_index", "anchor_centres", "anchor_features", "n_level1",
+                  "level1_k", "level1_silhouette", "part_rg", "molecule_rg", "part_presence", "rule",
+                  "features", "centres", "masses", "seed")
+        data = read_npz(path, "part clustering", needed)
+        try:
+            inputs = ClusteringInputs(data["features"], data["centres"], data["masses"], data.get("dynamics"),
+                                      data.get("presence"), int(data["seed"]))
+            return cls(data["part_index"], data["level1"], data["anchor_index"], data["anchor_centres"],
+                       data["anchor_features"], int(data["n_level1"]), data["level1_k"], data["level1_silhouette"],
+                       data["part_rg"], float(data["molecule_rg"]), data["part_presence"], str(data["rule"]), inputs)
+        except (TypeError, ValueError, IndexError) as exc:  # a scalar saved as an array, ...
+            raise InputError(path, "part clustering", "the arrays PartClustering.to_npz writes", exc) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+
+def dynamics_signature(
+    shifts: np.ndarray,
+    gates: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    apix: float,
+    neighbours: int = DYNAMICS_NEIGHBOURS,
+    components: int = DYNAMICS_COMPONENTS,
+) -> np.ndarray:
+    """(G, C) float32: how each Gaussian moves and appears over a sample of images.
+
+    shifts: (N, G, 3) Å, each Gaussian's displacement in N sampled images; gates: (N, G) in
+    [0, 1]; centres: (G, 3) Å; masses: (G,) weights; apix: Å/px (displacements count in pixels,
+    a gate change of 1 as ``GATE_PX`` pixels). Each Gaussian's profile (3N displacements, N
+    gates) is averaged, mass-weighted, over its ``neighbours`` nearest Gaussians, centred, and
+    projected on the first ``components`` principal axes of the mass-weighted profiles, so
+    Euclidean distances between rows are distances between motions in pixels.
+    """
+    shifts = np.asarray(shifts, dtype=np.float64)
+    gates = np.asarray(gates, dtype=np.float64)
+    N, G = gates.shape
+    if shifts.shape != (N, G, 3):
+        raise ValueError(f"shifts must be ({N}, {G}, 3) to match gates {gates.shape}, got {shifts.shape}")
+    w = np.abs(np.asarray(masses, dtype=np.float64)) + 1e-12
+    profile = np.concatenate([shifts.transpose(1, 0, 2).reshape(G, 3 * N) / apix, gates.T * GATE_PX], axis=1)
+    _, near = cKDTree(np.asarray(centres, np.float64)).query(centres, k=min(neighbours, G))
+    near = near.reshape(G, -1)
+    profile = np.einsum("gk,gkp->gp", w[near], profile[near]) / w[near].sum(1, keepdims=True)
+    profile -= np.average(profile, axis=0, weights=w)
+    _, _, vt = np.linalg.svd(profile * np.sqrt(w / w.mean())[:, None], full_matrices=False)
+    return (profile @ vt[:components].T).astype(np.float32)
+
+
+def clustering_inputs(
+    features: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    dynamics: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
+    seed: int = 0,
+) -> ClusteringInputs:
+    """Check shapes: features (G, F); centres (G, 3) Å; masses (G,); dynamics (G, C) or None;
+    presence (G,) or None."""
+    features = np.asarray(features, dtype=np.float32)
+    centres = np.asarray(centres, dtype=np.float32)
+    masses = np.asarray(masses, dtype=np.float32)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features must be (G, F) with G >= 2, got {features.shape}")
+    G = len(features)
+    if centres.shape != (G, 3) or masses.shape != (G,):
+        raise ValueError(f"centres must be ({G}, 3) and masses ({G},), got {centres.shape}, {masses.shape}")
+    if dynamics is not None:
+        dynamics = np.asarray(dynamics, dtype=np.float32)
+        if dynamics.ndim != 2 or len(dynamics) != G:
+            raise ValueError(f"dynamics must be ({G}, C), got {dynamics.shape}")
+    if presence is not None:
+        presence = np.asarray(presence, dtype=np.float32)
+        if presence.shape != (G,):
+            raise ValueError(f"presence must be ({G},), got {presence.shape}")
+    return ClusteringInputs(features, centres, masses, dynamics, presence, int(seed))
+
+
+def discover_parts(
+    features: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    dynamics: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
+    n_level1: str | int = "auto",
+    n_level2: str | int | None = "auto",
+    seed: int = 0,
+    min_part_size: int | None = None,
+) -> PartClustering:
+    """Cluster G Gaussians into parts (see the module docstring for the rules).
+
+    features: (G, F); centres: (G, 3) Å; masses: (G,); dynamics: (G, C) from
+    :func:`dynamics_signature` or None (cluster the features); presence: (G,) mean gates or None.
+    n_level1: "auto" or a count; n_level2: "auto" (size/silhouette rule), a count of spatial
+    parts per level-1 cluster, or None (no level 2). min_part_size: smallest part the automatic
+    level 2 may create (default max(8, G // 100)). Deterministic for a seed.
+    """
+    return recluster(clustering_inputs(features, centres, masses, dynamics, presence, seed), n_level1, n_level2,
+                     min_part_size)
+
+
+def recluster(
+    inputs: ClusteringInputs,
+    n_level1: str | int = "auto",
+    n_level2: str | int | None = "auto",
+    min_part_size: int | None = None,
+) -> PartClustering:
+    """Re-run both levels on saved inputs (no model needed; ~0.2-0.5 s at G = 2,048).
+
+    Arguments as in :func:`discover_parts`.
+    Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing
+    with a busy machine (training in the background) made it 10-50x slower in our timings.
+    """
+    with threadpool_limits(limits=1):
+        return _recluster(inputs, n_level1, n_level2, min_part_size)
+
+
+def _recluster(inputs, n_level1, n_level2, min_part_size) -> PartClustering:
+    G = len(inputs.features)
+    min_size = int(min_part_size) if min_part_size is not None else max(8, G // 100)
+    X = inputs.level1_matrix()
+    if n_level1 == "auto":
+        k_tried, sil, found = _silhouette_scan(X, inputs.centres, min_size, inputs.seed)
+        best = int(np.argmax(sil)) if len(sil) else -1
+        if best < 0 or sil[best] < ONE_PART_SILHOUETTE:
+            k1, level1 = 1, np.zeros(G, dtype=np.int64)
+            rule1 = f"K1=1: best silhouette {sil[best] if best >= 0 else float('nan'):.2f} < {ONE_PART_SILHOUETTE}"
+        else:
+            level1 = found[best]
+            k1 = len(np.unique(level1))
+            rule1 = (f"K1={k1}: best mean silhouette {sil[best]:.2f} over k-means K=2..{k_tried[-1]} (K={k_tried[best]}; "
+                     f"clusters under {min_size} Gaussians join their spatial neighbours)")
+    else:
+        k1 = _count(n_level1, "n_level1", G)
+        k_tried, sil = np.zeros(0, np.int64), np.zeros(0)
+        rule1 = f"K1={k1}: given"
+        level1 = _kmeans(X, k1, inputs.seed)
+    level1 = _first_seen_order(level1)
+
+    weights = inputs.weights
+    mol_rg = _rg(inputs.centres, weights)
+    part = np.empty(G, dtype=np.int64)
+    part_level1: list[int] = []
+    for c in range(k1):
+        members = np.flatnonzero(level1 == c)
+        if n_level2 is None:
+            pieces = [members]
+        elif n_level2 == "auto":
+            pieces = _split_auto(members, inputs.centres, weights, MAX_PART_RG * mol_rg, min_size, inputs.seed)
+        else:
+            k2 = min(_count(n_level2, "n_level2", G), len(members))
+            sub = _kmeans(inputs.centres[members].astype(np.float64), k2, inputs.seed)
+            pieces = [members[sub == j] for j in range(k2) if np.any(sub == j)]
+        for p in sorted(pieces, key=lambda m: int(m.min())):  # deterministic part order
+            part[p] = len(part_level1)
+            part_level1.append(c)
+    if n_level2 == "auto":
+        rule2 = (f"level 2: split while Rg > {MAX_PART_RG} x molecule Rg ({MAX_PART_RG * mol_rg:.1f} Å) "
+                 f"or 2-way silhouette > {SPLIT_SILHOUETTE}, parts >= {min_size} Gaussians")
+    else:
+        rule2 = "level 2: none" if n_level2 is None else f"level 2: {n_level2} per level-1 cluster (given)"
+    return _finish(inputs, part, np.asarray(part_level1, np.int64), k1, k_tried, sil, mol_rg, f"{rule1}; {rule2}")
+
+
+def _finish(inputs, part, level1, k1, k_tried, sil, mol_rg, rule) -> PartClustering:
+    """Anchors and per-part statistics for a part assignment."""
+    K = len(level1)
+    weights = inputs.weights
+    anchor = np.empty(K, dtype=np.int64)
+    rg = np.empty(K)
+    presence = np.full(K, np.nan)
+    for k in range(K):
+        members = np.flatnonzero(part == k)
+        c = inputs.centres[members].astype(np.float64)
+        centroid = np.average(c, axis=0, weights=weights[members])
+        anchor[k] = members[np.argmin(((c - centroid) ** 2).sum(axis=1))]
+        rg[k] = _rg(c, weights[members])
+        if inputs.presence is not None:
+            presence[k] = np.average(inputs.presence[members], weights=weights[members])
+    return PartClustering(part, level1, anchor, inputs.centres[anchor].copy(), inputs.features[anchor].copy(), k1,
+                          np.asarray(k_tried, np.int64), np.asarray(sil, np.float64), rg, float(mol_rg),
+                          presence, rule, inputs)
+
+
+def _count(n: object, name: str, G: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= int(n) <= G:
+        raise ValueError(f"{name} must be 'auto' or an integer in 1..{G}, got {n!r}")
+    return int(n)
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ labels (len(X),); k = 1 gives all zeros."""
+    if k <= 1:
+        return np.zeros(len(X), dtype=np.int64)
+    km = KMeans(n_clusters=k, init="k-means++", n_init=N_INIT, random_state=seed)
+    return km.fit_predict(X).astype(np.int64)
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    if len(np.unique(labels)) < 2:
+        return -1.0
+    n = min(len(X), SILHOUETTE_SAMPLE)
+    return float(silhouette_score(X, labels, sample_size=n if n < len(X) else None, random_state=seed))
+
+
+def _silhouette_scan(X: np.ndarray, centres: np.ndarray, min_size: int, seed: int):
+    """Candidate K1, the mean silhouette of each k-means clustering after its clusters smaller
+    than ``min_size`` joined their spatial neighbours (:func:`_dissolve_small`), and the labels of
+    each: (ks (M,), silhouettes (M,), [labels (G,)] * M).
+
+    The distances between the (subsampled) points are computed once for all candidates.
+    """
+    ks = np.array([k for k in LEVEL1_CANDIDATES if k < len(X)], dtype=np.int64)
+    rows = np.random.default_rng(seed).permutation(len(X))[:SILHOUETTE_SAMPLE]
+    dist = pairwise_distances(X[rows])
+    sil, found = [], []
+    for k in ks:
+        labels = _dissolve_small(_kmeans(X, int(k), seed), centres, min_size)[0]
+        found.append(labels)
+        sub = labels[rows]
+        sil.append(silhouette_score(dist, sub, metric="precomputed") if len(np.unique(sub)) > 1 else -1.0)
+    return ks, np.asarray(sil, dtype=np.float64), found
+
+
+def _rg(c: np.ndarray, w: np.ndarray) -> float:
+    """Weighted radius of gyration (Å) of points c (n, 3)."""
+    c = np.asarray(c, dtype=np.float64)
+    mean = np.average(c, axis=0, weights=w)
+    return float(np.sqrt(np.average(((c - mean) ** 2).sum(axis=1), weights=w)))
+
+
+def _split_auto(members, centres, weights, max_rg, min_size, seed) -> list[np.ndarray]:
+    """Recursive 2-way spatial splits of ``members`` (indices) following the level-2 rule."""
+    done, todo = [], [members]
+    while todo:
+        m = todo.pop()
+        if len(m) < 2 * min_size:
+            done.append(m)
+            continue
+        c = centres[m].astype(np.float64)
+        sub = _kmeans(c, 2, seed)
+        sizes = np.bincount(sub, minlength=2)
+        big = _rg(c, weights[m]) > max_rg
+        if sizes.min() >= min_size and (big or _silhouette(c, sub, seed) > SPLIT_SILHOUETTE):
+            todo += [m[sub == 0], m[sub == 1]]
+        else:
+            done.append(m)
+    return done
+
+
+def _dissolve_small(labels: np.ndarray, centres: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Give the members of clusters smaller than ``min_size`` the cluster of their nearest
+    Gaussian in a big cluster (a handful of odd Gaussians is noise, not a part). Returns the
+    new labels and how many clusters were dissolved; never dissolves every cluster."""
+    sizes = np.bincount(labels)
+    small = np.flatnonzero((sizes > 0) & (sizes < min_size))
+    if len(small) == 0 or len(small) == np.count_nonzero(sizes):
+        return labels, 0
+    lone = np.isin(labels, small)
+    _, nearest = cKDTree(centres[~lone]).query(centres[lone])
+    labels = labels.copy()
+    labels[lone] = labels[~lone][nearest]
+    return labels, len(small)
+
+
+def _first_seen_order(labels: np.ndarray) -> np.ndarray:
+    """Relabel so cluster numbers follow the first Gaussian index of each cluster."""
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    remap = np.empty(len(order), dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[np.searchsorted(np.unique(labels), labels)]
+
+
+# --------------------------------------------------------------------------------------------
+# Editing (GUI) and hand-off
+# --------------------------------------------------------------------------------------------
+
+
+def merge_parts(part_index: np.ndarray, a: int, b: int) -> np.ndarray:
+    """(G,) part labels with part ``b`` merged into part ``a``; labels above ``b`` move down by one."""
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    if not (0 <= a < K and 0 <= b < K) or a == b:
+        raise ValueError(f"merge_parts: need two different parts in 0..{K - 1}, got {a}, {b}")
+    out = np.where(part_index == b, a, part_index)
+    return np.where(out > b, out - 1, out)
+
+
+def split_part(part_index: np.ndarray, centres: np.ndarray, k: int, n: int, seed: int = 0) -> np.ndarray:
+    """(G,) part labels with part ``k`` cut into ``n`` spatial pieces (k-means++ on centres Å).
+
+    The piece holding the part's lowest Gaussian index keeps label ``k``; the others get new
+    labels K, K+1, ... so the other parts keep theirs.
+    """
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    members = np.flatnonzero(part_index == k)
+    if not 0 <= k < K or not 2 <= n <= len(members):
+        raise ValueError(f"split_part: part {k} of {K} with {len(members)} Gaussians cannot be cut into {n}")
+    with threadpool_limits(limits=1):
+        sub = _first_seen_order(_kmeans(np.asarray(centres, np.float64)[members], n, seed))
+    out = part_index.copy()
+    out[members] = np.where(sub == 0, k, K + sub - 1)
+    return out
+
+
+def with_part_index(clustering: PartClustering, part_index: np.ndarray) -> PartClustering:
+    """The clustering with edited part labels (from :func:`merge_parts` / :func:`split_part`):
+    anchors and part statistics recomputed; each part's level-1 cluster is the most common one
+    among its Gaussians. part_index: (G,) labels 0..K-1, every label used."""
+    part_index = np.asarray(part_index, dtype=np.int64)
+    K = int(part_index.max()) + 1
+    if part_index.shape != clustering.part_index.shape or len(np.unique(part_index)) != K:
+        raise ValueError(f"part_index must be ({len(clustering.part_index)},) labels using every value 0..K-1")
+    old_level1 = clustering.level1[clustering.part_index]  # (G,) level-1 cluster of each Gaussian
+    level1 = np.array([np.bincount(old_level1[part_index == k]).argmax() for k in range(K)], dtype=np.int64)
+    return _finish(clustering.inputs, part_index, level1, clustering.n_level1, clustering.level1_k,
+                   clustering.level1_silhouette, clustering.molecule_rg, clustering.rule + "; edited by hand")
+
+
+def assign_to_parts(new_centres: np.ndarray, coarse_centres: np.ndarray, part_index: np.ndarray) -> np.ndarray:
+    """(G2,) part of each new Gaussian: the part of its nearest coarse Gaussian (stage-2 hand-off).
+
+    new_centres: (G2, 3) Å; coarse_centres: (G, 3) Å; part_index: (G,).
+    """
+    _, nearest = cKDTree(np.asarray(coarse_centres, np.float64)).query(np.asarray(new_centres, np.float64))
+    return np.asarray(part_index, dtype=np.int64)[nearest]
+
+
+# --------------------------------------------------------------------------------------------
+# Maps and masks
+# --------------------------------------------------------------------------------------------
+
+
+def part_label_volume(
+    centres: np.ndarray,
+    widths: np.ndarray,
+    amplitudes: np.ndarray,
+    part_index: np.ndarray,
+    box: int,
+    apix: float,
+    threshold: float | None = None,
+    window: float | None = None,
+) -> np.ndarray:
+    """(D, D, D) int32 map: 1 + the part with the most density at each voxel, 0 below ``threshold``.
+
+    centres: (G, 3) Å; widths: (G,) Å; amplitudes: (G,); part_index: (G,) 0..K-1.
+    threshold: level of the total density below which a voxel is solvent; default Otsu's split
+    of the positive voxels (consensus.density_threshold). window: where each Gaussian is cut, in
+    widths (default: the renderer's).
+    """
+    import torch
+
+    from cryospire_core.imaging.render import WINDOW_SIGMAS, rasterize
+    from cryospire_core.models.consensus import density_threshold
+
+    window = WINDOW_SIGMAS if window is None else float(window)
+
+    part_index = np.asarray(part_index, dtype=np.int64)
+    c = torch.as_tensor(np.asarray(centres, np.float32))
+    s = torch.as_tensor(np.asarray(widths, np.float32))
+    m = torch.as_tensor(np.asarray(amplitudes, np.float32))
+    best = total = labels = None
+    for k in range(int(part_index.max()) + 1):
+        sel = torch.as_tensor(part_index == k)
+        vol = rasterize(c[sel], s[sel], m[sel], box, apix, window=window).numpy()
+        if best is None:
+            best, total, labels = vol, vol.copy(), np.zeros(vol.shape, np.int32)
+        else:
+            labels[vol > best] = k
+            best, total = np.maximum(best, vol), total + vol
+    level = density_threshold(total) if threshold is None else float(threshold)
+    return np.where(total > level, labels + 1, 0).astype(np.int32)
+
+
+def part_masks(
+    label_volume: np.ndarray,
+    apix: float,
+    soft_edge_px: float | None = None,
+    dilate_px: float | None = None,
+    n_parts: int | None = None,
+) -> np.ndarray:
+    """(K, D, D, D) float32 soft masks, one per part label 1..K of ``label_volume``.
+
+    n_parts: K (default the largest label; give it so a part with no voxel above the threshold
+    still gets its (empty) mask).
+
+    Each mask is 1 within ``dilate_px`` of the part's voxels, falls off as a raised cosine over
+    ``soft_edge_px`` more, and is 0 beyond. Defaults follow common focused-refinement practice:
+    dilate by max(2 px, 6 Å), soft edge max(3 px, 12 Å).
+    """
+    dilate = max(2.0, 6.0 / apix) if dilate_px is None else float(dilate_px)
+    edge = max(3.0, 12.0 / apix) if soft_edge_px is None else float(soft_edge_px)
+    K = int(label_volume.max()) if n_parts is None else int(n_parts)
+    masks = np.zeros((K,) + label_volume.shape, dtype=np.float32)
+    for k in range(K):
+        inside = label_volume == k + 1
+        if not inside.any():
+            continue
+        d = distance_transform_edt(~inside)  # px to the nearest voxel of the part
+        t = np.clip((d - dilate) / edge, 0.0, 1.0) if edge > 0 else (d > dilate).astype(np.float64)
+        masks[k] = 0.5 * (1.0 + np.cos(np.pi * t))
+    return masks
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring against the simulator's ground truth
+# --------------------------------------------------------------------------------------------
+
+
+def adjusted_rand(part_index: np.ndarray, gt_domain: np.ndarray) -> float:
+    """Adjusted Rand index of the parts against ground-truth domain labels (both (G,))."""
+    return float(adjusted_rand_score(np.asarray(gt_domain), np.asarray(part_index)))
+
+
+def gt_domains_for_gaussians(centres: np.ndarray, beads: str | os.PathLike | Mapping[str, np.ndarray]) -> np.ndarray:
+    """(G,) ground-truth domain of each Gaussian: the domain of the nearest bead in state 0.
+
+    centres: (G, 3) Å. beads: a simulation's ``gt/beads.npz`` path, or a mapping with its
+    ``centres`` (S, B, 3) Å and ``domains`` (B,). Every bead counts, present in state 0 or not
+    (its state-0 position is defined either way).
+    """
+    if isinstance(beads, (str, os.PathLike)):
+        path = Path(beads)
+        if not path.is_file():
+            raise InputError(path, "beads", "a simulation's gt/beads.npz", "no such file")
+        with np.load(path, allow_pickle=False) as z:
+            beads = {k: z[k] for k in ("centres", "domains") if k in z}
+        for key in ("centres", "domains"):
+            if key not in beads:
+                raise InputError(path, key, "an array written by write_simulation", "missing")
+    bead_centres = np.asarray(beads["centres"], np.float64)
+    if bead_centres.ndim == 3:
+        bead_centres = bead_centres[0]
+    _, nearest = cKDTree(bead_centres).query(np.asarray(centres, np.float64))
+    return np.asarray(beads["domains"], dtype=np.int64)[nearest]

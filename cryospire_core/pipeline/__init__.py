@@ -1,0 +1,1 @@
+"""Runs: the stages in order in a run folder, and the machine they run on (threads)."""

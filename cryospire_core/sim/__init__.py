@@ -1,0 +1,1 @@
+"""Simulated data with ground truth: phantoms and particle images."""
