@@ -4,7 +4,7 @@ folder's ``config.json`` holds is checked by one of these.
 A range names what it accepts in the words an error prints: ``--batch-size: expected a whole
 number >= 1, found 0``. Each is an argparse type (``type=COUNT``), so a value out of range is
 refused while the command line is read, before any file is opened; :meth:`Range.accepts`
-checks a value already parsed (:data:`FIELD_RANGES`, read by :mod:`cryospire_core.io.runfolder`).
+checks a value already parsed (:data:`FIELD_RANGES`, read by :mod:`cryospire_core.pipeline.runfolder`).
 
 This module imports neither torch nor numpy: it is read by every command, ``--help`` included.
 """

@@ -761,7 +761,7 @@ class ExplorerWidget(QWidget):
         ``cryospire train --resume --select``). After: a new run folder beside it,
         ``<run>_subset<M>``, reuses the consensus, stage-1 and parts outputs and trains stage 2
         on the subset (:func:`cryospire_core.analysis.explorer.branch_run`). Returns the run folder."""
-        from cryospire_core.io.runfolder import RunFolder
+        from cryospire_core.pipeline.runfolder import RunFolder
         from cryospire_core.pipeline.train import STAGES, TrainConfig
 
         e = self.explorer

@@ -26,7 +26,7 @@ import numpy as np
 
 from cryospire_core.errors import InputError
 from cryospire_core.io.mrc import read_map
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 

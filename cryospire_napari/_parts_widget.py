@@ -102,8 +102,8 @@ class PartsState:
 def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(widths (G,) Å, amplitudes (G,)) of the trained stage-1 Gaussians (RUN/discovery/model.pt),
     else of the stage-1 seed."""
-    from cryospire_core.io.runfolder import RunFolder
     from cryospire_core.models.engine import read_weights
+    from cryospire_core.pipeline.runfolder import RunFolder
     from cryospire_core.pipeline.train import TrainConfig, discovery_model
 
     run = RunFolder(root)
@@ -119,7 +119,7 @@ def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_parts(root: str | Path) -> PartsState:
     """Read the parts of a run folder (InputError when part discovery has not run yet)."""
-    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.pipeline.runfolder import RunFolder
 
     root = Path(root)
     RunFolder(root).read_config()  # a run from a newer cryospire is refused here, clearly

@@ -78,9 +78,9 @@ def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
 
     from cryospire_core.imaging.render import rasterize
     from cryospire_core.io.mrc import read_map
-    from cryospire_core.io.runfolder import RunFolder
     from cryospire_core.models.consensus import GaussianMixture
     from cryospire_core.models.engine import load_checkpoint
+    from cryospire_core.pipeline.runfolder import RunFolder
     from cryospire_core.pipeline.train import TrainConfig, discovery_model
 
     root = Path(root)

@@ -170,8 +170,8 @@ def run_training(request: TrainRequest, stages: tuple[str, ...], monitor: TrainM
     import torch
 
     from cryospire_core.io.load import load_particles
-    from cryospire_core.io.runfolder import RunFolder
     from cryospire_core.models.device import resolve_device
+    from cryospire_core.pipeline.runfolder import RunFolder
     from cryospire_core.pipeline.train import TrainConfig, train
 
     try:

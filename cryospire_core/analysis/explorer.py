@@ -232,8 +232,9 @@ class Explorer:
     def from_run(cls, run_dir: str | os.PathLike) -> Explorer:
         """The most advanced model of a run folder, its latents (RUN/latents.npy), its parts, and
         where its particles and (for simulations) ground truth are."""
-        from cryospire_core.io.runfolder import RunFolder, read_npy
+        from cryospire_core.io.arrays import read_npy
         from cryospire_core.models.parts import PartClustering
+        from cryospire_core.pipeline.runfolder import RunFolder
         from cryospire_core.pipeline.train import check_run_latents, load_trained_model
 
         root = Path(run_dir)
@@ -601,7 +602,7 @@ def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str |
     will train stage 2 on the particles listed in ``select`` (``cryospire train --resume`` or the
     explorer's "continue training" then runs only stage 2). For a run whose stage 2 has started,
     where ``--select`` is refused. Returns dest."""
-    from cryospire_core.io.runfolder import RunFolder
+    from cryospire_core.pipeline.runfolder import RunFolder
 
     src, dst = Path(source), Path(dest)
     check_new_run_folder(dst)

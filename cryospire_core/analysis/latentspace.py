@@ -17,10 +17,10 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 
 from cryospire_core.errors import InputError
+from cryospire_core.io.arrays import read_npy
 from cryospire_core.io.atomic import atomic_path, write_npy, write_npz
 from cryospire_core.io.mixture import load_gaussians
 from cryospire_core.io.outputs import check_new_outputs
-from cryospire_core.io.runfolder import read_npy
 from cryospire_core.models import parts
 
 #: A volume for one latent: z (zdim,) float32 -> (D, D, D) float32 on the data lattice.

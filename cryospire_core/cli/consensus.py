@@ -18,10 +18,10 @@ from cryospire_core.cli.options import (
     particles_from_args,
 )
 from cryospire_core.errors import InputError
-from cryospire_core.io.runfolder import RunFolder, section_from_dict
 from cryospire_core.models.consensus import ConsensusConfig, fit_consensus, seed_map
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.engine import LoopConfig
+from cryospire_core.pipeline.runfolder import RunFolder, section_from_dict
 from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import COUNT, LEARNING_RATE, MINUTES, SEED, Whole
 

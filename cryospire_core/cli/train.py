@@ -27,9 +27,9 @@ from cryospire_core.cli.options import (
 )
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.precision import PRECISIONS
-from cryospire_core.io.runfolder import RunFolder
 from cryospire_core.models.distributed import from_environment, shutdown
 from cryospire_core.models.parts import PartClustering
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.threads import ThreadBudget
 from cryospire_core.pipeline.train import (
     EPOCH_OPTIONS,

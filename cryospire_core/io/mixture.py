@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cryospire_core.errors import InputError
-from cryospire_core.io.runfolder import read_npz
+from cryospire_core.io.arrays import read_npz
 
 MIXTURE = ("centres", "widths", "amplitudes", "box", "apix")
 """The arrays of a Gaussian-mixture file (``GaussianMixture.export()``)."""

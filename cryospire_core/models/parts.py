@@ -41,8 +41,8 @@ from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_
 from threadpoolctl import threadpool_limits
 
 from cryospire_core.errors import InputError
+from cryospire_core.io.arrays import read_npz
 from cryospire_core.io.atomic import write_npz
-from cryospire_core.io.runfolder import read_npz
 
 #: Candidate level-1 cluster counts for the automatic choice.
 LEVEL1_CANDIDATES = range(2, 9)

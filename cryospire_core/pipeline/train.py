@@ -31,11 +31,11 @@ import torch
 
 from cryospire_core.errors import InputError, count_nonfinite, require_finite
 from cryospire_core.imaging.precision import PRECISIONS, resolve_precision
+from cryospire_core.io.arrays import read_npy, read_npz
 from cryospire_core.io.atomic import write_npy, write_npz
 from cryospire_core.io.mixture import load_gaussians
 from cryospire_core.io.mrc import read_map, write_map
 from cryospire_core.io.particles import ParticleSet
-from cryospire_core.io.runfolder import RunFolder, read_npy, read_npz, section_from_dict
 from cryospire_core.io.selection import read_selection
 from cryospire_core.models.consensus import (
     ConsensusConfig,
@@ -67,6 +67,7 @@ from cryospire_core.models.parts import (
     discover_parts,
     dynamics_signature,
 )
+from cryospire_core.pipeline.runfolder import RunFolder, section_from_dict
 from cryospire_core.progress import ProgressCallback
 
 STAGES = ("consensus", "discovery", "parts", "hierarchical")
@@ -121,7 +122,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict, path: str | os.PathLike = "RUN/config.json") -> TrainConfig:
         """The section ``train`` of a run's config.json (``path``, named in errors), checked key
-        by key (:func:`~cryospire_core.io.runfolder.section_from_dict`)."""
+        by key (:func:`~cryospire_core.pipeline.runfolder.section_from_dict`)."""
         return section_from_dict(cls, d, path, "train", required=("profile", "consensus", "discovery", "hierarchical"),
                                  choices=CHOICES)
 

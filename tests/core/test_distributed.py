@@ -15,8 +15,8 @@ import torch
 
 from cryospire_core.cli.main import main
 from cryospire_core.io.atomic import TEMP_GLOB
-from cryospire_core.io.runfolder import RunFolder
 from cryospire_core.models.distributed import Distributed
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.sim.simulate import simulate, write_simulation
 
 STAGES = ["--stage", "consensus", "--stage", "discovery"]

@@ -27,7 +27,7 @@ import torch
 
 from cryospire_core.io.atomic import TEMP_GLOB
 from cryospire_core.io.mrc import read_map
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.train import load_trained_model
 from cryospire_core.sim.simulate import simulate, write_simulation
 

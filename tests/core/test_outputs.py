@@ -14,7 +14,7 @@ from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.errors import InputError
 from cryospire_core.io.atomic import TEMP_NAME, TEMP_PREFIX, atomic_path, write_text
 from cryospire_core.io.outputs import check_new_outputs, existing_outputs
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 
 
 @pytest.fixture

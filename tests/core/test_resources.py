@@ -22,7 +22,6 @@ from cryospire_core.cli.main import main
 from cryospire_core.errors import InputError, ResourceError, out_of_memory
 from cryospire_core.io.atomic import TEMP_PREFIX, atomic_path, write_text
 from cryospire_core.io.load import load_particles
-from cryospire_core.io.runfolder import RUN_FORMAT_VERSION, RunFolder
 from cryospire_core.models import engine
 from cryospire_core.models.engine import (
     LoopConfig,
@@ -30,6 +29,7 @@ from cryospire_core.models.engine import (
     run_loop,
     save_checkpoint,
 )
+from cryospire_core.pipeline.runfolder import RUN_FORMAT_VERSION, RunFolder
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -198,7 +198,7 @@ def test_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):
     with RunFolder(tmp_path):
         with pytest.raises(InputError, match=f"held by process {os.getpid()}"):
             RunFolder(tmp_path).lock()
-    code = ("import sys, time; from cryospire_core.io.runfolder import RunFolder; "
+    code = ("import sys, time; from cryospire_core.pipeline.runfolder import RunFolder; "
             f"RunFolder({str(tmp_path)!r}).lock(); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from cryospire_core.errors import InputError
-from cryospire_core.io import runfolder
-from cryospire_core.io.runfolder import (
+from cryospire_core.pipeline import runfolder
+from cryospire_core.io.arrays import read_npy, read_npz
+from cryospire_core.models.consensus import ConsensusConfig
+from cryospire_core.pipeline.runfolder import (
     RunFolder,
     migrate_config,
-    read_npy,
-    read_npz,
     section_from_dict,
 )
-from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.pipeline.train import TrainConfig
 
 PATH = "RUN/config.json"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cryospire_core.io.load import load_particles
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.train import TrainConfig, train
 from cryospire_core.sim.simulate import simulate, write_simulation
 

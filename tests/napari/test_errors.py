@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QApplication
 from cryospire_core.errors import InputError, ResourceError
 from cryospire_core.io.load import load_particles, write_particles
 from cryospire_core.io.mrc import write_map
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.sim.simulate import simulate, write_simulation
 from cryospire_napari import _layers, _parts_widget
 from cryospire_napari._explorer_widget import ExplorerWidget

@@ -17,8 +17,8 @@ from cryospire_core.analysis.metrics import load_ground_truth
 from cryospire_core.imaging.fsc import auc, fsc
 from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
-from cryospire_core.io.runfolder import RunFolder
 from cryospire_core.io.selection import read_selection
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.train import train
 from cryospire_core.sim.phantoms import make_phantom
 from cryospire_core.sim.simulate import simulate, write_simulation

@@ -14,7 +14,7 @@ from napari.layers import Layer
 from cryospire_core.errors import InputError
 from cryospire_core.io.load import load_particles, write_particles
 from cryospire_core.io.mrc import write_map, write_stack
-from cryospire_core.io.runfolder import RunFolder
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_napari import _layers
 from cryospire_napari._reader import (
     get_map_reader,

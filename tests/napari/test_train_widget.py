@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from cryospire_core.io.runfolder import RunFolder
 from cryospire_core.models.parts import PartClustering
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_napari import _train_widget
 from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME
 from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget
