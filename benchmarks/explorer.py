@@ -33,11 +33,12 @@ TARGETS_MS = {64: 30.0, 128: 100.0}
 
 def make_model(box: int, n_gaussians: int = 8192, n_parts: int = 8, seed: int = 0):
     """A stage-2 model of a random molecule: Gaussians of ~1.5 px in a ball of radius ~box/3 px."""
+    from cryospire_core.imaging.lattice import Lattice
     from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
     rng = np.random.default_rng(seed)
     apix = 384.0 / box
-    cfg = HierarchicalConfig.paper(n_gaussians=n_gaussians)
+    cfg = HierarchicalConfig(n_gaussians=n_gaussians)  # the paper's stage 2 (the class defaults) at G
     r = box / 3 * apix * rng.random(n_gaussians) ** (1 / 3)
     v = rng.normal(size=(n_gaussians, 3))
     centres = v / np.linalg.norm(v, axis=1, keepdims=True) * r[:, None]
@@ -46,7 +47,7 @@ def make_model(box: int, n_gaussians: int = 8192, n_parts: int = 8, seed: int = 
     anchors = np.stack([centres[part == k].mean(0) for k in range(n_parts)])
     model = PartAwareModel(centres, widths, rng.uniform(0.5, 1.0, n_gaussians), part, anchors,
                            rng.normal(size=(n_parts, cfg.feature_dim)), rng.normal(size=(1000, cfg.zdim)).astype(np.float32),
-                           box, apix, cfg)
+                           Lattice(box, apix), cfg)
     with torch.no_grad():  # the heads start at zero; small random weights make the motions real
         for mlp in (model.anchor_mlp, model.residual_mlp, model.presence_mlp):
             mlp.head.weight.normal_(0, 0.01)
@@ -70,7 +71,7 @@ def time_box(viewer, box: int, repeats: int, draw_frames: bool, fp32: bool = Fal
         e._bf16_faster = False  # what a CPU without fast bfloat16 gets
     rng = np.random.default_rng(1)
     zs = rng.normal(size=(repeats + 3, e.zdim)).astype(np.float32)
-    data, kwargs, _ = map_layer(e.map_at(zs[0]), e.apix, f"map {box}")
+    data, kwargs, _ = map_layer(e.map_at(zs[0]), e.lattice.apix, f"map {box}")
     layer = viewer.add_image(data, **kwargs)
     set_chimerax_view(viewer)
     app.processEvents()
@@ -101,12 +102,12 @@ def time_box(viewer, box: int, repeats: int, draw_frames: bool, fp32: bool = Fal
 def time_scatter(n: int, repeats: int, markers: bool) -> tuple[float, float]:
     """Redraw of the scatter canvas with n points after a pan (canvas.render(): draw + read back),
     with the points drawn as markers, or as the density image alone (``markers`` False)."""
-    from cryospire_napari._explorer_widget import ScatterCanvas, _colormap
+    from cryospire_napari._scatter import ScatterCanvas, point_colours
 
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(n, 2)).astype(np.float32)
     s = ScatterCanvas()
-    s.set_points(pts, _colormap(pts[:, 0], False), None)
+    s.set_points(pts, point_colours(pts[:, 0], False), None)
     s.set_density(pts)
     s.fit()
     s.markers.visible = markers

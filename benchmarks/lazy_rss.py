@@ -106,7 +106,7 @@ def child(star_path: Path, steps: int, run_dir: Path) -> None:
 
     ph = make_phantom("homogeneous", ps.box, ps.apix)
     beads = {"centres": ph.centres[0], "widths": ph.sigmas, "amplitudes": ph.amplitudes, "box": ps.box, "apix": ps.apix}
-    cfg = DiscoveryConfig.paper(image_var=image_variance(ps))
+    cfg = DiscoveryConfig(image_var=image_variance(ps))  # the paper's stage 1 (the class defaults)
     model = PartDiscoveryModel.from_consensus(beads, len(ps), cfg)
     done = {"steps": 0}
 

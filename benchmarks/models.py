@@ -112,12 +112,14 @@ def speed_row(stage: int, profile: str, cfg, reps: int) -> list[str]:
 
     def mlp_step():
         out = model.decode(z)
-        (out[0].sum() + out[1].sum()).backward()
+        (out.centres.sum() + out.amplitudes.sum()).backward()
 
-    centres, amps = (t.detach().requires_grad_(True) for t in model.decode(z)[:2])
+    decoded = model.decode(z)
+    centres, amps = (t.detach().requires_grad_(True) for t in (decoded.centres, decoded.amplitudes))
 
     def render_step():
-        project(centres, model.widths.detach(), amps, b.rotations, b.shifts, BOX, APIX, ctf=b.ctf).pow(2).sum().backward()
+        images = project(centres, model.widths.detach(), amps, b.rotations, b.shifts, model.lattice, ctf=b.ctf)
+        images.pow(2).sum().backward()
 
     t_train, t_mlp, t_render = (best_time(f, reps) for f in (train_step, mlp_step, render_step))
     rate = BATCH / t_train
@@ -187,7 +189,7 @@ def quality(preset: str, n: int, snr: float, epochs1: int, epochs2: int, hidden2
             "apix": ph.apix}
     var = image_variance(ps)
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    seed_map = rasterize(t(seed["centres"]), t(seed["widths"]), t(seed["amplitudes"]), box, ph.apix).numpy()
+    seed_map = rasterize(t(seed["centres"]), t(seed["widths"]), t(seed["amplitudes"]), ph.lattice).numpy()
     floor = homogeneous_floor(seed_map, gt, mask).summary()["mean_auc"]
 
     def kmeans_accuracy(z):

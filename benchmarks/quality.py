@@ -234,10 +234,10 @@ def score_state_maps(gt: GroundTruth, maps: list[Path], reps: dict[int, int], ti
     """Score map i of ``maps`` against state sorted(reps)[i]; ``flip`` mirrors z (the other hand)."""
     def pairs():
         for path, k in zip(maps, sorted(reps)):
-            vol = read_grid_map(path, gt.box, gt.apix).data
+            vol = read_grid_map(path, gt.lattice).data
             yield k, (vol[::-1] if flip else vol), gt[k], reps[k]
 
-    return score_states(pairs(), gt.mask, title, gt.apix)
+    return score_states(pairs(), gt.mask, title, gt.lattice.apix)
 
 
 def epoch_seconds(log: Path) -> list[float]:
@@ -277,7 +277,7 @@ def cryodrgn_side(preset: str, data: Path, work: Path, epochs: int, score_epoch:
     maps = [maps_dir / f"vol_{i:03d}.mrc" for i in range(len(reps))]
     if not all(p.is_file() for p in maps):
         run_checked([str(exe), "eval_vol", str(out / f"weights.{epoch}.pkl"), "-c", str(out / "config.yaml"),
-                     "--zfile", str(zfile), "-o", str(maps_dir), "--Apix", f"{gt.apix:g}", "--vol-start-index", "0"],
+                     "--zfile", str(zfile), "-o", str(maps_dir), "--Apix", f"{gt.lattice.apix:g}", "--vol-start-index", "0"],
                     work / "eval_vol.log", env)
     title = f"per-conformation FSC: cryoDRGN {out} epoch {epoch}"
     table = score_state_maps(gt, maps, reps, title)

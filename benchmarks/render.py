@@ -31,6 +31,7 @@ import torch
 from cryospire_core.imaging import render
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.render_reference import project_dense, rasterize_dense
 
 APIX = 3.0
@@ -95,7 +96,8 @@ def projection_case(box: int, G: int, B: int, device: torch.device):
     shifts = (2.0 * APIX * torch.randn(B, 2, generator=g)).to(device)
     ctf = torch.tensor(make_ctf_params(B, 15000.0, 14000.0, 30.0), dtype=torch.float32, device=device)
     data = torch.randn(B, box, box, generator=g).to(device)
-    return dict(centres=centres, widths=s, amplitudes=amps, rotations=rot, shifts=shifts, box=box, apix=APIX, ctf=ctf), data
+    return dict(centres=centres, widths=s, amplitudes=amps, rotations=rot, shifts=shifts, lattice=Lattice(box, APIX),
+                ctf=ctf), data
 
 
 def step(fn, kw: dict, data: torch.Tensor):
@@ -111,19 +113,19 @@ def step(fn, kw: dict, data: torch.Tensor):
 
 def projection_work(kw: dict) -> tuple[int, int]:
     """(GEMM FLOPs of forward+backward, work-array bytes lower bound) of the fast projection."""
-    box, apix = kw["box"], kw["apix"]
+    lattice = kw["lattice"]
     xy = torch.einsum("bij,bgj->bgi", kw["rotations"][:, :2, :], kw["centres"]) - kw["shifts"][:, None, :]
-    u = xy.flip(-1) / apix + box // 2
-    s_px = (kw["widths"] / apix).expand(u.shape[0], -1)
-    tile = render.default_tile(2, box, float(torch.quantile(kw["widths"] / apix, 0.9)))
-    return _work(render.TilePlan(u, s_px, (box, box), tile, render.WINDOW_SIGMAS), passes=3)
+    u = lattice.index(xy.flip(-1))
+    s_px = (kw["widths"] / lattice.apix).expand(u.shape[0], -1)
+    tile = render.default_tile(2, lattice.box, float(torch.quantile(kw["widths"] / lattice.apix, 0.9)))
+    return _work(render.TilePlan(u, s_px, (lattice.box,) * 2, tile, render.WINDOW_SIGMAS), passes=3)
 
 
-def raster_work(c, s, box: int) -> tuple[int, int]:
-    u = (c.flip(-1) / APIX + box // 2)[None]
-    s_px = (s / APIX)[None]
-    tile = render.default_tile(3, box, float(torch.quantile(s / APIX, 0.9)))
-    return _work(render.TilePlan(u, s_px, (box,) * 3, tile, render.WINDOW_SIGMAS), passes=1)
+def raster_work(c, s, lattice: Lattice) -> tuple[int, int]:
+    u = lattice.index(c.flip(-1))[None]
+    s_px = (s / lattice.apix)[None]
+    tile = render.default_tile(3, lattice.box, float(torch.quantile(s / lattice.apix, 0.9)))
+    return _work(render.TilePlan(u, s_px, lattice.shape, tile, render.WINDOW_SIGMAS), passes=1)
 
 
 def _work(plan: render.TilePlan, passes: int) -> tuple[int, int]:
@@ -140,7 +142,7 @@ def calibrate_dense(device: torch.device) -> tuple[float, float]:
     t_proj = time_once(step(project_dense, kw, data), device) / (48 * 48 * 1024)
     c, s, m = mixture(32, 512, device)
     with torch.no_grad():
-        t_rast = time_once(lambda: rasterize_dense(c, s, m, 32, APIX), device) / (32**3 * 512)
+        t_rast = time_once(lambda: rasterize_dense(c, s, m, Lattice(32, APIX)), device) / (32**3 * 512)
     return t_proj, t_rast
 
 
@@ -171,11 +173,12 @@ def bench_device(device: torch.device, boxes, counts, dense_limit: float, reps: 
             p_bw = 100 * traffic / t_fast / bw_peak
 
             c, s, m = mixture(box, G, device)
+            lattice = Lattice(box, APIX)
             with torch.no_grad():
-                r_fast = best_time(lambda: render.rasterize(c, s, m, box, APIX), device, reps)
-                r_flops, r_traffic = raster_work(c, s, box)
+                r_fast = best_time(lambda: render.rasterize(c, s, m, lattice), device, reps)
+                r_flops, r_traffic = raster_work(c, s, lattice)
                 if per_term_rast * box**3 * G < dense_limit:
-                    r_dense_t = time_once(lambda: rasterize_dense(c, s, m, box, APIX), device)
+                    r_dense_t = time_once(lambda: rasterize_dense(c, s, m, lattice), device)
                     per_term_rast = r_dense_t / (box**3 * G)
                     r_dense, r_speed = f"{1e3 * r_dense_t:.0f}", f"{r_dense_t / r_fast:.0f}x"
                 else:

@@ -36,9 +36,10 @@ import torch
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import random_rotations
 from cryospire_core.imaging.precision import autocast, grad_scaler, resolve_precision
-from cryospire_core.models.discovery import DiscoveryConfig, PartDiscoveryModel
+from cryospire_core.models.discovery import PartDiscoveryModel
 from cryospire_core.models.engine import Batch
-from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
+from cryospire_core.models.hierarchical import PartAwareModel
+from cryospire_core.pipeline.train import TrainConfig
 
 FOV_A, PARTS, N_LATENTS = 384.0, 8, 4096
 REFERENCE = {1: 33.0, 2: 3.0}  # dense reference, images/s, CPU, 64 px, batch 64
@@ -65,11 +66,13 @@ def make_batch(box: int, n: int, device: torch.device, seed: int = 0) -> Batch:
                  ctf=t(make_ctf_params(n, rng.uniform(1e4, 3e4, n), rng.uniform(1e4, 3e4, n), rng.uniform(0, 180, n))))
 
 
-def build(stage: int, box: int, device: torch.device):
+def build(stage: int, box: int, device: torch.device, profile: str = "paper"):
+    """A stage-``stage`` model at the sizes of ``profile`` on a random mixture."""
+    sizes = TrainConfig.for_profile(profile)
     if stage == 1:
-        cfg = DiscoveryConfig.paper()
+        cfg = sizes.discovery
         return PartDiscoveryModel.from_consensus(mixture(cfg.n_gaussians, box), N_LATENTS, cfg).to(device)
-    cfg = HierarchicalConfig.paper()
+    cfg = sizes.hierarchical
     g = mixture(cfg.n_gaussians, box)
     part = np.arange(cfg.n_gaussians) % PARTS
     anchors = np.stack([g["centres"][part == k].mean(0) for k in range(PARTS)])

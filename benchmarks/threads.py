@@ -46,14 +46,10 @@ def case(seconds: float, threads: int | str | None, check: bool) -> dict:
     import speed
 
     from cryospire_core.pipeline.threads import thread_budget, use_threads
-    from cryospire_core.pipeline.train import TrainConfig
-
     if threads is not None:
         use_threads(thread_budget(threads))
-    cfg = TrainConfig.for_profile("cpu").hierarchical
-    speed.HierarchicalConfig.paper = classmethod(lambda cls: cfg)  # speed.build at the cpu profile's size
     cpu = torch.device("cpu")
-    model, batch = speed.build(2, 64, cpu), speed.make_batch(64, 64, cpu)
+    model, batch = speed.build(2, 64, cpu, profile="cpu"), speed.make_batch(64, 64, cpu)
     opt = model.make_optimizer()
 
     def step() -> None:

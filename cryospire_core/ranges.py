@@ -112,6 +112,22 @@ class OrAuto(Range):
         return value == "auto" or self.inner.accepts(value)
 
 
+class Numbers(Range):
+    """Comma-separated values of ``inner`` (``--states 0,2``) as a tuple: at least ``least`` of
+    them, in groups of ``group`` (x,y pairs: 2); ``what`` says it in words."""
+
+    def __init__(self, inner: Range, what: str, least: int = 1, group: int = 1) -> None:
+        self.inner, self.least, self.group, self.what = inner, least, group, what
+
+    def _parse(self, text: str) -> tuple | None:
+        values = tuple(self.inner._parse(t.strip()) for t in text.split(","))
+        return None if None in values else values
+
+    def accepts(self, value: object) -> bool:
+        return (isinstance(value, tuple) and len(value) >= self.least and len(value) % self.group == 0
+                and all(self.inner.accepts(v) for v in value))
+
+
 COUNT = Whole(1)
 """Epochs, batch sizes, Gaussian counts, candidates, maps: at least one."""
 SEED = Whole(0, 2**32 - 1)

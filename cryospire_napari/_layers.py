@@ -5,9 +5,9 @@ hand them to napari unchanged and widgets can add them with ``viewer._add_layer_
 update an existing layer's ``data``.
 
 World coordinates are Å about the box centre, in napari's (z, y, x) order: voxel i of a map of
-box D sits at (i - D // 2) * apix Å, the convention of :mod:`cryospire_core` (RELION's). Maps
-therefore get ``scale = apix`` and ``translate = -(D // 2) * apix`` on each axis, and model
-coordinates (Gaussian centres, Å, (x, y, z)) become points at ``centres[:, ::-1]`` with no
+box D sits at (i - D // 2) * apix Å, the convention of :mod:`cryospire_core.imaging.lattice`
+(RELION's). Maps therefore get the ``scale`` and ``translate`` of their
+:class:`~cryospire_core.imaging.lattice.Lattice`, and model coordinates (Gaussian centres, Å, (x, y, z)) become points at ``centres[:, ::-1]`` with no
 transform. Call :func:`set_chimerax_view` on a viewer so a map looks as it does in ChimeraX.
 
 A run folder is shown by one function per artefact (:func:`consensus_layers`, ...), each
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.mrc import read_map
 from cryospire_core.pipeline.runfolder import RunFolder
 
@@ -44,11 +45,6 @@ STACK_AXES = ("image", "y", "x")
 
 
 # -- geometry ---------------------------------------------------------------------------------
-
-
-def volume_translate(shape: tuple[int, ...], apix: float) -> tuple[float, ...]:
-    """napari ``translate`` (Å per axis) putting voxel i at (i - n // 2) * apix on each axis."""
-    return tuple(-(int(n) // 2) * float(apix) for n in shape)
 
 
 def set_chimerax_view(viewer: Any, ndisplay: int | None = 3) -> None:
@@ -124,7 +120,8 @@ def map_layer(
     kwargs = {
         "name": name,
         "scale": (float(apix),) * data.ndim,
-        "translate": volume_translate(data.shape, apix),
+        # Each axis on its own lattice: a map read from a user's file need not be cubic.
+        "translate": tuple(Lattice(n, apix).napari_translate(1)[0] for n in data.shape),
         "contrast_limits": limits,
         "iso_threshold": level,
         "rendering": rendering,
@@ -224,8 +221,8 @@ def stack_layer(
     meta = {"apix": float(apix), "kind": "particle stack", **(metadata or {})}
     kwargs = {
         "name": name,
-        "scale": (1.0, float(apix), float(apix)),
-        "translate": (0.0, *volume_translate((box, box), apix)),
+        "scale": (1.0, *Lattice(box, apix).napari_scale(2)),
+        "translate": (0.0, *Lattice(box, apix).napari_translate(2)),
         "contrast_limits": (lo, hi),
         "colormap": "gray",
         # Named axes: napari's defaults (-3, -2, -1) showed "-3" beside the image slider, which
@@ -302,14 +299,13 @@ def gaussians_layer(path: str | os.PathLike, name: str = "gaussians") -> LayerDa
 
 def consensus_layers(run: RunFolder) -> list[LayerDataTuple]:
     """The consensus stage: its map, its Gaussians and (hidden) the backprojection it started from."""
-    stage = run.root / "consensus"
     layers = []
-    if (stage / "map.mrc").is_file():
-        layers.append(read_map_layer(stage / "map.mrc", name="consensus map"))
-    if (stage / "backprojection.mrc").is_file():
-        layers.append(read_map_layer(stage / "backprojection.mrc", name="backprojection", rendering="mip", visible=False))
-    if (stage / "gaussians.npz").is_file():
-        layers.append(gaussians_layer(stage / "gaussians.npz", name="consensus gaussians"))
+    if run.map_path("consensus").is_file():
+        layers.append(read_map_layer(run.map_path("consensus"), name="consensus map"))
+    if run.backprojection_path.is_file():
+        layers.append(read_map_layer(run.backprojection_path, name="backprojection", rendering="mip", visible=False))
+    if run.gaussians_path.is_file():
+        layers.append(gaussians_layer(run.gaussians_path, name="consensus gaussians"))
     return layers
 
 
@@ -320,7 +316,7 @@ RUN_ARTEFACTS: tuple[Callable[[RunFolder], list[LayerDataTuple]], ...] = (consen
 def run_layers(path: str | os.PathLike) -> list[LayerDataTuple]:
     """Every finished artefact of the run folder ``path``; InputError when there is none yet."""
     run = RunFolder(path)
-    cfg = run.read_config()
+    cfg = run.config()
     if "format_version" not in cfg:
         raise InputError(run.config_path, "format_version", "a cryospire run config", "no format_version")
     layers = [layer for artefact in RUN_ARTEFACTS for layer in artefact(run)]

@@ -9,13 +9,13 @@ come from one palette shared by the Labels colormap, the points and the table's 
 Every edit (re-cluster with new counts, merge two parts, split one) recomputes the clustering
 and the label map in a background job and, while stage 2 has not been seeded from the
 clustering yet, writes it back atomically to RUN/parts/clustering.npz so that "Continue to
-stage 2" (train dock) or ``cryospire train --resume`` trains on the edited parts.
+stage 2" (train dock) or ``cryospire train --resume`` trains on the edited parts. The loading,
+edits and mask export are :mod:`cryospire_core.services.parts`, which ``cryospire parts`` calls
+too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +38,10 @@ from qtpy.QtWidgets import (
 )
 
 from cryospire_core.errors import InputError
-from cryospire_core.io.outputs import GUI_REMEDY, check_new_outputs
-from cryospire_core.models.parts import (
-    PartClustering,
-    merge_parts,
-    part_label_volume,
-    part_masks,
-    recluster,
-    split_part,
-    with_part_index,
-)
+from cryospire_core.io.outputs import GUI_REMEDY
+from cryospire_core.services import parts as run_parts
+from cryospire_core.services.parts import RunParts, load_parts
 
-from ._layers import volume_translate
 from ._notify import notify_error, status_text
 from ._run_row import RunFolderRow
 from ._workers import CloseWatcher, LatestJob, warm_up
@@ -70,89 +62,6 @@ def part_colours(n: int) -> np.ndarray:
     return np.concatenate([rgb[np.arange(n) % len(rgb)], np.ones((n, 1))], axis=1)
 
 
-@dataclass
-class PartsState:
-    """The parts of one run as the dock shows them.
-
-    root: run folder; clustering: the current (possibly edited) clustering; widths: (G,) Å and
-    amplitudes: (G,) of the stage-1 Gaussians (their centres are ``clustering.inputs.centres``);
-    box, apix: the
-    map lattice; labels: (D, D, D) int32 part map (0 solvent, k + 1 part k); saved: whether
-    edits go back to RUN/parts/clustering.npz (False once stage 2 has been seeded from it).
-    """
-
-    root: Path
-    clustering: PartClustering
-    widths: np.ndarray
-    amplitudes: np.ndarray
-    box: int
-    apix: float
-    labels: np.ndarray
-    saved: bool
-
-    @property
-    def n_parts(self) -> int:
-        return self.clustering.n_parts
-
-    def counts(self) -> np.ndarray:
-        """(K,) Gaussians per part."""
-        return np.bincount(self.clustering.part_index, minlength=self.n_parts)
-
-
-def _stage1_gaussians(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(widths (G,) Å, amplitudes (G,)) of the trained stage-1 Gaussians (RUN/discovery/model.pt),
-    else of the stage-1 seed."""
-    from cryospire_core.models.engine import read_weights
-    from cryospire_core.pipeline.runfolder import RunFolder
-    from cryospire_core.pipeline.train import TrainConfig, discovery_model
-
-    run = RunFolder(root)
-    if (root / "discovery" / "model.pt").is_file():
-        saved = run.read_config()
-        model = discovery_model(run, TrainConfig.from_dict(saved["train"]).discovery, saved["n_particles"])
-        model.load_state_dict(read_weights(root / "discovery" / "model.pt", "model", "a stage-1 state dict"))
-        g = model.base.export()
-        return g["widths"], g["amplitudes"]
-    with np.load(root / "discovery" / "seed.npz") as seed:
-        return np.asarray(seed["widths"], np.float32), np.asarray(seed["amplitudes"], np.float32)
-
-
-def load_parts(root: str | Path) -> PartsState:
-    """Read the parts of a run folder (InputError when part discovery has not run yet)."""
-    from cryospire_core.pipeline.runfolder import RunFolder
-
-    root = Path(root)
-    RunFolder(root).read_config()  # a run from a newer cryospire is refused here, clearly
-    clustering = PartClustering.from_npz(root / "parts" / "clustering.npz")
-    seed_path = root / "discovery" / "seed.npz"
-    if not seed_path.is_file():
-        raise InputError(seed_path, "stage-1 seed", "the stage-1 Gaussians of the run", "no such file")
-    with np.load(seed_path) as seed:
-        box, apix = int(seed["box"]), float(seed["apix"])
-    widths, amplitudes = _stage1_gaussians(root)
-    if len(widths) != len(clustering.part_index):
-        raise InputError(root / "parts" / "clustering.npz", "part_index",
-                         f"one part per stage-1 Gaussian ({len(widths)})", len(clustering.part_index))
-    saved = not (root / "hierarchical" / "seed.npz").exists()
-    state = PartsState(root, clustering, widths, amplitudes, box, apix, np.zeros((box,) * 3, np.int32), saved)
-    state.labels = label_volume(state, clustering)
-    return state
-
-
-def label_volume(state: PartsState, clustering: PartClustering) -> np.ndarray:
-    """(D, D, D) int32 part map of ``clustering`` on the state's lattice."""
-    return part_label_volume(clustering.inputs.centres, state.widths, state.amplitudes, clustering.part_index,
-                             state.box, state.apix)
-
-
-def edited(state: PartsState, clustering: PartClustering) -> PartsState:
-    """A new state for an edited clustering (label map recomputed; written back when allowed)."""
-    labels = label_volume(state, clustering)
-    if state.saved:
-        clustering.to_npz(state.root / "parts" / "clustering.npz")
-    return dataclasses.replace(state, clustering=clustering, labels=labels)
-
-
 class PartsWidget(QWidget):
     """Dock: the parts of a run (see the module docstring)."""
 
@@ -161,9 +70,9 @@ class PartsWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.state: PartsState | None = None
+        self.state: RunParts | None = None
         self.visible: np.ndarray = np.zeros(0, bool)
-        self._showing: PartsState | None = None
+        self._showing: RunParts | None = None
         self.job = LatestJob(self._job_failed)
         warm_up()
 
@@ -244,8 +153,7 @@ class PartsWidget(QWidget):
         if state is None:
             return
         self.status.setText(f"re-clustering (level 1: {n_level1}, level 2: {n_level2})...")
-        self.job.submit(lambda: edited(state, recluster(state.clustering.inputs, n_level1, n_level2)), self._show,
-                        "re-clustering")
+        self.job.submit(lambda: run_parts.recluster(state, n_level1, n_level2), self._show, "re-clustering")
 
     def merge(self, a: int, b: int) -> None:
         """Merge parts ``a`` and ``b`` (0-based; the lower number stays)."""
@@ -253,45 +161,39 @@ class PartsWidget(QWidget):
         if state is None:
             return
         a, b = sorted((int(a), int(b)))
-        self._edit(state, lambda c: merge_parts(c.part_index, a, b), f"merging parts {a + 1} and {b + 1}")
+        self._edit(lambda: run_parts.merge(state, a, b), f"merging parts {a + 1} and {b + 1}")
 
     def split(self, k: int, n: int) -> None:
         """Cut part ``k`` (0-based) into ``n`` spatial pieces."""
         state = self._require()
         if state is None:
             return
-        self._edit(state, lambda c: split_part(c.part_index, c.inputs.centres, int(k), int(n), c.inputs.seed),
-                   f"splitting part {k + 1} into {n}")
+        self._edit(lambda: run_parts.split(state, int(k), int(n)), f"splitting part {k + 1} into {n}")
 
-    def _edit(self, state: PartsState, new_index, what: str) -> None:
+    def _edit(self, edit, what: str) -> None:
+        """Run ``edit()`` (new parts, saved to the run when allowed) in the background job."""
         self.status.setText(what + "...")
-        self.job.submit(lambda: edited(state, with_part_index(state.clustering, new_index(state.clustering))),
-                        self._show, what)
+        self.job.submit(edit, self._show, what)
 
     def export_masks(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write one soft mask per part (``part_<k>_mask.mrc``, k from 1) into ``folder``; files
-        of those names already there are refused with a notification unless ``overwrite``."""
-        from cryospire_core.io.mrc import write_map
-
+        """Write the part label map and one soft mask per part into ``folder``
+        (:func:`cryospire_core.services.parts.export_masks`: ``part_labels.mrc``,
+        ``mask_part_<k>.mrc``, k from 01); returns the masks' paths. Files of those names already
+        there are refused with a notification unless ``overwrite``."""
         state = self._require()
         if state is None:
             return []
-        folder = Path(folder)
-        paths = [folder / f"part_{k:02d}_mask.mrc" for k in range(1, state.n_parts + 1)]
         try:
-            check_new_outputs(paths, overwrite, "part masks", remedy=GUI_REMEDY)
+            files = run_parts.export_masks(state, folder, overwrite, option="part masks", remedy=GUI_REMEDY)
         except InputError as exc:
             notify_error(exc, f"exporting the part masks to {folder}")
             return []
-        folder.mkdir(parents=True, exist_ok=True)
-        for path, mask in zip(paths, part_masks(state.labels, state.apix, n_parts=state.n_parts)):
-            write_map(path, mask, state.apix)
-        notifications.show_info(f"wrote {len(paths)} soft masks to {folder}")
-        return paths
+        notifications.show_info(f"wrote the part label map and {len(files.masks)} soft masks to {folder}")
+        return files.masks
 
     # -- display ---------------------------------------------------------------------------------
 
-    def _show(self, state: PartsState) -> None:
+    def _show(self, state: RunParts) -> None:
         """Put ``state`` into the layers and the table (GUI thread).
 
         Creating a napari layer stalls the viewer for ~0.1-0.2 s, so a missing layer is created
@@ -314,9 +216,8 @@ class PartsWidget(QWidget):
         features = {"part": state.clustering.part_index + 1}
         labels = self.viewer.layers[LABELS_NAME]
         labels.data = state.labels
-        labels.scale = (state.apix,) * 3
-        labels.translate = volume_translate(state.labels.shape, state.apix)
-        labels.metadata["apix"] = state.apix
+        labels.scale, labels.translate = state.lattice.napari_scale(), state.lattice.napari_translate()
+        labels.metadata["apix"] = state.lattice.apix
         points = self.viewer.layers[POINTS_NAME]
         points.data = centres
         points.size = sizes
@@ -339,11 +240,11 @@ class PartsWidget(QWidget):
         if self._showing is not None:  # None: the dock closed meanwhile
             self._show(self._showing)
 
-    def _create_layer(self, state: PartsState) -> None:
+    def _create_layer(self, state: RunParts) -> None:
         """Add the first missing one of the two layers (filled in by :meth:`_show`)."""
         if LABELS_NAME not in self.viewer.layers:
-            self.viewer.add_labels(state.labels, name=LABELS_NAME, scale=(state.apix,) * 3,
-                                   translate=volume_translate(state.labels.shape, state.apix), opacity=0.6,
+            self.viewer.add_labels(state.labels, name=LABELS_NAME, scale=state.lattice.napari_scale(),
+                                   translate=state.lattice.napari_translate(), opacity=0.6,
                                    blending="translucent_no_depth")
         else:
             self.viewer.add_points(state.clustering.inputs.centres[:, ::-1], size=2.0 * state.widths, border_width=0,
@@ -390,7 +291,7 @@ class PartsWidget(QWidget):
 
     # -- small helpers ---------------------------------------------------------------------------
 
-    def _require(self) -> PartsState | None:
+    def _require(self) -> RunParts | None:
         if self.state is None:
             notifications.show_warning("load a run with discovered parts first")
         return self.state

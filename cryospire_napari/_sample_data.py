@@ -1,10 +1,10 @@
 """npe2 sample data: a simulated ``hinge`` data set and a consensus run on it.
 
-Made on first use with the same commands a user would type (``cryospire simulate``,
-``backproject``, ``consensus``) and cached in ``platformdirs.user_cache_dir("cryospire")``
-(the environment variable ``CRYOSPIRE_CACHE`` overrides it), one folder per
-:class:`SampleSpec`. A step whose output already exists is not redone, so the second use is
-instant and an interrupted first use continues where it stopped.
+Made on first use by what the commands a user would type (``cryospire simulate``,
+``backproject``, ``consensus``) call, with those commands' defaults, and cached in
+``platformdirs.user_cache_dir("cryospire")`` (the environment variable ``CRYOSPIRE_CACHE``
+overrides it), one folder per :class:`SampleSpec`. A step whose output already exists is not
+redone, so the second use is instant and an interrupted first use continues where it stopped.
 
 The first use takes minutes on a CPU (measured here, 2 busy cores: ~100 s for the hinge data
 set, ~140 s more for the consensus run). napari calls sample-data functions synchronously on
@@ -20,6 +20,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryospire_core.io.load import load_particles
+from cryospire_core.io.mrc import write_map
+from cryospire_core.models.backproject import backproject
+from cryospire_core.models.consensus import ConsensusConfig
+from cryospire_core.models.device import resolve_device
+from cryospire_core.pipeline.runfolder import RunFolder
+from cryospire_core.pipeline.threads import thread_budget, use_threads
+from cryospire_core.services.consensus import ConsensusRequest, consensus_run
+from cryospire_core.sim.phantoms import make_phantom, state_volume
+from cryospire_core.sim.simulate import DEFAULT_FOV_A, simulate, write_simulation
 
 from ._layers import LayerDataTuple, map_layer, read_map_layer, run_layers
 
@@ -54,34 +65,31 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("cryospire"))
 
 
-def _cryospire(*argv: str) -> None:
-    """Run one ``cryospire`` command in this process; a failure is an error naming it."""
-    from cryospire_core.cli.main import main
-
-    code = main([*argv, "--quiet"])
-    if code:
-        raise RuntimeError(f"making sample data: 'cryospire {' '.join(argv)}' failed with exit code {code}")
-
-
 def ensure_sample(spec: SampleSpec = DEFAULT_SPEC, with_run: bool = False) -> Path:
     """Make (once) the sample folder of ``spec`` and return it.
 
-    Layout: ``data/`` (``cryospire simulate`` output, ground truth in ``data/gt``),
-    ``backprojection.mrc`` and, with ``with_run``, ``run/`` (a consensus run seeded from that
-    backprojection).
+    Layout: ``data/`` (a simulation as ``cryospire simulate`` writes it, ground truth in
+    ``data/gt``), ``backprojection.mrc`` and, with ``with_run``, ``run/`` (a consensus run
+    seeded from that backprojection). Torch computes with every CPU this process may use, as
+    the commands do.
     """
     root = cache_dir() / spec.folder_name
-    data, bp, run = root / "data", root / "backprojection.mrc", root / "run"
+    data, bp, run = root / "data", root / "backprojection.mrc", RunFolder(root / "run")
+    use_threads(thread_budget())
     if not (data / "metadata.json").is_file():
-        _cryospire("simulate", "--preset", spec.preset, "--box", str(spec.box), "--n", str(spec.n),
-                   "--snr", str(spec.snr), "--seed", "0", "--out", str(data), "--overwrite")
-    star = str(data / "particles.star")
+        result = simulate(spec.preset, spec.box, spec.n, spec.snr, seed=0, device=resolve_device("auto"))
+        write_simulation(data, result, overwrite=True)  # an interrupted simulation's files are redone
+    star = data / "particles.star"
     if not bp.is_file():
-        _cryospire("backproject", star, "--out", str(bp), "--device", "cpu")
-    if with_run and not (run / "consensus" / "map.mrc").is_file():
-        resume = ["--resume"] if (run / "config.json").is_file() else []
-        _cryospire("consensus", star, "--out", str(run), "--map", str(bp), "--epochs", str(spec.epochs),
-                   "--map-fit-steps", str(spec.map_fit_steps), "--device", "cpu", *resume)
+        particles = load_particles(star)
+        write_map(bp, backproject(particles, device="cpu").volume, particles.apix)
+    if with_run and not run.map_path("consensus").is_file():
+        request = ConsensusRequest(
+            particles=star, out=run.root, map=bp,
+            config=ConsensusConfig(epochs=spec.epochs, map_fit_steps=spec.map_fit_steps),
+            resume=run.config_path.is_file(), device="cpu", command={"gui": "sample data", "particles": str(star)})
+        with consensus_run(request) as job:
+            job.fit()
     return root
 
 
@@ -96,15 +104,12 @@ def is_made(spec: SampleSpec, with_run: bool = False) -> bool:
     """Whether the sample folder of ``spec`` is complete (using it is then instant)."""
     root = cache_dir() / spec.folder_name
     done = (root / "data" / "metadata.json").is_file() and (root / "backprojection.mrc").is_file()
-    return done and (not with_run or (root / "run" / "consensus" / "map.mrc").is_file())
+    return done and (not with_run or RunFolder(root / "run").map_path("consensus").is_file())
 
 
 def ground_truth_preview(spec: SampleSpec) -> LayerDataTuple:
     """The middle state's ground-truth map rendered straight from the phantom (what the
     simulation writes as ``gt/vol_<middle>.mrc``), without simulating any image."""
-    from cryospire_core.sim.phantoms import make_phantom, state_volume
-    from cryospire_core.sim.simulate import DEFAULT_FOV_A
-
     phantom = make_phantom(spec.preset, spec.box, DEFAULT_FOV_A / spec.box)
     state = phantom.n_states // 2
     vol = state_volume(phantom, state, oversample=2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -36,21 +37,27 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import ProgressEvent
 
-from ._layers import display_levels, volume_translate
+from ._layers import display_levels
 from ._notify import notify_error, status_text
 from ._parts_widget import PartsWidget
 from ._workers import (
     CloseWatcher,
     LatestJob,
     TrainJob,
-    TrainRequest,
     default_torch_threads,
     disconnect_all,
+    dock_request,
     warm_up,
     warm_up_viewer,
 )
+
+if TYPE_CHECKING:  # imported where used: it loads torch, which the dock loads in warm_up
+    from cryospire_core.services.training import TrainRequest
 
 #: How often the dock drains progress events (ms) and redraws the loss curve (s).
 POLL_MS = 200
@@ -66,8 +73,9 @@ REVIEW_STAGES = ("consensus", "discovery", "parts")
 
 def _watched(root: Path) -> list[Path]:
     """Files whose change means a newer map to show, most advanced first."""
-    return [root / "discovery" / "map.mrc", root / "discovery" / "checkpoint.pt", root / "consensus" / "map.mrc",
-            root / "consensus" / "checkpoint.pt", root / "consensus" / "backprojection.mrc"]
+    run = RunFolder(root)
+    return [run.map_path("discovery"), run.checkpoint_path("discovery"), run.map_path("consensus"),
+            run.checkpoint_path("consensus"), run.backprojection_path]
 
 
 def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
@@ -76,37 +84,22 @@ def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
     or checkpoint, else the backprojection; None before any of them exists."""
     import torch
 
-    from cryospire_core.imaging.render import rasterize
     from cryospire_core.io.mrc import read_map
-    from cryospire_core.models.consensus import GaussianMixture
-    from cryospire_core.models.engine import load_checkpoint
-    from cryospire_core.pipeline.runfolder import RunFolder
-    from cryospire_core.pipeline.train import TrainConfig, discovery_model
 
-    root = Path(root)
-    for path in _watched(root):
+    run = RunFolder(root)
+    training = {run.checkpoint_path("discovery"): "discovery", run.checkpoint_path("consensus"): "consensus"}
+    for path in _watched(run.root):
         if not path.is_file():
             continue
-        if path.suffix == ".mrc":
+        if path not in training:
             m = read_map(path)
             return f"{path.parent.name} {path.stem}", m.data.astype(np.float32), m.apix
-        run = RunFolder(root)
-        saved = run.read_config()
-        cfg = TrainConfig.from_dict(saved["train"])
-        state = load_checkpoint(path)["model"]
+        model = run.latest_checkpoint_model(training[path])
         with torch.no_grad():
-            if path.parent.name == "discovery":
-                model = discovery_model(run, cfg.discovery, saved["n_particles"])
-                model.load_state_dict(state)
-                vol = model.volume(torch.zeros(cfg.discovery.zdim))
-                return "stage 1 (training)", vol.numpy().astype(np.float32), model.apix
-            bp = read_map(root / "consensus" / "backprojection.mrc")
-            G = len(state["amplitudes"])
-            mixture = GaussianMixture(np.zeros((G, 3)), np.ones(G), np.zeros(G), bp.data.shape[0], bp.apix,
-                                      cfg.consensus.min_width_px)
-            mixture.load_state_dict(state)
-            vol = rasterize(mixture.centres, mixture.widths, mixture.amplitudes, mixture.box, mixture.apix)
-            return "consensus (training)", vol.numpy().astype(np.float32), bp.apix
+            if training[path] == "discovery":
+                vol = model.volume(torch.zeros(model.cfg.zdim))
+                return "stage 1 (training)", vol.numpy().astype(np.float32), model.lattice.apix
+            return "consensus (training)", model.volume().numpy().astype(np.float32), model.lattice.apix
     return None
 
 
@@ -206,7 +199,8 @@ class TrainWidget(QWidget):
         self.ctf = self._path_row("cryoDRGN ctf.pkl", "Pickles (*.pkl)")
         self.out = self._path_row("output run folder", None)
         self.profile = QComboBox()
-        self.profile.addItems(["cpu", "paper"])
+        self.profile.addItems(profile_names())
+        self.profile.setCurrentText(DEFAULT_PROFILE)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.review = QCheckBox("stop after part discovery for review")
@@ -313,9 +307,11 @@ class TrainWidget(QWidget):
             row.row.setVisible(stack)
             self._form.labelForField(row.row).setVisible(stack)
 
-    def request(self, resume: bool) -> TrainRequest:
-        """The form as a :class:`TrainRequest` (particles and output are required)."""
+    def request(self, resume: bool, stages: tuple[str, ...]) -> TrainRequest:
+        """The form as a request to train ``stages`` (particles and output are required); a run
+        without a saved config takes :attr:`config`, else the chosen profile's."""
         from cryospire_core.errors import InputError
+        from cryospire_core.pipeline.train import TrainConfig
 
         particles, out = self.particles.path(), self.out.path()
         if particles is None:
@@ -323,10 +319,10 @@ class TrainWidget(QWidget):
         if out is None:
             raise InputError("Train dock", "output", "a run folder", "nothing chosen")
         stack = self.source.currentIndex() == 1
-        return TrainRequest(particles=particles, out=out, poses=self.poses.path() if stack else None,
-                            ctf=self.ctf.path() if stack else None, profile=self.profile.currentText(),
-                            device=self.device.currentText(), resume=resume, config=self.config,
-                            torch_threads=self.torch_threads)
+        config = self.config if self.config is not None else TrainConfig.for_profile(self.profile.currentText())
+        return dock_request(particles, out, resume=resume, gui="napari train dock", torch_threads=self.torch_threads,
+                            poses=self.poses.path() if stack else None, ctf=self.ctf.path() if stack else None,
+                            config=config, stages=stages, device=self.device.currentText())
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -362,19 +358,18 @@ class TrainWidget(QWidget):
         from cryospire_core.pipeline.train import STAGES
 
         out = self.out.path()
-        reviewed = out is not None and resume and (out / "parts" / "clustering.npz").is_file()
+        reviewed = out is not None and resume and RunFolder(out).stage_done("parts")
         return REVIEW_STAGES if self.review.isChecked() and not reviewed else STAGES
 
     def _launch(self, resume: bool, stages: tuple[str, ...] | None = None) -> None:
         if self.job is not None:
             return
         try:
-            request = self.request(resume)
+            request = self.request(resume, stages or self._stages(resume))
         except Exception as exc:  # an InputError from the form
             notify_error(exc, "starting training")
             return
-        stages = stages or self._stages(resume)
-        self.job = TrainJob(request, stages, self._finished, self._failed)
+        self.job = TrainJob(request, self._finished, self._failed)
         self._paused = False
         self._signature = ()
         self.last_status = None
@@ -382,7 +377,7 @@ class TrainWidget(QWidget):
             self.plot.clear()
         self.bar.setValue(0)
         self.stage_label.setText("starting...")
-        self.status.setText(f"training {', '.join(stages)} into {request.out}")
+        self.status.setText(f"training {', '.join(request.stages)} into {request.out}")
         self.tabs.setCurrentIndex(0)
         self.job.worker.finished.connect(self._job_ended)
         self.job.start()
@@ -400,7 +395,7 @@ class TrainWidget(QWidget):
             what = "paused" if self._paused else "cancelled"
             self.status.setText(f"{what}: the run in {job.request.out} resumes with Resume")
             self.stage_label.setText(what)
-        elif job.stages == REVIEW_STAGES:
+        elif job.request.stages == REVIEW_STAGES:
             self.status.setText("part discovery finished: review the parts, then Continue to stage 2")
             self.stage_label.setText("review the parts")
             self.tabs.setCurrentIndex(1)
@@ -448,7 +443,7 @@ class TrainWidget(QWidget):
         out = self.out.path()
         if out is None:
             return
-        files = [*_watched(out), out / "parts" / "clustering.npz"]
+        files = [*_watched(out), RunFolder(out).clustering_path]
         signature = tuple(p.stat().st_mtime_ns if p.is_file() else 0 for p in files)
         if signature == self._signature:
             return
@@ -471,20 +466,22 @@ class TrainWidget(QWidget):
         else:
             if PREVIEW_NAME in self.viewer.layers:
                 self.viewer.layers.remove(PREVIEW_NAME)
-            layer = self.viewer.add_image(vol, name=PREVIEW_NAME, scale=(apix,) * 3,
-                                          translate=volume_translate(vol.shape, apix), contrast_limits=limits,
+            lattice = Lattice(vol.shape[0], apix)
+            layer = self.viewer.add_image(vol, name=PREVIEW_NAME, scale=lattice.napari_scale(),
+                                          translate=lattice.napari_translate(), contrast_limits=limits,
                                           rendering="mip", colormap="gray", blending="additive")
         layer.metadata.update({"apix": apix, "what": what})
 
     def _enable(self) -> None:
         running = self.job is not None
         out = self.out.path()
-        has_run = out is not None and (out / "config.json").is_file()
+        run = RunFolder(out) if out is not None else None
+        has_run = run is not None and run.config_path.is_file()
         self.start_button.setEnabled(not running)
         self.resume_button.setEnabled(not running and has_run)
         self.pause_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
-        reviewing = has_run and (out / "parts" / "clustering.npz").is_file() and not (out / "hierarchical" / "model.pt").is_file()
+        reviewing = has_run and run.stage_done("parts") and not run.stage_done("hierarchical")
         self.continue_button.setEnabled(not running and reviewing)
 
     # -- shutdown --------------------------------------------------------------------------------

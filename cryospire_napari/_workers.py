@@ -23,17 +23,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QObject
 
-from cryospire_core.errors import InputError
-from cryospire_core.pipeline.threads import thread_budget
+from cryospire_core.pipeline.threads import ThreadBudget, thread_budget
 from cryospire_core.progress import ProgressEvent
 
 from ._notify import notify_error
+
+if TYPE_CHECKING:  # imported where used: it loads torch, which the docks load in warm_up
+    from cryospire_core.services.training import TrainRequest
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def warm_up() -> None:
     import torch
     from napari.layers import Image, Labels, Points
 
-    for module in ("cryospire_core.io.load", "cryospire_core.pipeline.train"):
+    for module in ("cryospire_core.io.load", "cryospire_core.pipeline.train", "cryospire_core.services.training"):
         importlib.import_module(module)
     p = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.Adam([p])
@@ -114,29 +116,22 @@ def default_torch_threads() -> int:
     return max(1, thread_budget().n - 1)
 
 
-@dataclass
-class TrainRequest:
-    """What the train dock asks for.
+def dock_request(particles: str | Path, out: str | Path, *, resume: bool, gui: str,
+                 torch_threads: int | None, **fields: Any) -> TrainRequest:
+    """A :class:`~cryospire_core.services.training.TrainRequest` as the docks make it: a new start
+    over a trained run is refused naming the Resume button, the training thread computes with
+    ``torch_threads`` (None: torch's default, one per core; the docks default to
+    :func:`default_torch_threads`, benchmarks/gui_stall.py: on 2 cores, 1 thread trained no
+    slower than 2 and stalled the viewer no more), and the run's ``train_command`` records the
+    dock (``gui``) and the files. ``fields``: the request's other fields (poses, ctf, options,
+    config, stages, device)."""
+    from cryospire_core.services.training import TrainRequest
 
-    particles: .star / .cs, or an image stack with ``poses`` and ``ctf`` (cryoDRGN pkls);
-    out: run folder; profile: ``cpu`` / ``paper``; device: ``auto`` / ``cpu`` / ``cuda``;
-    resume: continue the run in ``out`` (refused for a new start over an existing run, as the
-    command line does); config: a TrainConfig overriding the profile for a new run (tests inject
-    tiny ones); torch_threads: intra-op threads of the training thread (None: torch's default,
-    one per core), by default one core fewer than the machine has so the GUI thread keeps one
-    (benchmarks/gui_stall.py: on 2 cores, 1 thread trained no slower than 2 and stalled the
-    viewer no more).
-    """
-
-    particles: Path
-    out: Path
-    poses: Path | None = None
-    ctf: Path | None = None
-    profile: str = "cpu"
-    device: str = "auto"
-    resume: bool = False
-    config: Any = None
-    torch_threads: int | None = field(default_factory=default_torch_threads)
+    threads = None if torch_threads is None else ThreadBudget(torch_threads, "the dock's training thread")
+    command = {"gui": gui, "particles": str(particles), "poses": fields.get("poses") and str(fields["poses"]),
+               "ctf": fields.get("ctf") and str(fields["ctf"]), "device": fields.get("device", "auto")}
+    return TrainRequest(particles=particles, out=out, resume=resume, resume_hint="the Resume button",
+                        threads=threads, command=command, **fields)
 
 
 @dataclass
@@ -162,41 +157,17 @@ class TrainMonitor:
         return self.stop.is_set()
 
 
-def run_training(request: TrainRequest, stages: tuple[str, ...], monitor: TrainMonitor) -> str:
-    """Train ``stages`` into ``request.out`` exactly as ``cryospire train`` does (same run
-    layout, config sections, lock and resume rules); returns ``finished`` or ``cancelled``.
-    Runs in the worker thread; stops at the next step once ``monitor.stop`` is set, leaving a
-    checkpoint that a later call with ``resume=True`` continues from."""
-    import torch
-
-    from cryospire_core.io.load import load_particles
-    from cryospire_core.models.device import resolve_device
-    from cryospire_core.pipeline.runfolder import RunFolder
-    from cryospire_core.pipeline.train import TrainConfig, train
+def run_training(request: TrainRequest, monitor: TrainMonitor) -> str:
+    """Train ``request.stages`` into ``request.out`` exactly as ``cryospire train`` does (the same
+    start-up checks, run layout, config sections, lock and resume rules:
+    :func:`~cryospire_core.services.training.training_run`); returns ``finished`` or
+    ``cancelled``. Runs in the worker thread; stops at the next step once ``monitor.stop`` is
+    set, leaving a checkpoint that a later request with ``resume=True`` continues from."""
+    from cryospire_core.services.training import training_run
 
     try:
-        if request.torch_threads is not None:
-            torch.set_num_threads(request.torch_threads)
-        run = RunFolder(request.out)
-        saved = run.read_config()
-        if "train" in saved and not request.resume:  # the command line's rule, in the dock's words
-            raise InputError(run.config_path, "train", "a new output folder, or the Resume button to continue "
-                             "this run", "a trained run already in it")
-        device = resolve_device(request.device)
-        with run:
-            ps = load_particles(request.particles, poses=request.poses, ctf=request.ctf)
-            if "train" in saved:
-                cfg = TrainConfig.from_dict(saved["train"])
-                if saved.get("n_particles") != len(ps):
-                    raise InputError(request.particles, "particles",
-                                     f"the {saved.get('n_particles')} particles the run was trained on", len(ps))
-            else:
-                cfg = request.config if request.config is not None else TrainConfig.for_profile(request.profile)
-            command = {"gui": "napari train dock", "particles": str(request.particles),
-                       "poses": request.poses and str(request.poses), "ctf": request.ctf and str(request.ctf),
-                       "profile": cfg.profile, "device": request.device}
-            run.update_config(train=cfg, n_particles=len(ps), train_command=command)
-            return train(ps, run, cfg, device, stages, progress=monitor, should_stop=monitor.should_stop)
+        with training_run(request) as prepared:
+            return prepared.train(progress=monitor, should_stop=monitor.should_stop)
     finally:
         monitor.done.set()
 
@@ -210,11 +181,11 @@ class TrainJob:
     :func:`run_training` (the run's lock released).
     """
 
-    def __init__(self, request: TrainRequest, stages: tuple[str, ...], on_done: Callable[[str], None],
+    def __init__(self, request: TrainRequest, on_done: Callable[[str], None],
                  on_error: Callable[[BaseException], None]) -> None:
-        self.request, self.stages = request, stages
+        self.request = request
         self.monitor = TrainMonitor()
-        self.worker = create_worker(guarded(run_training), request, stages, self.monitor, _start_thread=False,
+        self.worker = create_worker(guarded(run_training), request, self.monitor, _start_thread=False,
                                     _connect={"returned": dispatch(on_done, on_error)})
 
     def start(self) -> None:

@@ -1,7 +1,9 @@
 """npe2 writers: an Image or a Labels layer as an .mrc map.
 
 The voxel size comes from the layer's ``scale`` (Å, the same on the three axes); the header's
-origin is the one the map was read with (``metadata["mrc_origin"]``), else left at 0. Labels
+origin is the one the map was read with (``metadata["mrc_origin"]``, so a user's map keeps its
+place), else 0, the origin of every map cryospire writes (:mod:`cryospire_core.imaging.lattice`):
+a layer made here overlays the run's maps in ChimeraX. Labels
 are stored as float32 values (MRC mode 2, exact for labels below 2**24), so every map reader,
 ChimeraX included, opens them; reading one back gives an Image layer with the same values.
 Files are written atomically by :func:`cryospire_core.io.mrc.write_map` (a symbolic link at the

@@ -19,6 +19,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from cryospire_core.io.atomic import atomic_path
+    from cryospire_core.pipeline.runfolder import RunFolder
 
     from ._explorer_widget import ExplorerWidget
     from ._layers import set_chimerax_view
@@ -27,15 +28,16 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
 
     viewer = napari.Viewer(title=f"cryospire: {run.name}", show=True)
     viewer.window.resize(1500, 950)
-    viewer.open(str(run / "config.json"), plugin="cryospire-napari")
+    folder = RunFolder(run)
+    viewer.open(str(folder.config_path), plugin="cryospire-napari")
     parts = PartsWidget(viewer)
     viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
     viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Latent explorer (cryospire)", area="right", tabify=True)
-    if (run / "parts" / "clustering.npz").is_file():
+    if folder.stage_done("parts"):
         parts.load_run(run)
-    if (run / "latents.npy").is_file():
+    if folder.latents_path.is_file():
         explorer.load_run(run)
     set_chimerax_view(viewer)
     if screenshot is None:
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a run folder written by `cryospire train` (or the consensus)")
     parser.add_argument("--screenshot", type=Path, help="write a PNG of the window and exit")
     args = parser.parse_args(argv)
-    if not (args.run / "config.json").is_file():
+    from cryospire_core.pipeline.runfolder import RunFolder
+
+    if not RunFolder(args.run).config_path.is_file():
         print(f"{args.run}: run folder: expected a folder with config.json, found none", file=sys.stderr)
         return 1
     return open_run(args.run, args.screenshot)

@@ -37,3 +37,24 @@ def hinge_two_states(tmp_path_factory):
     seed = {"centres": two.centres.mean(0), "widths": two.sigmas, "amplitudes": two.amplitudes,
             "box": np.int64(box), "apix": np.float64(two.apix)}
     return load_particles(out / "particles.star"), np.load(out / "gt" / "labels.npy"), seed
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder `cryospire train` trained through every stage (1 epoch each, 128 / 256
+    Gaussians) on a simulated hinge: 32 px, 300 images, SNR 10. Its config records the particle
+    file (RUN/../data/particles.star). Tests that change a run work on a copy."""
+    import torch
+
+    from cryospire_core.cli.main import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    write_simulation(root / "data", simulate("hinge", 32, 300, snr=10.0, seed=1))
+    threads = torch.get_num_threads()
+    try:  # tiny problem: worker threads would only fight the other tests for the CPU
+        assert main(["train", str(root / "data" / "particles.star"), "--out", str(root / "run"), "--epochs-consensus",
+                     "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128", "--gaussians-2", "256",
+                     "--quiet", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"

@@ -55,7 +55,11 @@ def test_wheel_ships_manifest_and_napari_finds_it(tmp_path):
     (wheel,) = wheel_dir.glob("cryospire_napari-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = zf.read("cryospire_napari/napari.yaml").decode()
+        names = set(zf.namelist())
     assert shipped == (ROOT / "napari.yaml").read_text()
+    resources = {f"cryospire_core/resources/{p.relative_to(ROOT / 'resources')}" for p in (ROOT / "resources").rglob("*")
+                 if p.is_file()}
+    assert resources and resources <= names, f"not in the wheel: {sorted(resources - names)}"
 
     target = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
@@ -66,6 +70,11 @@ def test_wheel_ships_manifest_and_napari_finds_it(tmp_path):
          "import sys; sys.path.insert(0, sys.argv[1])\n"
          "from npe2 import PluginManifest\n"
          "m = PluginManifest.from_distribution('cryospire-napari')\n"
+         "from importlib.resources import files\n"
+         "from cryospire_core.pipeline.profiles import profile_names\n"
+         "package, icon = m.icon.split(':')\n"
+         "assert files(package).joinpath(icon).is_file(), m.icon\n"
+         "assert {'cpu', 'paper'} <= set(profile_names()), profile_names()\n"
          "import cryospire_napari; print(m.name, cryospire_napari.__file__)",
          str(target)],
         capture_output=True, text=True,

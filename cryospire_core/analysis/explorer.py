@@ -1,19 +1,21 @@
 """The latent-space explorer's model (no Qt): a trained run, its latents, a 2D embedding with an
-inverse back to latents, maps and part readouts at any latent, traversals, and exports.
+inverse back to latents, maps and part readouts at any latent, and traversals.
 
-The napari dock (:mod:`cryospire_napari._explorer_widget`) is a thin view over this module:
-everything here is plain numpy / torch and is tested without a display.
+The napari dock (:mod:`cryospire_napari._explorer_widget`) is a thin view over this module and
+the session state of :mod:`cryospire_core.analysis.session`: everything here is plain numpy /
+torch and is tested without a display. Logic keys are enums (:class:`EmbeddingMethod`,
+:class:`ColourMode`, :class:`TraversalKind`); the dock maps its labels to them.
 
 - :class:`Embedding`: particles in 2D (PCA, with the exact inverse 2D -> latent: the other PC
   scores stay 0; or UMAP, whose inverse is the mean latent of the ``k`` particles nearest in 2D).
 - :class:`Explorer`: ``map_at(z) -> (D, D, D)`` (decode + rasterise), :meth:`Explorer.frame`
   (map, optional part-label map and the part readout from one decode), per-particle colour
-  values, traversals (PC line, straight line, shortest path through the particles' kNN graph).
-- Exports: :func:`write_map_series` (``vol_000.mrc ...`` for ChimeraX ``vseries``),
-  :func:`write_selection` (.star / .cs subset keeping every original column + index file),
-  :func:`branch_run` (a new run that reuses a finished run's stage-1 outputs and trains stage 2
-  on a subset). None replaces an existing file unless asked to (``overwrite``), and a branch
-  goes only into a new or empty folder (:mod:`cryospire_core.io.outputs`).
+  values, k-means states, traversals (PC line, straight line, shortest path through the
+  particles' kNN graph) with the part readout along them, and which particle of the run's
+  particle file each explored particle is. The explorer session and the services share these.
+
+What a user does with them (export a traversal, write a selection, train stage 2 on it) is in
+:mod:`cryospire_core.services`, which the dock and the command line both call.
 
 Maps are rasterised with :data:`DISPLAY_WINDOW` widths (not the renderer's training default of 5):
 each Gaussian is cut at 4 widths, at most 3.4e-4 of its peak, invisible on screen, and it
@@ -24,13 +26,11 @@ the existing windowed-GEMM one, so the explorer uses :func:`render.rasterize` as
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +41,7 @@ from scipy.spatial import cKDTree
 
 from cryospire_core.analysis import latentspace as analysis
 from cryospire_core.errors import InputError
-from cryospire_core.io.atomic import TEMP_GLOB, write_json, write_npy, write_text
-from cryospire_core.io.outputs import (
-    GUI_REMEDY,
-    check_new_outputs,
-    check_writable_folder,
-    describe,
-)
+from cryospire_core.models.stage import StageModel
 
 #: Half-window (in widths) of the rasteriser for displayed maps (see the module docstring).
 DISPLAY_WINDOW = 4.0
@@ -60,7 +54,41 @@ COLOUR_SAMPLE = 20_000
 #: Particles in the kNN graph of graph traversals (a random sample above this, plus the ends).
 GRAPH_SAMPLE = 20_000
 
-COLOUR_KINDS = ("state", "presence", "displacement", "ground truth")
+
+class EmbeddingMethod(StrEnum):
+    """How the particles are laid out in 2D (see :class:`Embedding`)."""
+
+    PCA = "pca"
+    UMAP = "umap"
+
+
+class ColourMode(StrEnum):
+    """What each particle's point is coloured by (see :meth:`Explorer.colour_values`)."""
+
+    STATE = "state"
+    PRESENCE = "presence"
+    DISPLACEMENT = "displacement"
+    GROUND_TRUTH = "ground truth"
+
+    @property
+    def of_a_part(self) -> bool:
+        """A value of one part (the run needs parts)."""
+        return self in (ColourMode.PRESENCE, ColourMode.DISPLACEMENT)
+
+
+class TraversalKind(StrEnum):
+    """Where a traversal goes (see :meth:`Explorer.traversal`): along PC1 or PC2, or from one
+    latent to another on a straight line or through the data (the kNN graph's shortest path)."""
+
+    PC1 = "pc1"
+    PC2 = "pc2"
+    LINE = "line"
+    GRAPH = "graph"
+
+    @property
+    def between_ends(self) -> bool:
+        """Goes from one given latent to another (not along a PC)."""
+        return self in (TraversalKind.LINE, TraversalKind.GRAPH)
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,11 +100,11 @@ COLOUR_KINDS = ("state", "presence", "displacement", "ground truth")
 class Embedding:
     """Particles in 2D with a way back to latents.
 
-    method: ``pca`` or ``umap``; points: (N, 2) float32; latents: (N, zdim) float32 (the rows
+    method: PCA or UMAP; points: (N, 2) float32; latents: (N, zdim) float32 (the rows
     the points come from); fit: the PCA (for ``pca``); k: neighbours averaged by the UMAP inverse.
     """
 
-    method: str
+    method: EmbeddingMethod
     points: np.ndarray
     latents: np.ndarray
     fit: analysis.LatentPCA | None = None
@@ -93,7 +121,7 @@ class Embedding:
         particles nearest in 2D (UMAP has no inverse; this stays on the data).
         """
         xy = np.atleast_2d(np.asarray(xy, np.float64))
-        if self.method == "pca":
+        if self.method == EmbeddingMethod.PCA:
             scores = np.zeros((len(xy), self.latents.shape[1]))
             scores[:, : min(2, scores.shape[1])] = xy[:, : scores.shape[1]]
             return self.fit.inverse_transform(scores).astype(np.float32)
@@ -107,7 +135,7 @@ class Embedding:
         """(M, zdim) latents -> (M, 2) embedding coordinates (PCA: exact; UMAP: the mean 2D
         position of the ``k`` particles nearest in latent space)."""
         z = np.atleast_2d(np.asarray(z, np.float64))
-        if self.method == "pca":
+        if self.method == EmbeddingMethod.PCA:
             s = self.fit.transform(z)
             return np.pad(s, ((0, 0), (0, max(0, 2 - s.shape[1]))))[:, :2].astype(np.float32)
         if self._latent_tree is None:
@@ -121,7 +149,7 @@ def pca_embedding(latents: np.ndarray, fit: analysis.LatentPCA | None = None) ->
     fit = fit if fit is not None else analysis.pca(latents)
     s = fit.transform(latents)
     points = np.pad(s, ((0, 0), (0, max(0, 2 - s.shape[1]))))[:, :2]
-    return Embedding("pca", points.astype(np.float32), np.asarray(latents, np.float32), fit)
+    return Embedding(EmbeddingMethod.PCA, points.astype(np.float32), np.asarray(latents, np.float32), fit)
 
 
 def umap_embedding(latents: np.ndarray, seed: int = 0, k: int = 16) -> Embedding:
@@ -129,7 +157,7 @@ def umap_embedding(latents: np.ndarray, seed: int = 0, k: int = 16) -> Embedding
     points, method = analysis.umap_embedding(latents, seed)
     if method != "umap":
         return pca_embedding(latents)
-    return Embedding("umap", np.asarray(points, np.float32), np.asarray(latents, np.float32), None, k)
+    return Embedding(EmbeddingMethod.UMAP, np.asarray(points, np.float32), np.asarray(latents, np.float32), None, k)
 
 
 def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
@@ -195,6 +223,18 @@ class Frame:
     readout: PartReadout | None
 
 
+@dataclass(frozen=True, eq=False)  # holds arrays: equal only to itself
+class Traversal:
+    """latents (T, zdim) float32 of a traversal, and the part readout at each of them (T, or
+    empty when the run has no parts)."""
+
+    latents: np.ndarray
+    readouts: list[PartReadout]
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+
 # --------------------------------------------------------------------------------------------
 # The explorer
 # --------------------------------------------------------------------------------------------
@@ -211,7 +251,7 @@ class Explorer:
     of each explored particle (simulations) or None; gt_dir: the ground-truth folder.
     """
 
-    def __init__(self, model: torch.nn.Module, latents: np.ndarray, part_index: np.ndarray | None = None,
+    def __init__(self, model: StageModel, latents: np.ndarray, part_index: np.ndarray | None = None,
                  root: Path | None = None, particles: Path | None = None, selection: np.ndarray | None = None,
                  gt_labels: np.ndarray | None = None, gt_dir: Path | None = None) -> None:
         self.model = model.eval()
@@ -219,42 +259,39 @@ class Explorer:
         self.part_index = None if part_index is None else np.asarray(part_index, np.int64)
         self.root, self.particles, self.selection = root, particles, selection
         self.gt_labels, self.gt_dir = gt_labels, gt_dir
-        self.stage = "hierarchical" if hasattr(model, "part_motions") else "discovery"
-        self.box, self.apix = int(model.box), float(model.apix)
+        self.stage = model.stage
+        self.lattice = model.lattice
         with torch.no_grad():
             self._widths = model.widths.detach().clone()
-            self._rest = (model.centres if self.stage == "hierarchical" else model.base.centres).detach().numpy().copy()
+            self._rest = model.centres.detach().numpy().copy()
         self._pca: analysis.LatentPCA | None = None
-        self._states: dict[int, np.ndarray] = {}
+        self._kmeans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (k, seed) -> labels, centres
         self._bf16_faster: bool | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike) -> Explorer:
         """The most advanced model of a run folder, its latents (RUN/latents.npy), its parts, and
         where its particles and (for simulations) ground truth are."""
-        from cryospire_core.io.arrays import read_npy
-        from cryospire_core.models.parts import PartClustering
         from cryospire_core.pipeline.runfolder import RunFolder
-        from cryospire_core.pipeline.train import check_run_latents, load_trained_model
+        from cryospire_core.pipeline.train import check_run_latents
 
-        root = Path(run_dir)
-        model = load_trained_model(root)
-        latents = analysis.load_latents(root)
-        check_run_latents(model, latents, root / "latents.npy")
-        part_index = None
-        if hasattr(model, "part_motions"):
-            part_index = model.part_index.numpy()
-        elif (root / "parts" / "clustering.npz").is_file():
-            part_index = PartClustering.from_npz(root / "parts" / "clustering.npz").part_index
+        run = RunFolder(run_dir)
+        model = run.model()
+        latents = run.latents()
+        check_run_latents(model, latents, run.latents_path)
         selection = None
-        if hasattr(model, "part_motions") and (root / "selection.npy").is_file():
-            selection = read_npy(root / "selection.npy", "selection")
-            if selection.shape != (len(latents),) or selection.dtype.kind not in "iu" or selection.min() < 0:
-                raise InputError(root / "selection.npy", "selection", f"({len(latents)},) particle indices (one per "
+        if model.stage == "hierarchical":
+            part_index = model.part_index.numpy()
+            selection = run.selection()
+            if selection is not None and selection.shape != (len(latents),):
+                raise InputError(run.selection_path, "selection", f"({len(latents)},) particle indices (one per "
                                  "latent of stage 2)", f"{selection.dtype} array of shape {selection.shape}")
-        particles = _particles_path(root, RunFolder(root).read_config())
+        else:
+            clustering = run.clustering()
+            part_index = None if clustering is None else clustering.part_index
+        particles = run.particles_path()
         gt_labels, gt_dir = _ground_truth_labels(particles, selection, len(latents))
-        return cls(model, latents, part_index, root, particles, selection, gt_labels, gt_dir)
+        return cls(model, latents, part_index, run.root, particles, selection, gt_labels, gt_dir)
 
     # -- sizes --------------------------------------------------------------------------------
 
@@ -270,6 +307,24 @@ class Explorer:
     def n_parts(self) -> int:
         return 0 if self.part_index is None else int(self.part_index.max()) + 1
 
+    # -- explored rows and the particle file --------------------------------------------------------
+
+    def particle_indices(self, mask: np.ndarray) -> np.ndarray:
+        """(M,) int64 indices into the run's particle file of the explored particles where
+        ``mask`` (N,) is True (through ``selection`` for a stage-2 run trained on a selection)."""
+        rows = np.flatnonzero(np.asarray(mask, bool))
+        return rows if self.selection is None else np.asarray(self.selection, np.int64)[rows]
+
+    def row_of(self, index: int) -> int | None:
+        """The explored particle (row of ``latents``) that is particle ``index`` (0-based) of the
+        run's particle file; None when it is not explored (out of range, or not among those a
+        stage-2 run trained on a selection kept)."""
+        index = int(index)
+        if self.selection is None:
+            return index if 0 <= index < self.n_particles else None
+        rows = np.flatnonzero(np.asarray(self.selection) == index)
+        return int(rows[0]) if len(rows) else None
+
     # -- embeddings and states ---------------------------------------------------------------------
 
     @property
@@ -278,31 +333,30 @@ class Explorer:
             self._pca = analysis.pca(self.latents)
         return self._pca
 
-    def embedding(self, method: str = "pca", seed: int = 0) -> Embedding:
-        """The particles in 2D: ``pca`` (instant) or ``umap`` (slow: call it in a worker)."""
-        if method == "pca":
+    def embedding(self, method: EmbeddingMethod = EmbeddingMethod.PCA, seed: int = 0) -> Embedding:
+        """The particles in 2D: PCA (instant) or UMAP (slow: call it in a worker)."""
+        if method == EmbeddingMethod.PCA:
             return pca_embedding(self.latents, self.pca)
-        if method == "umap":
+        if method == EmbeddingMethod.UMAP:
             return umap_embedding(self.latents, seed)
-        raise ValueError(f"embedding: method must be 'pca' or 'umap', got {method!r}")
+        raise ValueError(f"embedding: method must be one of {[m.value for m in EmbeddingMethod]}, got {method!r}")
 
     def states(self, k: int, seed: int = 0) -> np.ndarray:
-        """(N,) k-means state of each particle (cached per k)."""
-        if k not in self._states:
-            self._states[k] = analysis.kmeans_states(self.latents, k, seed)[0]
-        return self._states[k]
+        """(N,) k-means state of each particle, of ``k`` states (``cryospire analyze --ksample k``'s
+        numbering with the same seed; cached per k and seed). ValueError unless 1 <= k <= N."""
+        return self._states(k, seed)[0]
+
+    def state_centres(self, k: int, seed: int = 0) -> np.ndarray:
+        """(k, zdim) float32 centres of the k-means states of :meth:`states` (same k, seed)."""
+        return self._states(k, seed)[1].astype(np.float32)
+
+    def _states(self, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (int(k), int(seed))
+        if key not in self._kmeans:
+            self._kmeans[key] = analysis.kmeans_states(self.latents, *key)
+        return self._kmeans[key]
 
     # -- decoding -------------------------------------------------------------------------------
-
-    def _decode(self, z: torch.Tensor):
-        """z (B, zdim) -> centres (B, G, 3) Å, amplitudes (B, G), gates (B, G), stage-2 part
-        motions (rotvec, translation) or None."""
-        m = self.model
-        if self.stage == "hierarchical":
-            centres, amps, motions = m.decode(z)
-            return centres, amps, amps / m.offsets.amplitudes, motions
-        gates = m.gates(z)
-        return m.base.centres[None] + m.shifts(z), gates * m.base.amplitudes, gates, None
 
     def map_at(self, z: np.ndarray) -> np.ndarray:
         """The map (D, D, D) float32 at latent z (zdim,)."""
@@ -319,12 +373,12 @@ class Explorer:
 
         z = np.asarray(z, np.float32).reshape(-1)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=live and self.live_precision() == "bf16"):
-            centres, amps, gates, motions = self._decode(torch.as_tensor(z)[None])
-            c, m = centres[0], amps[0]
-            vol = rasterize(c, self._widths, m, self.box, self.apix, window=DISPLAY_WINDOW).numpy()
+            d = self.model.decode(torch.as_tensor(z)[None])
+            c, m = d.centres[0], d.amplitudes[0]
+            vol = rasterize(c, self._widths, m, self.lattice, window=DISPLAY_WINDOW).numpy()
             has_parts = self.part_index is not None
             lab = self._labels(c, m, vol) if labels and has_parts else None
-            out = self._readout(c.numpy(), m.numpy(), gates[0].numpy(), motions) if readout and has_parts else None
+            out = self._readout(c.numpy(), m.numpy(), d.gates[0].numpy(), d.motions) if readout and has_parts else None
         return Frame(z, vol, lab, out)
 
     def live_precision(self) -> str:
@@ -335,11 +389,11 @@ class Explorer:
 
             def best_ms(bf16: bool) -> float:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    self._decode(z)  # warm-up: kernel selection, weight casts
+                    self.model.decode(z)  # warm-up: kernel selection, weight casts
                     times = []
                     for _ in range(3):
                         t0 = time.perf_counter()
-                        self._decode(z)
+                        self.model.decode(z)
                         times.append(time.perf_counter() - t0)
                 return min(times)
 
@@ -356,8 +410,8 @@ class Explorer:
             level = density_threshold(total)
         except ValueError:  # no molecule/solvent split to find (e.g. an empty map)
             level = 0.5 * float(total.max())
-        return part_label_volume(centres.numpy(), self._widths.numpy(), amps.numpy(), self.part_index, self.box,
-                                 self.apix, threshold=level, window=DISPLAY_WINDOW)
+        return part_label_volume(centres.numpy(), self._widths.numpy(), amps.numpy(), self.part_index, self.lattice,
+                                 threshold=level, window=DISPLAY_WINDOW)
 
     def _readout(self, centres: np.ndarray, amps: np.ndarray, gates: np.ndarray, motions) -> PartReadout:
         K, pi = self.n_parts, self.part_index
@@ -382,27 +436,27 @@ class Explorer:
         out = []
         with torch.no_grad():
             for z in np.asarray(zs, np.float32):
-                centres, amps, gates, motions = self._decode(torch.as_tensor(z)[None])
-                out.append(self._readout(centres[0].numpy(), amps[0].numpy(), gates[0].numpy(), motions))
+                d = self.model.decode(torch.as_tensor(z)[None])
+                out.append(self._readout(d.centres[0].numpy(), d.amplitudes[0].numpy(), d.gates[0].numpy(), d.motions))
         return out
 
     # -- per-particle colours ------------------------------------------------------------------
 
-    def colour_values(self, kind: str, part: int = 0, k: int = 8, seed: int = 0) -> np.ndarray:
+    def colour_values(self, kind: ColourMode, part: int = 0, k: int = 8, seed: int = 0) -> np.ndarray:
         """(N,) float32 value of each particle to colour the scatter by.
 
-        kind: ``state`` (k-means state of k), ``presence`` / ``displacement`` of part ``part``
+        kind: STATE (k-means state of k), PRESENCE / DISPLACEMENT of part ``part``
         (0-based; displacement = rotation-aware RMS shift of its Gaussians, Å), or
-        ``ground truth`` (the simulated state). See :data:`COLOUR_SAMPLE` for large N.
+        GROUND_TRUTH (the simulated state). See :data:`COLOUR_SAMPLE` for large N.
         """
-        if kind == "state":
+        if kind == ColourMode.STATE:
             return self.states(k, seed).astype(np.float32)
-        if kind == "ground truth":
+        if kind == ColourMode.GROUND_TRUTH:
             if self.gt_labels is None:
                 raise ValueError("this run has no ground-truth labels")
             return self.gt_labels.astype(np.float32)
-        if kind not in ("presence", "displacement"):
-            raise ValueError(f"colour_values: kind must be one of {COLOUR_KINDS}, got {kind!r}")
+        if kind not in (ColourMode.PRESENCE, ColourMode.DISPLACEMENT):
+            raise ValueError(f"colour_values: kind must be one of {[m.value for m in ColourMode]}, got {kind!r}")
         if self.part_index is None or not 0 <= part < self.n_parts:
             raise ValueError(f"colour_values: part must be in 0..{self.n_parts - 1}")
         rng = np.random.default_rng(seed)
@@ -414,11 +468,11 @@ class Explorer:
         with torch.no_grad():
             for start in range(0, len(sample), 64):
                 z = torch.as_tensor(self.latents[sample[start:start + 64]])
-                centres, _, gates, _ = self._decode(z)
-                if kind == "presence":
-                    v = gates[:, sel].mean(1)
+                d = self.model.decode(z)
+                if kind == ColourMode.PRESENCE:
+                    v = d.gates[:, sel].mean(1)
                 else:
-                    v = (centres[:, sel] - rest).pow(2).sum(-1).mean(1).sqrt()
+                    v = (d.centres[:, sel] - rest).pow(2).sum(-1).mean(1).sqrt()
                 values[start:start + len(z)] = v.numpy()
         if len(sample) == n:
             return values
@@ -434,6 +488,25 @@ class Explorer:
     def graph_traversal(self, z0: np.ndarray, z1: np.ndarray, n_steps: int = 20, k: int = 10, seed: int = 0) -> np.ndarray:
         """See :func:`graph_traversal` (over this explorer's latents)."""
         return graph_traversal(self.latents, z0, z1, n_steps, k, seed)
+
+    def traversal(self, kind: TraversalKind, n_steps: int = 20, z0: np.ndarray | None = None,
+                  z1: np.ndarray | None = None) -> Traversal:
+        """A traversal of ``kind`` with ``n_steps`` steps: along PC1 or PC2 (PC1 when zdim is 1;
+        5th to 95th percentile of the particles), or from z0 to z1 (zdim,), ends included,
+        straight or through the data (those two need both ends): its latents (n_steps, zdim) and
+        the part readout at each. ValueError when the ends of a traversal through the data lie in
+        separate clusters of the particles' kNN graph (:func:`graph_path`)."""
+        if kind == TraversalKind.PC1:
+            zs = self.pc_traversal(1, n_steps)
+        elif kind == TraversalKind.PC2:
+            zs = self.pc_traversal(min(2, self.zdim), n_steps)
+        elif z0 is None or z1 is None:
+            raise ValueError(f"traversal: {kind.value} needs both ends z0 and z1")
+        elif kind == TraversalKind.LINE:
+            zs = line_traversal(z0, z1, n_steps)
+        else:
+            zs = self.graph_traversal(z0, z1, n_steps)
+        return Traversal(zs, self.readouts(zs))
 
 
 def line_traversal(z0: np.ndarray, z1: np.ndarray, n_steps: int = 20) -> np.ndarray:
@@ -489,152 +562,8 @@ def graph_traversal(latents: np.ndarray, z0: np.ndarray, z1: np.ndarray, n_steps
 
 
 # --------------------------------------------------------------------------------------------
-# Exports
-# --------------------------------------------------------------------------------------------
-
-
-def box_origin(box: int, apix: float) -> tuple[float, float, float]:
-    """MRC header origin (x, y, z) Å putting voxel i at (i - D // 2) * apix (our lattice), so
-    maps written by us open in ChimeraX at the same place as the run's other maps."""
-    o = -(int(box) // 2) * float(apix)
-    return (o, o, o)
-
-
-def check_map_series(folder: str | os.PathLike, n: int, latents: bool = False, readouts: bool = False,
-                     overwrite: bool = False) -> list[Path]:
-    """Every file :func:`write_map_series` writes for ``n`` maps (the ``n`` maps first, then
-    latents.npy and parts.csv when asked for, then README.txt), after refusing (InputError) to
-    replace any existing one unless ``overwrite``: a GUI calls it before computing the maps."""
-    folder = Path(folder)
-    extra = [name for name, wanted in (("latents.npy", latents), ("parts.csv", readouts)) if wanted]
-    paths = [folder / f"vol_{i:03d}.mrc" for i in range(n)] + [folder / name for name in (*extra, "README.txt")]
-    check_new_outputs(paths, overwrite, "map series", remedy=GUI_REMEDY)
-    return paths
-
-
-def write_map_series(folder: str | os.PathLike, volumes: Sequence[np.ndarray], apix: float,
-                     latents: np.ndarray | None = None, readouts: Sequence[PartReadout] | None = None,
-                     overwrite: bool = False) -> list[Path]:
-    """Write maps as ``folder/vol_000.mrc, vol_001.mrc, ...`` (voxel size ``apix``, origin of
-    :func:`box_origin`), plus ``latents.npy`` and ``parts.csv`` (step, part, angle, shift,
-    presence) when given, and ``README.txt`` with the ChimeraX command
-    ``open folder/vol_*.mrc vseries true``. Refuses (InputError, nothing written) to replace any
-    existing file unless ``overwrite``. Returns the map paths."""
-    from cryospire_core.io.mrc import write_map
-
-    folder = Path(folder)
-    paths = check_map_series(folder, len(volumes), latents is not None, bool(readouts), overwrite)[:len(volumes)]
-    folder.mkdir(parents=True, exist_ok=True)
-    for path, vol in zip(paths, volumes):
-        write_map(path, vol, apix, origin=box_origin(np.shape(vol)[0], apix))
-    if latents is not None:
-        write_npy(folder / "latents.npy", np.asarray(latents, np.float32))
-    if readouts:
-        lines = ["step,part,angle_deg,tx_A,ty_A,tz_A,shift_A,presence"]
-        for s, r in enumerate(readouts):
-            for k in range(len(r.angle_deg)):
-                t = r.translation[k]
-                lines.append(f"{s},{k + 1},{r.angle_deg[k]:.4f},{t[0]:.4f},{t[1]:.4f},{t[2]:.4f},"
-                             f"{r.shift[k]:.4f},{r.presence[k]:.4f}")
-        write_text(folder / "parts.csv", "\n".join(lines) + "\n")
-    write_text(folder / "README.txt", f"{len(paths)} maps of a cryospire traversal. In ChimeraX:\n"
-               f"  open {folder}/vol_*.mrc vseries true\n")
-    return paths
-
-
-def write_movie(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 10.0) -> Path:
-    """Write RGB(A) frames (H, W, 3|4) uint8 as an animated GIF (imageio; looping). An mp4 would
-    need ffmpeg, which is not a dependency."""
-    import imageio.v3 as iio
-
-    from cryospire_core.io.atomic import atomic_path
-
-    path = Path(path)
-    if path.suffix.lower() != ".gif":
-        raise InputError(path, "movie", "a .gif file name", path.suffix or "no suffix")
-    rgb = [np.asarray(f)[..., :3].astype(np.uint8) for f in frames]
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(rgb), extension=".gif", duration=1000.0 / fps, loop=0)
-    return path
-
-
-def write_selection(path: str | os.PathLike, rows: np.ndarray, particles: str | os.PathLike,
-                    overwrite: bool = False) -> tuple[Path, Path]:
-    """Write the particles ``rows`` (0-based indices into the particle file ``particles``) as a
-    subset in the format of ``path``'s suffix (.star or .cs): every original column kept, image
-    paths pointing at the original stacks. Also writes ``<path stem>_indices.txt`` (one index per
-    line, what ``cryospire train --select`` reads). Refuses (InputError, nothing written) to
-    replace either file unless ``overwrite``. Returns (subset path, index path)."""
-    from cryospire_core.io.cryosparc import write_cs
-    from cryospire_core.io.load import load_particles
-    from cryospire_core.io.star import write_star
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".star", ".cs"):
-        raise InputError(path, "selection file", "a .star or .cs file name", path.suffix or "no suffix")
-    rows = np.unique(np.asarray(rows, np.int64))
-    if len(rows) == 0:
-        raise InputError(path, "selection", "at least one particle", "none selected")
-    index_path = path.with_name(path.stem + "_indices.txt")
-    check_new_outputs([path, index_path], overwrite, "selection file", remedy="another file name")
-    ps = load_particles(particles, invert=False)
-    if rows.max() >= len(ps):
-        raise InputError(particles, "particles", f"more than {rows.max()} particles", len(ps))
-    sub = ps.subset(rows)
-    (write_star if suffix == ".star" else write_cs)(path, sub)
-    write_text(index_path, "\n".join(str(int(i)) for i in rows) + "\n")
-    return path, index_path
-
-
-def check_new_run_folder(dest: str | os.PathLike) -> None:
-    """InputError unless ``dest`` is a new or empty real folder we can write into (a branch's)."""
-    dst = Path(dest)
-    if dst.is_symlink() or (os.path.lexists(dst) and not dst.is_dir()):
-        raise InputError(dst, "new run folder", "an empty or new folder", describe(dst))
-    if dst.exists() and any(dst.iterdir()):
-        raise InputError(dst, "new run folder", "an empty or new folder", "a folder with files")
-    check_writable_folder(dst, "new run folder")
-
-
-def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str | os.PathLike) -> Path:
-    """A new run folder ``dest`` that reuses ``source``'s consensus, stage-1 and parts outputs and
-    will train stage 2 on the particles listed in ``select`` (``cryospire train --resume`` or the
-    explorer's "continue training" then runs only stage 2). For a run whose stage 2 has started,
-    where ``--select`` is refused. Returns dest."""
-    from cryospire_core.pipeline.runfolder import RunFolder
-
-    src, dst = Path(source), Path(dest)
-    check_new_run_folder(dst)
-    for stage in ("consensus", "discovery", "parts"):
-        if not (src / stage).is_dir():
-            raise InputError(src / stage, "stage folder", "a run whose part discovery is finished", "missing")
-    dst.mkdir(parents=True, exist_ok=True)
-    for stage in ("consensus", "discovery", "parts"):
-        shutil.copytree(src / stage, dst / stage, ignore=shutil.ignore_patterns("checkpoint.pt", TEMP_GLOB))
-    saved = json.loads((src / "config.json").read_text())
-    saved["train"]["select"] = str(Path(select).resolve())
-    saved["branched_from"] = str(src.resolve())
-    write_json(dst / "config.json", saved)
-    RunFolder(dst).read_config()  # the copy is a valid run
-    return dst
-
-
-# --------------------------------------------------------------------------------------------
 # Where a run's particles and ground truth are
 # --------------------------------------------------------------------------------------------
-
-
-def _particles_path(root: Path, cfg: dict) -> Path | None:
-    """The particle file the run was trained on (from RUN/config.json), if it still exists."""
-    command = cfg.get("train_command") or {}
-    name = command.get("particles")
-    if not name:
-        return None
-    for candidate in (Path(name), root / name, root.parent / name):
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
 
 
 def _ground_truth_labels(particles: Path | None, selection: np.ndarray | None, n: int) -> tuple[np.ndarray | None, Path | None]:

@@ -16,12 +16,11 @@ import numpy as np
 from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 
-from cryospire_core.errors import InputError
-from cryospire_core.io.arrays import read_npy
 from cryospire_core.io.atomic import atomic_path, write_npy, write_npz
-from cryospire_core.io.mixture import load_gaussians
+from cryospire_core.io.mixture import mixture_lattice
 from cryospire_core.io.outputs import check_new_outputs
 from cryospire_core.models import parts
+from cryospire_core.pipeline.runfolder import RunFolder
 
 #: A volume for one latent: z (zdim,) float32 -> (D, D, D) float32 on the data lattice.
 RenderFn = Callable[[np.ndarray], np.ndarray]
@@ -219,20 +218,6 @@ class AnalysisResult:
         self.files.setdefault(kind, []).append(path)
 
 
-def load_latents(run_dir: str | os.PathLike) -> np.ndarray:
-    """RUN/latents.npy as (N, zdim) float32 (InputError naming the file when missing or malformed)."""
-    path = Path(run_dir) / "latents.npy"
-    z = read_npy(path, "latents")
-    if z.ndim != 2 or len(z) < 2 or not np.issubdtype(z.dtype, np.floating) or not np.all(np.isfinite(z)):
-        raise InputError(path, "latents", "a finite float (N, zdim) array with N >= 2", f"{z.dtype} {z.shape}")
-    big = np.abs(z) > np.finfo(np.float32).max
-    if big.any():  # finite in float64, inf once float32
-        row = int(np.argwhere(big)[0][0]) + 1
-        raise InputError(path, "latents", "values finite in float32 (|z| <= 3.4e38)",
-                         f"{int(big.sum())} larger values, the first in row {row}")
-    return z.astype(np.float32)
-
-
 def analyze(
     run_dir: str | os.PathLike,
     render_fn: RenderFn,
@@ -253,18 +238,19 @@ def analyze(
     each centre, whose latent is rendered), ``latent_pca.png``, ``pc_histograms.png``,
     ``embedding.png`` (UMAP, or PCA when umap-learn is missing), ``state_###.mrc`` (K maps),
     ``pc{j}/vol_###.mrc`` and ``pc{j}/latents.npy`` for j = 1..n_pcs, and when the run has a
-    part clustering (see :func:`part_gaussians`), ``parts/part_labels.mrc`` (labels 1..K,
-    0 = solvent) and ``parts/mask_part_##.mrc`` (## = the label, 01..K).
+    part clustering (:meth:`~cryospire_core.pipeline.runfolder.RunFolder.part_gaussians`),
+    ``parts/part_labels.mrc`` (labels 1..K, 0 = solvent) and ``parts/mask_part_##.mrc`` (## = the
+    label, 01..K).
     Plots are skipped with a note when matplotlib is not installed. Before computing anything,
     refuses (InputError) to replace an existing file unless ``overwrite`` (:func:`check_outputs`).
     """
     from cryospire_core.io import mrc
 
     say = log or (lambda _msg: None)
-    run = Path(run_dir)
-    latents = load_latents(run)
-    found = part_gaussians(run)
-    files = check_outputs(run, len(latents), latents.shape[1], ksample, pc_steps, n_pcs, out_dir, found, overwrite)
+    run = RunFolder(run_dir)
+    latents = run.latents()
+    found = run.part_gaussians()
+    files = check_outputs(run_dir, len(latents), latents.shape[1], ksample, pc_steps, n_pcs, out_dir, found, overwrite)
     out, k = files.out, files.k
     result = AnalysisResult(out)
 
@@ -304,19 +290,48 @@ def analyze(
         say(f"wrote PC{pc} traversal ({pc_steps} maps)")
 
     if found is None:
-        result.notes.append(f"part maps skipped: need {run / 'parts' / 'clustering.npz'} and "
-                            f"{run / 'hierarchical' / 'seed.npz'} or {run / 'discovery' / 'seed.npz'}")
+        result.notes.append(f"part maps skipped: need {run.clustering_path} and "
+                            f"{run.seed_path('hierarchical')} or {run.seed_path('discovery')}")
         return result
     g, part_index, source = found
-    box, g_apix = int(g["box"]), float(g["apix"])
-    label_map = parts.part_label_volume(g["centres"], g["widths"], g["amplitudes"], part_index, box, g_apix)
-    mrc.write_map(files.part_labels, label_map.astype(np.float32), g_apix)
-    result.add("parts", files.part_labels)
-    for path, mask in zip(files.masks, parts.part_masks(label_map, g_apix, n_parts=files.n_parts)):
-        mrc.write_map(path, mask, g_apix)
+    lattice = mixture_lattice(g)
+    label_map = parts.part_label_volume(g["centres"], g["widths"], g["amplitudes"], part_index, lattice)
+    write_part_maps(files.part_maps, label_map, lattice.apix)
+    for path in files.part_maps.all():
         result.add("parts", path)
     say(f"wrote the part label map and {files.n_parts} masks (Gaussians of {source})")
     return result
+
+
+@dataclass(frozen=True)
+class PartMapFiles:
+    """The part maps of a run in ``folder``: the label map ``part_labels.mrc`` (1..n_parts, 0 =
+    solvent) and one soft mask ``mask_part_##.mrc`` per part (## = the label, 01..n_parts)."""
+
+    folder: Path
+    n_parts: int
+
+    @property
+    def labels(self) -> Path:
+        return self.folder / "part_labels.mrc"
+
+    @property
+    def masks(self) -> list[Path]:
+        return [self.folder / f"mask_part_{j:02d}.mrc" for j in range(1, self.n_parts + 1)]
+
+    def all(self) -> list[Path]:
+        return [self.labels, *self.masks]
+
+
+def write_part_maps(files: PartMapFiles, label_map: np.ndarray, apix: float) -> None:
+    """Write ``label_map`` ((D, D, D) int, 1 + the part at each voxel, 0 solvent; voxel size
+    ``apix`` Å) and one soft mask per part (:func:`~cryospire_core.models.parts.part_masks`: a
+    part with no voxel gets an empty mask) into ``files``."""
+    from cryospire_core.io import mrc
+
+    mrc.write_map(files.labels, label_map.astype(np.float32), apix)
+    for path, mask in zip(files.masks, parts.part_masks(label_map, apix, n_parts=files.n_parts)):
+        mrc.write_map(path, mask, apix)
 
 
 @dataclass(frozen=True)
@@ -354,59 +369,28 @@ class AnalysisFiles:
         return [self.out / f"pc{pc}" / f"vol_{s:03d}.mrc" for s in range(self.pc_steps)]
 
     @property
-    def part_labels(self) -> Path:
-        return self.out / "parts" / "part_labels.mrc"
-
-    @property
-    def masks(self) -> list[Path]:
-        """parts/mask_part_01.mrc ... (## = the part label, 1..n_parts)."""
-        return [self.out / "parts" / f"mask_part_{j:02d}.mrc" for j in range(1, self.n_parts + 1)]
+    def part_maps(self) -> PartMapFiles:
+        """parts/: the part label map and masks."""
+        return PartMapFiles(self.out / "parts", self.n_parts)
 
     def all(self) -> list[Path]:
         traversals = [p for pc in range(1, self.n_pcs + 1) for p in (self.pc_latents(pc), *self.pc_maps(pc))]
-        part_maps = [self.part_labels, *self.masks] if self.n_parts else []
+        part_maps = self.part_maps.all() if self.n_parts else []
         return [self.pca, self.kmeans, *self.plots, *self.states, *traversals, *part_maps]
 
 
 def check_outputs(run_dir: str | os.PathLike, n: int, zdim: int, ksample: int, pc_steps: int, n_pcs: int,
                   out_dir: str | os.PathLike | None, found: tuple | None, overwrite: bool) -> AnalysisFiles:
     """The files :func:`analyze` will write for ``n`` latents of size ``zdim`` (``found``: what
-    :func:`part_gaussians` returned), after refusing (InputError) to replace any existing one
-    unless ``overwrite``. A link in place of RUN/analysis or a folder below the output root
-    is refused always (:func:`~cryospire_core.io.outputs.check_new_outputs`)."""
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run / "analysis"
+    :meth:`~cryospire_core.pipeline.runfolder.RunFolder.part_gaussians` returned), after
+    refusing (InputError) to replace any existing one unless ``overwrite``. A link in place of
+    RUN/analysis or a folder below the output root is refused always (:func:`~cryospire_core.io.outputs.check_new_outputs`)."""
+    run = RunFolder(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.analysis_dir
     n_parts = int(found[1].max()) + 1 if found is not None else 0
     files = AnalysisFiles(out, min(int(ksample), n), min(int(n_pcs), zdim), int(pc_steps), n_parts)
-    check_new_outputs(files.all(), overwrite, under=out if out_dir is not None else run)
+    check_new_outputs(files.all(), overwrite, under=out if out_dir is not None else run.root)
     return files
-
-
-def part_gaussians(run_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], np.ndarray, Path] | None:
-    """The Gaussians that carry part labels in a run, their part index (G,) and their file.
-
-    Prefers the stage-2 seed (RUN/hierarchical/seed.npz, its own ``part_index``), else the
-    stage-1 seed (RUN/discovery/seed.npz) labelled by RUN/parts/clustering.npz; None when the run
-    has no clustering yet.
-    """
-    run = Path(run_dir)
-    clustering_path = run / "parts" / "clustering.npz"
-    if not clustering_path.is_file():
-        return None
-    stage2 = run / "hierarchical" / "seed.npz"
-    if stage2.is_file():
-        g = load_gaussians(stage2)
-        if "part_index" not in g:
-            raise InputError(stage2, "part_index", "the part of each stage-2 Gaussian", "missing")
-        return g, g["part_index"].astype(np.int64), stage2
-    stage1 = run / "discovery" / "seed.npz"
-    if not stage1.is_file():
-        return None
-    g = load_gaussians(stage1)
-    part_index = parts.PartClustering.from_npz(clustering_path).part_index
-    if len(g["centres"]) != len(part_index):
-        raise InputError(stage1, "centres", f"{len(part_index)} Gaussians like {clustering_path}", len(g["centres"]))
-    return g, part_index, stage1
 
 
 def _render(render_fn: RenderFn, z: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from cryospire_core.imaging.fsc import (
     fsc,
     resolution,
 )
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.atomic import write_json
 from cryospire_core.io.mrc import read_map
 
@@ -177,30 +178,29 @@ class GroundTruth:
     """A simulation's ``gt/`` folder, maps read on demand (``len()``, ``[k]`` -> (D, D, D)).
 
     map_paths: ``vol_###.mrc`` in state order; mask: (D, D, D) float32 or None; labels: (N,)
-    int state per image or None; apix: Å/voxel and box: D of the first map.
+    int state per image or None; lattice: the first map's.
     """
 
     folder: Path
     map_paths: list[Path]
     mask: np.ndarray | None
     labels: np.ndarray | None
-    apix: float
-    box: int
+    lattice: Lattice
 
     def __len__(self) -> int:
         return len(self.map_paths)
 
     def __getitem__(self, k: int) -> np.ndarray:
-        return read_grid_map(self.map_paths[k], self.box, self.apix).data
+        return read_grid_map(self.map_paths[k], self.lattice).data
 
 
-def read_grid_map(path: str | os.PathLike, box: int, apix: float):
-    """Read a map and check it is on the ``box`` D^3 lattice at ``apix`` Å (InputError if not)."""
+def read_grid_map(path: str | os.PathLike, lattice: Lattice):
+    """Read a map and check it is on ``lattice`` (the ground truth's; InputError if not)."""
     m = read_map(path)
-    if m.data.shape != (box,) * 3:
-        raise InputError(path, "map dimensions", f"{box}^3 like the ground truth", m.data.shape)
-    if not np.isclose(m.apix, apix, rtol=1e-3):
-        raise InputError(path, "voxel size", f"{apix:.4g} Å like the ground truth", f"{m.apix:.4g} Å")
+    if m.data.shape != lattice.shape:
+        raise InputError(path, "map dimensions", f"{lattice.box}^3 like the ground truth", m.data.shape)
+    if not np.isclose(m.apix, lattice.apix, rtol=1e-3):
+        raise InputError(path, "voxel size", f"{lattice.apix:.4g} Å like the ground truth", f"{m.apix:.4g} Å")
     if Path(path).name != "mask.mrc" and np.ptp(m.data) == 0:  # an FSC of it is 0/0 at every shell
         raise InputError(path, "map values", "a map whose voxels vary", f"every voxel {float(m.data.flat[0]):g}")
     return m
@@ -242,13 +242,12 @@ def load_ground_truth(folder: str | os.PathLike) -> GroundTruth:
         if match is None or int(match.group(1)) != k:  # labels.npy counts states in this order
             raise InputError(p, "ground-truth maps", f"vol_000.mrc, vol_001.mrc, ... numbered from 0 without gaps "
                              f"(state {k} here)", p.name)
-    first = read_map(paths[0])
-    box, apix = first.data.shape[0], first.apix
+    lattice = read_map(paths[0]).lattice
     mask = None
     if (folder / "mask.mrc").exists():
-        mask = read_grid_map(folder / "mask.mrc", box, apix).data
+        mask = read_grid_map(folder / "mask.mrc", lattice).data
         if not np.any(mask > 0):
             raise InputError(folder / "mask.mrc", "mask values", "some voxels > 0 (the region scored)",
                              f"none (max {float(mask.max()):g})")
     labels = _read_labels(folder / "labels.npy", len(paths)) if (folder / "labels.npy").exists() else None
-    return GroundTruth(folder, paths, mask, labels, apix, box)
+    return GroundTruth(folder, paths, mask, labels, lattice)

@@ -26,6 +26,7 @@ from cryospire_core.models.parts import (
     adjusted_rand,
     gt_domains_for_gaussians,
 )
+from cryospire_core.models.stage import StageModel
 
 
 @dataclass
@@ -70,16 +71,15 @@ def optional_domains(beads: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     return out
 
 
-def domain_presence(model: torch.nn.Module, latents: np.ndarray, labels: np.ndarray, beads: dict[str, np.ndarray],
+def domain_presence(model: StageModel, latents: np.ndarray, labels: np.ndarray, beads: dict[str, np.ndarray],
                     n_images: int = 2000, seed: int = 0) -> list[DomainPresence]:
     """Gate medians of every optional domain (see the module docstring).
 
-    model: a trained stage-1 or stage-2 model (``centres``/``base.centres``, ``gates(z)``);
-    latents: (N, zdim); labels: (N,) ground-truth state per image; at most ``n_images`` images
-    (a seeded sample) are decoded.
+    model: a trained stage-1 or stage-2 model (its rest centres and gates); latents: (N, zdim);
+    labels: (N,) ground-truth state per image; at most ``n_images`` images (a seeded sample)
+    are decoded.
     """
-    centres = model.centres if hasattr(model, "centres") else model.base.centres
-    domain_of = gt_domains_for_gaussians(centres.detach().cpu().numpy(), beads)
+    domain_of = gt_domains_for_gaussians(model.centres.detach().cpu().numpy(), beads)
     pick = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n_images])
     with torch.no_grad():
         gates = model.gates(torch.as_tensor(latents[pick], dtype=torch.float32)).cpu().numpy()  # (n, G)

@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cryospire_core.analysis.latentspace import (
-    RenderFn,
-    analyze,
-    check_outputs,
-    load_latents,
-    part_gaussians,
-)
+from cryospire_core.analysis.latentspace import RenderFn, analyze, check_outputs
 from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.errors import InputError
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.ranges import COUNT, SEED
 
 
@@ -39,21 +34,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_overwrite_arg(parser, "files in the output folder")
 
 
-def load_renderer(run_dir: Path, latents: np.ndarray) -> tuple[RenderFn, float]:
+def load_renderer(run: RunFolder, latents: np.ndarray) -> tuple[RenderFn, float]:
     """The run's most advanced trained model (stage 2, else stage 1) as (render_fn, voxel size Å);
     InputError when the run has none or ``latents`` (RUN/latents.npy, already read) do not fit it."""
     import torch
 
-    from cryospire_core.pipeline.train import check_run_latents, load_trained_model
+    from cryospire_core.pipeline.train import check_run_latents
 
-    model = load_trained_model(run_dir)
-    check_run_latents(model, latents, Path(run_dir) / "latents.npy")
+    model = run.model()
+    check_run_latents(model, latents, run.latents_path)
 
     def render(z):
         with torch.no_grad():
             return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
 
-    return render, float(model.apix)
+    return render, model.lattice.apix
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise InputError(run_dir, "run folder", "an existing run folder", "no such folder")
     # Missing latents and files in the way fail before the model is loaded.
-    latents = load_latents(run_dir)
+    run = RunFolder(run_dir)
+    latents = run.latents()
     check_outputs(run_dir, len(latents), latents.shape[1], args.ksample, args.pc_steps, args.pcs, args.out,
-                  part_gaussians(run_dir), args.overwrite)
-    render_fn, apix = load_renderer(run_dir, latents)
+                  run.part_gaussians(), args.overwrite)
+    render_fn, apix = load_renderer(run, latents)
     result = analyze(run_dir, render_fn, apix, ksample=args.ksample, pc_steps=args.pc_steps, n_pcs=args.pcs,
                      out_dir=args.out, seed=args.seed, log=print, overwrite=args.overwrite)
     for note in result.notes:

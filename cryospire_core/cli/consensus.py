@@ -12,18 +12,13 @@ import argparse
 import sys
 import time
 
-from cryospire_core.cli.options import (
-    add_device_arg,
-    add_particle_args,
-    particles_from_args,
-)
-from cryospire_core.errors import InputError
-from cryospire_core.models.consensus import ConsensusConfig, fit_consensus, seed_map
-from cryospire_core.models.device import resolve_device
+from cryospire_core.cli.options import add_device_arg, add_particle_args
+from cryospire_core.io.load import INVERT_CHOICES
+from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.models.engine import LoopConfig
-from cryospire_core.pipeline.runfolder import RunFolder, section_from_dict
 from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import COUNT, LEARNING_RATE, MINUTES, SEED, Whole
+from cryospire_core.services.consensus import ConsensusRequest, consensus_run
 
 _DEF = ConsensusConfig()
 _LOOP = LoopConfig(epochs=_DEF.epochs)
@@ -52,42 +47,26 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_device_arg(parser)
 
 
-def _config(args: argparse.Namespace, saved: dict, run_dir: RunFolder) -> ConsensusConfig:
-    if args.resume and "consensus" in saved:
-        cfg = section_from_dict(ConsensusConfig, saved["consensus"], run_dir.config_path, "consensus")
-        # The resumed model must be seeded from the same map, and checkpoint as often, as the killed one.
-        command = saved.get("consensus_command", {})
-        args.map = args.map or command.get("map")
-        args.checkpoint_minutes = command.get("checkpoint_minutes", args.checkpoint_minutes)
-        if not (args.map is None or isinstance(args.map, str)) or not MINUTES.accepts(args.checkpoint_minutes):
-            raise InputError(run_dir.config_path, "consensus_command", f"map: a file name, checkpoint_minutes: "
-                             f"{MINUTES.what}", f"{args.map!r}, {args.checkpoint_minutes!r}")
-        return cfg
-    return ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           map_fit_steps=args.map_fit_steps, seed=args.seed)
+def request_from_args(args: argparse.Namespace) -> ConsensusRequest:
+    """The consensus request of the command line."""
+    cfg = ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          map_fit_steps=args.map_fit_steps, seed=args.seed)
+    return ConsensusRequest(
+        particles=args.particles, out=args.out, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
+        invert=INVERT_CHOICES[args.invert], apix=args.apix, map=args.map, config=cfg,
+        checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, device=args.device,
+        command={"argv": sys.argv[1:], **vars(args)})
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = RunFolder(args.out)
-    saved = run_dir.config_for("consensus", args.resume)
-    device = resolve_device(args.device)
-    with run_dir:
-        cfg = _config(args, saved, run_dir)
-        ps = particles_from_args(args)
-        stage = run_dir.stage_dir("consensus")
-        print(f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {device}")
+    with consensus_run(request_from_args(args)) as job:
+        print(job.summary())
         bar = TerminalProgress(disable=args.quiet)
         t0 = time.perf_counter()
         try:
-            init_map = seed_map(ps, stage, device, progress=bar, user_map=args.map)
-            # Written once the particles and the seed map are known good: a refused command leaves
-            # no config behind that would make the corrected one need --resume.
-            if not (args.resume and "consensus" in saved):
-                run_dir.update_config(consensus_command={"argv": sys.argv[1:], **vars(args)}, consensus=cfg)
-            result = fit_consensus(ps, init_map, stage, cfg, device, progress=bar,
-                                   checkpoint_minutes=args.checkpoint_minutes)
+            result = job.fit(progress=bar)
         finally:
             bar.close()
     print(f"consensus {result.status} in {time.perf_counter() - t0:.1f} s: {result.model.amplitudes.numel()} Gaussians; "
-          f"wrote {stage / 'map.mrc'} and {stage / 'gaussians.npz'}")
+          f"wrote {job.run.map_path('consensus')} and {job.run.gaussians_path}")
     return 0

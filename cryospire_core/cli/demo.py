@@ -21,6 +21,7 @@ from pathlib import Path
 from cryospire_core.cli.options import add_device_arg, add_overwrite_arg
 from cryospire_core.errors import InputError
 from cryospire_core.io.outputs import check_writable_folder
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.ranges import BOX, COUNT, IMAGES, SNR
 from cryospire_core.sim.simulate import check_output_folder
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from cryospire_core.cli.main import main
 
     out = Path(args.out)
-    data, run_dir = out / "data", out / "run"
+    data, run = out / "data", RunFolder(out / "run")
+    run_dir = run.root
     backprojection, scores = out / "backprojection.mrc", (out / "consensus_scores.json", out / "run_scores.json")
     quiet = ["--quiet"] if args.quiet else []
     replace = ["--overwrite"] if args.overwrite else []
@@ -55,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
          + replace),
         (backprojection, ["backproject", str(data / "particles.star"), "--out", str(backprojection),
                           "--device", args.device]),
-        (run_dir / "hierarchical" / "model.pt",
+        (run.model_path("hierarchical"),
          ["train", str(data / "particles.star"), "--out", str(run_dir), "--epochs-consensus", str(args.epochs),
           "--epochs-1", str(args.epochs), "--epochs-2", str(args.epochs), "--device", args.device]
-         + (["--resume"] if (run_dir / "config.json").exists() else [])),
+         + (["--resume"] if run.config_path.exists() else [])),
         (None, ["evaluate", "--gt", str(data / "gt"), "--map", str(backprojection), "--rows", "5"]),
-        (scores[0], ["evaluate", "--gt", str(data / "gt"), "--map", str(run_dir / "consensus" / "map.mrc"),
+        (scores[0], ["evaluate", "--gt", str(data / "gt"), "--map", str(run.map_path("consensus")),
                      "--rows", "5", "--out", str(scores[0])]),
         (scores[1], ["evaluate", "--gt", str(data / "gt"), "--run", str(run_dir), "--rows", "5",
                      "--out", str(scores[1])]),

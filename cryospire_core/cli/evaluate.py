@@ -42,10 +42,10 @@ from cryospire_core.analysis.partscores import (
 from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.cli.render import read_rows
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.fsc import max_auc
 from cryospire_core.io.atomic import write_json
 from cryospire_core.io.outputs import check_new_outputs
-from cryospire_core.models.parts import PartClustering
-from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.ranges import Whole
 
 
@@ -81,8 +81,8 @@ def score_per_state_maps(gt: GroundTruth, paths: list[Path]) -> ScoreTable:
     """Score map k of ``paths`` against ground-truth state k."""
     if len(paths) != len(gt):
         raise InputError(paths[0].parent, "--maps", f"{len(gt)} maps (one per ground-truth state)", len(paths))
-    pairs = ((k, read_grid_map(p, gt.box, gt.apix).data, gt[k], None) for k, p in enumerate(paths))
-    return score_states(pairs, gt.mask, "per-state maps", gt.apix)
+    pairs = ((k, read_grid_map(p, gt.lattice).data, gt[k], None) for k, p in enumerate(paths))
+    return score_states(pairs, gt.mask, "per-state maps", gt.lattice.apix)
 
 
 def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) -> tuple[ScoreTable, dict]:
@@ -91,13 +91,14 @@ def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) ->
     labels_path = gt.folder / "labels.npy"
     if gt.labels is None:
         raise InputError(labels_path, "labels", "the state of every image (gt/labels.npy)", "no such file")
-    model = load_trained_model(run_dir)
+    run = RunFolder(run_dir)
+    model = run.model()
     labels = gt.labels
     if latents_path is None:
         latents, source = model.latents.numpy(), "the run's particles"
-        selection = Path(run_dir) / "selection.npy"
-        if selection.is_file() and len(latents) != len(labels):  # stage 2 kept a subset
-            labels = labels[np.load(selection, allow_pickle=False)]
+        selection = run.selection(len(labels)) if len(latents) != len(labels) else None
+        if selection is not None:  # stage 2 kept a subset
+            labels = labels[selection]
     else:
         latents, source = read_rows(latents_path, "--latents", float), latents_path
         if latents.ndim != 2 or latents.shape[1] != model.cfg.zdim:
@@ -110,14 +111,14 @@ def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) ->
         with torch.no_grad():
             return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
 
-    table = per_conformation(latents, labels, gt, render, gt.mask, gt.apix,
+    table = per_conformation(latents, labels, gt, render, gt.mask, gt.lattice.apix,
                              title=f"per-conformation FSC: {run_dir} at {source}")
     extra = {}
     beads_path = gt.folder / "beads.npz"
-    clustering_path = Path(run_dir) / "parts" / "clustering.npz"
-    if beads_path.is_file() and clustering_path.is_file():
+    clustering = run.clustering()
+    if beads_path.is_file() and clustering is not None:
         beads = load_beads(beads_path)
-        extra["part_ari"] = part_ari(PartClustering.from_npz(clustering_path), beads)
+        extra["part_ari"] = part_ari(clustering, beads)
         presence = domain_presence(model, latents, labels, beads)
         extra["presence"] = [dataclasses.asdict(r) for r in presence]
         print(f"parts: adjusted Rand index vs ground-truth domains {extra['part_ari']:.3f}")
@@ -130,23 +131,23 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_new_outputs([args.out], args.overwrite)
     gt = load_ground_truth(args.gt)
-    print(f"ground truth: {len(gt)} states, {gt.box} px at {gt.apix:.4g} Å/px, "
+    print(f"ground truth: {len(gt)} states, {gt.lattice.box} px at {gt.lattice.apix:.4g} Å/px, "
           f"{'mask ' + str(gt.folder / 'mask.mrc') if gt.mask is not None else 'no mask (unmasked FSC)'}")
     if args.latents is not None and args.run is None:
         raise InputError(args.latents, "--latents", "to be used with --run", "--map/--maps")
     extra = {}
     if args.map is not None:
-        table = homogeneous_floor(read_grid_map(args.map, gt.box, gt.apix).data, gt, gt.mask, gt.apix,
+        table = homogeneous_floor(read_grid_map(args.map, gt.lattice).data, gt, gt.mask, gt.lattice.apix,
                                   title=f"homogeneous floor: {args.map} vs every state")
     elif args.run is not None:
         table, extra = score_run(gt, args.run, args.latents)
     else:
         table = score_per_state_maps(gt, state_map_paths(args.maps))
-    top = ceiling(gt, gt.mask, gt.apix)
+    top = ceiling(gt, gt.mask, gt.lattice.apix)
     print(table.format(args.rows))
     s = top.summary()
     print(f"ceiling (ground truth vs itself): AUC mean {s['mean_auc']:.4f} "
-          f"(max possible {(gt.box // 2 - 1) / gt.box:.4f})")
+          f"(max possible {max_auc(gt.lattice.box):.4f})")
     if args.out:
         write_json(args.out, {"scores": table.to_dict(), "ceiling": top.to_dict(), **extra})
         print(f"wrote {args.out}")

@@ -31,7 +31,7 @@ from cryospire_core.io.outputs import check_new_outputs
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.engine import DIVERGED
 from cryospire_core.models.infer import InferConfig, infer_latents
-from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import COUNT, SEED
 
@@ -59,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(out, "--out", "a .npy file name", out.suffix or "no suffix")
     check_new_outputs([out, out.with_suffix(".json")], args.overwrite)
     cfg = InferConfig(candidates=args.candidates, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    model = load_trained_model(args.run)
+    model = RunFolder(args.run).model()
     ps = particles_from_args(args)
-    if ps.box != model.box or not np.isclose(ps.apix, model.apix, rtol=1e-3):
+    lattice = model.lattice
+    if ps.box != lattice.box or not np.isclose(ps.apix, lattice.apix, rtol=1e-3):
         raise InputError(args.particles, "box and pixel size",
-                         f"{model.box} px at {model.apix:.4g} Å like the run's particles", f"{ps.box} px at {ps.apix:.4g} Å")
+                         f"{lattice.box} px at {lattice.apix:.4g} Å like the run's particles", f"{ps.box} px at {ps.apix:.4g} Å")
     device = resolve_device(args.device)
     bar = TerminalProgress(disable=args.quiet)
     t0 = time.perf_counter()

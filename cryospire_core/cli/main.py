@@ -47,6 +47,10 @@ COMMANDS: dict[str, str] = {
     "render": "write maps of a trained run at given latents or particles",
     "infer": "latents for new particles under a trained run's frozen model",
     "analyze": "PCA, k-means states, traversals, plots, part label map and masks of a run",
+    "parts": "show, re-cluster, merge or split a run's parts, and write their masks",
+    "traverse": "maps along a traversal of a run's latent space (a PC, or between particles or states)",
+    "select": "a subset of a run's particles (k-means states, polygon on PC1/PC2, latent box, index file)",
+    "branch": "a new run folder that trains a run's stage 2 on a particle selection",
 }
 
 

@@ -20,7 +20,7 @@ from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.errors import InputError
 from cryospire_core.io.mrc import write_map
 from cryospire_core.io.outputs import check_new_outputs
-from cryospire_core.pipeline.train import load_trained_model
+from cryospire_core.pipeline.runfolder import RunFolder
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def read_rows(path: str, what: str, dtype) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_trained_model(args.run)
+    model = RunFolder(args.run).model()
     latents = model.latents.numpy()
     if args.z:
         z = read_rows(args.z, "--z", float)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for k, (path, zk) in enumerate(zip(paths, z)):
             volume = model.volume(torch.as_tensor(zk, dtype=torch.float32)).numpy()
-            write_map(path, volume, model.apix)
+            write_map(path, volume, model.lattice.apix)
             if not np.any(volume):  # e.g. a latent far outside the run's: every Gaussian moved off the box
                 print(f"warning: {path} is empty (all zero) at latent row {k + 1} (|z| = {np.linalg.norm(zk):.3g}; "
                       f"the run's latents reach |z| = {reach:.3g})", file=sys.stderr)

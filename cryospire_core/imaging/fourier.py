@@ -1,13 +1,16 @@
 """Centred discrete Fourier transforms and Fourier-space lattices (torch, any device).
 
-Real-space arrays have their origin at index ``D // 2`` on every axis (RELION's convention);
-the centred transforms put the zero frequency at index ``D // 2`` too, so a slice through the
+Real-space arrays have their origin at index ``D // 2`` on every axis (RELION's convention, the
+centre of :class:`~cryospire_core.imaging.lattice.Lattice`); the centred transforms put the zero
+frequency at index ``D // 2`` too, so a slice through the
 origin of a 3D transform lines up with a 2D transform without phase ramps.
 """
 
 from __future__ import annotations
 
 import torch
+
+from cryospire_core.imaging.lattice import Lattice
 
 
 def fft2_centered(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,7 @@ def ifft3_centered(X: torch.Tensor) -> torch.Tensor:
 
 def freqs_1d(box: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Frequencies (box,) in cycles/pixel of a centred transform: (i - box // 2) / box."""
-    return (torch.arange(box, device=device, dtype=dtype) - box // 2) / box
+    return Lattice.pixels(box).axis_torch(device, dtype) / box
 
 
 def freq_grid_2d(box: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -67,16 +70,14 @@ def fourier_crop_2d(X: torch.Tensor, box: int) -> torch.Tensor:
     With :func:`fft2_centered`/:func:`ifft2_centered` this downsamples an image by D / box;
     the caller rescales amplitudes by (box / D)^2 to keep real-space values.
     """
-    D = X.shape[-1]
-    start = D // 2 - box // 2
-    return X[..., start : start + box, start : start + box]
+    s = Lattice.pixels(X.shape[-1]).centred_slice(box)
+    return X[..., s, s]
 
 
 def fourier_crop_3d(X: torch.Tensor, box: int) -> torch.Tensor:
     """Crop a centred 3D transform (..., D, D, D) to (..., box, box, box)."""
-    D = X.shape[-1]
-    s = D // 2 - box // 2
-    return X[..., s : s + box, s : s + box, s : s + box]
+    s = Lattice.pixels(X.shape[-1]).centred_slice(box)
+    return X[..., s, s, s]
 
 
 def rfft_centered_crop(x: torch.Tensor, box: int, ndim: int = 2) -> torch.Tensor:

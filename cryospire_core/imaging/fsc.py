@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryospire_core.imaging.lattice import Lattice
+
 
 def _shells(D: int) -> np.ndarray:
     """(D, D, D) int: shell number floor(radius) + 1 of each voxel of a centred D^3 transform.
 
     A voxel at radius r (Fourier pixels) belongs to shell i when i - 1 <= r < i.
     """
-    f = np.arange(D) - D // 2
+    f = Lattice.pixels(D).axis()
     r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
     return np.floor(r).astype(np.int64) + 1
 
@@ -55,6 +57,11 @@ def fsc(vol1: np.ndarray, vol2: np.ndarray, mask: np.ndarray | None = None) -> t
 def auc(freqs: np.ndarray, curve: np.ndarray) -> float:
     """Area under an FSC curve by the trapezoid rule (frequency in cycles/pixel)."""
     return float(np.trapezoid(curve, freqs))
+
+
+def max_auc(box: int) -> float:
+    """The AUC of a perfect FSC curve of (D, D, D) maps: (D/2 - 1) / D (0.484 at 64 px)."""
+    return (box // 2 - 1) / box
 
 
 def resolution(freqs: np.ndarray, curve: np.ndarray, threshold: float = 0.5) -> float:

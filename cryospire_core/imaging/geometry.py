@@ -1,4 +1,5 @@
-"""Rotations and lattices, following the RELION conventions (see the README's Conventions).
+"""Rotations, following the RELION conventions (see the README's Conventions; the sampling
+lattice is :mod:`cryospire_core.imaging.lattice`).
 
 A pose matrix ``A`` (3, 3) maps model coordinates to the image frame: a point ``c`` of the map
 projects to ``(A @ c)[:2]``; equivalently, the central slice of the map's 3D Fourier transform
@@ -128,8 +129,3 @@ def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
         -2,
     )
     return R
-
-
-def lattice_1d(box: int, apix: float) -> np.ndarray:
-    """Coordinates (box,) in Å of the pixel centres along one axis; index box // 2 is 0 Å."""
-    return (np.arange(box) - box // 2) * float(apix)

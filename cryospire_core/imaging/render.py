@@ -1,8 +1,9 @@
 """Fast rendering of isotropic Gaussian mixtures: 2D projections and 3D rasterisation.
 
 The mixture is ``V(p) = sum_i m_i exp(-|p - c_i|^2 / (2 s_i^2))`` with centres ``c_i`` (Å, model
-frame), widths ``s_i`` (Å) and amplitudes ``m_i``. Every output is sampled on the data lattice:
-index ``j`` of an axis sits at ``(j - D // 2) * apix`` Å; volumes are (z, y, x), images (y, x).
+frame), widths ``s_i`` (Å) and amplitudes ``m_i``. Every output is sampled on the data lattice
+(:class:`~cryospire_core.imaging.lattice.Lattice`): index ``j`` of an axis sits at
+``(j - D // 2) * apix`` Å; volumes are (z, y, x), images (y, x).
 
 How it is fast. A Gaussian is separable, so a block of output samples is a sum of outer products
 of 1D factors; a block of ``R`` rows by ``T`` columns fed by ``L`` Gaussians is one GEMM
@@ -36,6 +37,7 @@ import torch
 
 from cryospire_core.imaging import ctf as ctf_mod
 from cryospire_core.imaging import fourier
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.precision import float32_region, to_float32
 
 #: Default half-window in widths. 5 keeps values and gradients within ~2e-5 of the untruncated
@@ -73,16 +75,13 @@ def _float32(fn):
 
 
 @_float32
-
-
 def project(
     centres: torch.Tensor,
     widths: torch.Tensor,
     amplitudes: torch.Tensor,
     rotations: torch.Tensor,
     shifts: torch.Tensor,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     ctf: torch.Tensor | None = None,
     *,
     window: float = WINDOW_SIGMAS,
@@ -95,7 +94,7 @@ def project(
     amplitudes: (G,) or (B, G).
     rotations: (B, 3, 3) pose matrices A; a centre ``c`` lands at ``(A @ c)[:2]`` (x', y').
     shifts: (B, 2), Å, RELION origin (x, y): the image content is translated by ``-shift``.
-    box: image size D (pixels). apix: pixel size (Å).
+    lattice: the images' lattice (D pixels of ``apix`` Å per side).
     ctf: (B, 9) rows of ``ctf.CTF_COLUMNS`` or None (no CTF).
     window, tile: see the module docstring and :func:`default_tile`.
 
@@ -103,15 +102,16 @@ def project(
     integral along z' in voxel units: a Gaussian contributes
     ``m sqrt(2 pi) (s / apix) exp(-r^2 / (2 s^2))`` at each pixel centre.
     """
-    images = _splat_images(centres, widths, amplitudes, rotations, shifts, box, apix, window, tile)
+    images = _splat_images(centres, widths, amplitudes, rotations, shifts, lattice, window, tile)
     if ctf is None:
         return images
+    box = lattice.box
     # A CTF is a circular convolution, which commutes with the roll between centred and
     # uncentred layouts: filter the uncentred half spectrum of the real image, no rolls needed.
     ky = torch.fft.fftfreq(box, device=images.device, dtype=images.dtype)
     kx = torch.fft.rfftfreq(box, device=images.device, dtype=images.dtype)
     half = torch.stack(torch.meshgrid(kx, ky, indexing="xy"), -1)  # (D, D // 2 + 1, 2): (kx, ky)
-    return torch.fft.irfft2(torch.fft.rfft2(images) * _lattice_ctf(ctf, half, apix), s=(box, box))
+    return torch.fft.irfft2(torch.fft.rfft2(images) * _lattice_ctf(ctf, half, lattice.apix), s=(box, box))
 
 
 @_float32
@@ -121,8 +121,7 @@ def project_fourier(
     amplitudes: torch.Tensor,
     rotations: torch.Tensor,
     shifts: torch.Tensor,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     ctf: torch.Tensor | None = None,
     *,
     window: float = WINDOW_SIGMAS,
@@ -133,19 +132,19 @@ def project_fourier(
     Returns (B, D, D) complex. Saves the inverse FFT when the loss is computed in Fourier space
     (Parseval: ``sum |x|^2 = sum |fft2_centered(x)|^2 / D^2``).
     """
-    images = _splat_images(centres, widths, amplitudes, rotations, shifts, box, apix, window, tile)
+    images = _splat_images(centres, widths, amplitudes, rotations, shifts, lattice, window, tile)
     spectrum = fourier.fft2_centered(images)
     if ctf is None:
         return spectrum
-    return spectrum * ctf_values(ctf, box, apix, images.dtype)
+    return spectrum * ctf_values(ctf, lattice, images.dtype)
 
 
-def ctf_values(ctf: torch.Tensor, box: int, apix: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """CTF (B, D, D) on the centred 2D frequency lattice of a D-pixel image of pixel size apix.
+def ctf_values(ctf: torch.Tensor, lattice: Lattice, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """CTF (B, D, D) on the centred 2D frequency lattice of a D-pixel image on ``lattice``.
 
     ctf: (B, 9) rows of ``ctf.CTF_COLUMNS``. See :func:`_lattice_ctf` for the Nyquist detail.
     """
-    return _lattice_ctf(ctf, fourier.freq_grid_2d(box, device=ctf.device, dtype=dtype), apix)
+    return _lattice_ctf(ctf, fourier.freq_grid_2d(lattice.box, device=ctf.device, dtype=dtype), lattice.apix)
 
 
 def _lattice_ctf(ctf: torch.Tensor, freqs: torch.Tensor, apix: float) -> torch.Tensor:
@@ -168,13 +167,12 @@ def rasterize(
     centres: torch.Tensor,
     widths: torch.Tensor,
     amplitudes: torch.Tensor,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     *,
     window: float = WINDOW_SIGMAS,
     tile: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Sample the mixture on the D^3 data lattice.
+    """Sample the mixture on the D^3 ``lattice``.
 
     centres: (G, 3) Å (x, y, z), or (B, G, 3) for B volumes at once.
     widths: (G,) Å. amplitudes: (G,) or (B, G).
@@ -189,10 +187,11 @@ def rasterize(
     m = m.expand(n, -1)
     G = c.shape[1]
     # Index coordinates in array order (z, y, x).
-    u = c.flip(-1) / apix + box // 2
-    s_px = (widths / apix).expand(n, G)
-    t = tuple(tile) if tile is not None else default_tile(3, box, _typical_width_px(widths / apix), window)
-    vol = splat(u, s_px, m, (box, box, box), t, window)
+    u = lattice.index(c.flip(-1))
+    widths_px = widths / lattice.apix
+    s_px = widths_px.expand(n, G)
+    t = tuple(tile) if tile is not None else default_tile(3, lattice.box, _typical_width_px(widths_px), window)
+    vol = splat(u, s_px, m, lattice.shape, t, window)
     return vol if batched else vol[0]
 
 
@@ -251,8 +250,8 @@ def peak_memory_bytes(
 # --------------------------------------------------------------------------------------------
 
 
-def _splat_images(centres, widths, amplitudes, rotations, shifts, box, apix, window, tile) -> torch.Tensor:
-    """Rotate, shift and splat; (B, D, D) before the CTF."""
+def _splat_images(centres, widths, amplitudes, rotations, shifts, lattice: Lattice, window, tile) -> torch.Tensor:
+    """Rotate, shift and splat; (B, D, D) on ``lattice`` before the CTF."""
     B = rotations.shape[0]
     G = widths.shape[0]
     expected = {"rotations": (rotations, (B, 3, 3)), "shifts": (shifts, (B, 2)), "widths": (widths, (G,))}
@@ -266,12 +265,13 @@ def _splat_images(centres, widths, amplitudes, rotations, shifts, box, apix, win
     rotated = torch.einsum("bij,bgj->bgi", rotations[:, :2, :].to(c.dtype), c)  # (B, G, 2): x', y'
     # The image content moves by -shift, i.e. every centre moves by -shift.
     xy = rotated - shifts.to(c.dtype)[:, None, :]
-    u = xy.flip(-1) / apix + box // 2  # (row, col) = (y, x) index coordinates
-    s_px = (widths / apix).expand(B, G)
+    u = lattice.index(xy.flip(-1))  # (row, col) = (y, x) index coordinates
+    widths_px = widths / lattice.apix
+    s_px = widths_px.expand(B, G)
     # Line integral along z' in voxel units: sqrt(2 pi) s / apix.
     weight = m * (math.sqrt(2.0 * math.pi) * s_px)
-    t = tuple(tile) if tile is not None else default_tile(2, box, _typical_width_px(widths / apix), window)
-    return splat(u, s_px, weight, (box, box), t, window)
+    t = tuple(tile) if tile is not None else default_tile(2, lattice.box, _typical_width_px(widths_px), window)
+    return splat(u, s_px, weight, (lattice.box, lattice.box), t, window)
 
 
 # --------------------------------------------------------------------------------------------

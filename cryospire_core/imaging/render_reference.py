@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cryospire_core.imaging import ctf as ctf_mod
 from cryospire_core.imaging import fourier
+from cryospire_core.imaging.lattice import Lattice
 
 #: Largest number of (sample, Gaussian) terms evaluated at once.
 CHUNK_TERMS = 2**23
@@ -26,8 +27,7 @@ def project_dense(
     amplitudes: torch.Tensor,
     rotations: torch.Tensor,
     shifts: torch.Tensor,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     ctf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference projection, (B, D, D); see :func:`cryospire_core.imaging.render.project`."""
@@ -36,8 +36,9 @@ def project_dense(
     m = amplitudes if amplitudes.dim() == 2 else amplitudes[None].expand(B, -1)
     dtype, dev = c.dtype, c.device
     xy = torch.einsum("bij,bgj->bgi", rotations[:, :2, :].to(dtype), c) - shifts.to(dtype)[:, None, :]
-    lat = (torch.arange(box, device=dev, dtype=dtype) - box // 2) * apix
-    Y, X = torch.meshgrid(lat, lat, indexing="ij")
+    box, apix = lattice.box, lattice.apix
+    axis = lattice.axis_torch(dev, dtype)
+    Y, X = torch.meshgrid(axis, axis, indexing="ij")
     X, Y = X.reshape(1, -1, 1), Y.reshape(1, -1, 1)  # (1, D*D, 1) Å
     peak = m * math.sqrt(2.0 * math.pi) * widths / apix  # (B, G)
     inv2 = 0.5 / widths**2
@@ -54,22 +55,22 @@ def project_dense(
 
 
 def rasterize_dense(
-    centres: torch.Tensor, widths: torch.Tensor, amplitudes: torch.Tensor, box: int, apix: float
+    centres: torch.Tensor, widths: torch.Tensor, amplitudes: torch.Tensor, lattice: Lattice
 ) -> torch.Tensor:
     """Reference volume, (D, D, D) (z, y, x); see :func:`cryospire_core.imaging.render.rasterize`.
 
     Takes a single set of centres (G, 3) Å and amplitudes (G,).
     """
     dtype, dev = centres.dtype, centres.device
-    lat = (torch.arange(box, device=dev, dtype=dtype) - box // 2) * apix
-    Z, Y, X = (a.reshape(1, -1, 1) for a in torch.meshgrid(lat, lat, lat, indexing="ij"))
+    axis = lattice.axis_torch(dev, dtype)
+    Z, Y, X = (a.reshape(1, -1, 1) for a in torch.meshgrid(axis, axis, axis, indexing="ij"))
     inv2 = 0.5 / widths**2
 
     def part(c_c, m_c, inv2_c):
         r2 = (X - c_c[:, None, :, 0]) ** 2 + (Y - c_c[:, None, :, 1]) ** 2 + (Z - c_c[:, None, :, 2]) ** 2
         return torch.bmm(_exp_neg(r2 * inv2_c), m_c[:, :, None])[..., 0]
 
-    return _chunked(part, centres[None], amplitudes[None], inv2, box**3).reshape(box, box, box)
+    return _chunked(part, centres[None], amplitudes[None], inv2, lattice.box**3).reshape(lattice.shape)
 
 
 def _exp_neg(q: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.arrays import read_npz
 
 MIXTURE = ("centres", "widths", "amplitudes", "box", "apix")
@@ -33,3 +35,9 @@ def load_gaussians(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[
         raise InputError(path, "centres, box, apix", "at least one Gaussian, a box >= 2 px and apix > 0 Å",
                          f"{n} Gaussians, box {g['box']}, apix {g['apix']}")
     return g
+
+
+def mixture_lattice(gaussians: Mapping) -> Lattice:
+    """The lattice a mixture was made on, from the ``box`` and ``apix`` arrays of its file (or of
+    ``GaussianMixture.export()``)."""
+    return Lattice(int(gaussians["box"]), float(gaussians["apix"]))

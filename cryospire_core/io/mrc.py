@@ -21,6 +21,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import data_shape_from_header, dtype_from_mode
 
 from cryospire_core.errors import InputError, require_finite
+from cryospire_core.imaging.lattice import MRC_ORIGIN, Lattice
 from cryospire_core.io.atomic import atomic_path
 from cryospire_core.io.particles import ImageSource, check_pixel_size
 
@@ -38,6 +39,13 @@ class MapData:
     data: np.ndarray
     apix: float
     origin: np.ndarray
+
+    @property
+    def lattice(self) -> Lattice:
+        """The lattice the map samples (ValueError for a grid that is not D x D x D)."""
+        if len(set(self.data.shape)) != 1:
+            raise ValueError(f"a map on a lattice is D x D x D, got shape {self.data.shape}")
+        return Lattice(self.data.shape[0], self.apix)
 
 
 @dataclass
@@ -172,6 +180,8 @@ def write_map(
     """Atomically write a 3D map (z, y, x) as float32 with voxel size ``apix`` Å.
 
     origin: (x, y, z) Å stored in the header's origin field (the position of voxel index 0).
+    None, for every map cryospire makes, writes :data:`~cryospire_core.imaging.lattice.MRC_ORIGIN`
+    (0, as RELION and cryoSPARC); a value only stores back the origin a user's map was read with.
     A map with NaN or infinite voxels is refused (ResultError naming ``path``), never written.
     """
     data = np.asarray(data, dtype=np.float32)
@@ -181,8 +191,7 @@ def write_map(
     with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as m:
         m.set_data(data)
         m.voxel_size = float(apix)
-        if origin is not None:
-            m.header.origin = tuple(float(o) for o in origin)
+        m.header.origin = tuple(float(o) for o in (MRC_ORIGIN if origin is None else origin))
 
 
 class StackWriter:

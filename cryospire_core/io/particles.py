@@ -26,6 +26,7 @@ import numpy as np
 
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.ctf import CTF_COLUMNS, N_CTF, impossible_ctf, unusual_ctf
+from cryospire_core.imaging.lattice import Lattice
 
 #: Pixel sizes in Å a reader accepts: detectors and binning give 0.2-20 Å, so values beyond these
 #: bounds are unit errors (and tiny ones overflow the CTF's |s|^4 term in float32).
@@ -313,6 +314,11 @@ class ParticleSet:
     def box(self) -> int:
         return self.source.box
 
+    @property
+    def lattice(self) -> Lattice:
+        """The images' lattice (``box`` pixels of ``apix`` Å), which models render on."""
+        return Lattice(self.box, self.apix)
+
     def images(self, idx) -> np.ndarray:
         """Images (B, D, D) float32 in the dark-particle convention."""
         imgs = self.source.read(idx)
@@ -344,8 +350,8 @@ def detect_contrast(source: ImageSource, n: int = 1000, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(source), size=min(n, len(source)), replace=False))
     D = source.box
-    yy, xx = np.mgrid[:D, :D] - D // 2
-    r = np.hypot(xx, yy)
+    f = Lattice.pixels(D).axis()  # pixels from the image centre
+    r = np.hypot(f[None, :], f[:, None])
     inner, outer = r < D / 4, (r >= D / 4) & (r < D / 2)
     total, varied = 0.0, 0
     for start in range(0, len(idx), 256):

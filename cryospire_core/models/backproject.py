@@ -15,7 +15,7 @@ Accuracy choices (measured, see tests/core/test_backproject.py):
   Nyquist sphere. A per-shell SSNR-based Wiener term (from half-map FSC) was measured on
   synthetic data to give the same or lower FSC against the truth (its steep per-shell gain
   blurs shells once the padded map is cropped), so the simpler constant is used.
-The map comes back on the data lattice (D, D, D), voxel i at (i - D // 2) * apix Å.
+The map comes back on the data's lattice (D, D, D) (:class:`~cryospire_core.imaging.lattice.Lattice`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 from cryospire_core.imaging.ctf import compute_ctf
 from cryospire_core.imaging.fourier import ifft3_centered, shift_phase
 from cryospire_core.imaging.fsc import fsc
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.progress import ProgressCallback, ProgressEvent
 
@@ -146,7 +147,7 @@ def _fold(x: torch.Tensor, axis: int) -> torch.Tensor:
 
 def _inside_nyquist(P: int, device: torch.device) -> torch.Tensor:
     """(P, P, P) bool: voxels of a centred P^3 grid strictly inside the Nyquist sphere."""
-    f = torch.arange(P, device=device, dtype=torch.float32) - P // 2
+    f = Lattice.pixels(P).axis_torch(device, torch.float32)
     r2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2
     return r2 < (P / 2) ** 2
 
@@ -161,11 +162,11 @@ def _invert(num: torch.Tensor, w: torch.Tensor, wiener: float, box: int) -> np.n
     reg = wiener * float(w[_inside_nyquist(P, w.device)].mean())
     est = num / (w + reg).clamp_min(1e-12)
     vol = ifft3_centered(est)
-    s = P // 2 - box // 2
-    vol = vol[s : s + box, s : s + box, s : s + box]
+    s = Lattice.pixels(P).centred_slice(box)
+    vol = vol[s, s, s]
     # Trilinear insertion convolved the transform with a triangle one padded-grid voxel wide,
     # which multiplied the map by sinc^2 along each axis.
-    x = (torch.arange(box, device=num.device, dtype=torch.float32) - box // 2) / P
+    x = Lattice.pixels(box).axis_torch(num.device, torch.float32) / P
     c = torch.sinc(x) ** 2
     vol = vol / (c[:, None, None] * c[None, :, None] * c[None, None, :]).to(vol.dtype)
     return vol.cpu().numpy().astype(np.float32)
@@ -194,7 +195,8 @@ def backproject(
     if pad < 1 or wiener < 0:
         raise ValueError(f"backproject needs pad >= 1 and wiener >= 0, got pad={pad}, wiener={wiener}")
     device = torch.device(device)
-    D = ps.box
+    lattice = ps.lattice
+    D = lattice.box
     P = _padded_size(D, pad)
     section = _half_section(P, device)
     acc = _Accumulator(P, 2 if halves else 1, device)
@@ -208,7 +210,7 @@ def backproject(
         # +shift (observed = centred projection moved by -shift) and by -D//2 (box centre to the
         # origin) gives the centred transform of the re-centred particle.
         F = torch.fft.rfft2(imgs, s=(P, P)).reshape(len(idx), -1)[:, section.pixels]  # (B, M)
-        shifts_px = torch.as_tensor(ps.shifts[idx] / ps.apix - D // 2, dtype=torch.float32, device=device)
+        shifts_px = torch.as_tensor(ps.shifts[idx] / lattice.apix - lattice.centre, dtype=torch.float32, device=device)
         F = F * shift_phase(section.freqs, shifts_px)[:, 0]
         params = torch.as_tensor(ps.ctf[idx], dtype=torch.float32, device=device)
         ctf = compute_ctf(section.freqs / ps.apix, params)[:, 0]

@@ -17,6 +17,7 @@ from skimage.filters import threshold_otsu
 from torch import nn
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.render import project, rasterize
 from cryospire_core.io.atomic import write_json, write_npz
 from cryospire_core.io.mrc import read_map, write_map
@@ -50,16 +51,18 @@ class ConsensusConfig:
 
 
 class GaussianMixture(nn.Module):
-    """G isotropic Gaussians: centres (G, 3) Å, widths (G,) Å, amplitudes (G,).
+    """G isotropic Gaussians: centres (G, 3) Å, widths (G,) Å, amplitudes (G,), rendered on
+    ``lattice`` (the data's).
 
     Parameters are stored in pixel units so one learning rate suits every box and pixel size;
     widths are ``min_width + softplus(raw)`` so they never fall below the anti-aliasing floor.
     """
 
-    def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, box: int, apix: float,
+    def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, lattice: Lattice,
                  min_width_px: float = 0.7) -> None:
         super().__init__()
-        self.box, self.apix, self.min_width_px = int(box), float(apix), float(min_width_px)
+        self.lattice, self.min_width_px = lattice, float(min_width_px)
+        apix = lattice.apix
         w_px = np.maximum(np.asarray(widths, dtype=np.float64) / apix - min_width_px, 1e-3)
         self.centres_px = nn.Parameter(torch.as_tensor(np.asarray(centres) / apix, dtype=torch.float32))
         self.width_raw = nn.Parameter(torch.as_tensor(np.log(np.expm1(w_px)), dtype=torch.float32))
@@ -68,35 +71,36 @@ class GaussianMixture(nn.Module):
     @property
     def centres(self) -> torch.Tensor:
         """(G, 3) Å."""
-        return self.centres_px * self.apix
+        return self.centres_px * self.lattice.apix
 
     @property
     def widths(self) -> torch.Tensor:
         """(G,) Å."""
-        return (self.min_width_px + nn.functional.softplus(self.width_raw)) * self.apix
+        return (self.min_width_px + nn.functional.softplus(self.width_raw)) * self.lattice.apix
 
     def render_images(self, batch: Batch) -> torch.Tensor:
         """Predicted images (B, D, D) for a batch's poses, shifts and CTFs."""
-        return project(self.centres, self.widths, self.amplitudes, batch.rotations, batch.shifts,
-                       self.box, self.apix, ctf=batch.ctf)
+        return project(self.centres, self.widths, self.amplitudes, batch.rotations, batch.shifts, self.lattice,
+                       ctf=batch.ctf)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mse = (self.render_images(batch) - batch.images).pow(2).mean()
         return mse, {"mse": float(mse.detach())}
 
     def volume(self) -> torch.Tensor:
-        """The mixture rasterised on the data lattice, (D, D, D)."""
-        return rasterize(self.centres, self.widths, self.amplitudes, self.box, self.apix)
+        """The mixture rasterised on its lattice, (D, D, D)."""
+        return rasterize(self.centres, self.widths, self.amplitudes, self.lattice)
 
     def export(self) -> dict[str, np.ndarray]:
-        """Plain arrays for ``gaussians.npz``: centres Å, widths Å, amplitudes, box, apix."""
+        """Plain arrays for ``gaussians.npz``: centres Å, widths Å, amplitudes, and the lattice's
+        box and apix."""
         with torch.no_grad():
             return {
                 "centres": self.centres.cpu().numpy().astype(np.float32),
                 "widths": self.widths.cpu().numpy().astype(np.float32),
                 "amplitudes": self.amplitudes.cpu().numpy().astype(np.float32),
-                "box": np.int64(self.box),
-                "apix": np.float64(self.apix),
+                "box": np.int64(self.lattice.box),
+                "apix": np.float64(self.lattice.apix),
             }
 
 
@@ -118,13 +122,14 @@ def seed_from_map(volume: np.ndarray, apix: float, cfg: ConsensusConfig, rng: np
     Centres are drawn from the voxels above the density threshold with probability
     proportional to their density, jittered within the voxel.
     """
-    D = volume.shape[0]
+    lattice = Lattice(volume.shape[0], apix)
     thr = density_threshold(volume)
     zyx = np.argwhere(volume > thr)
     weights = volume[volume > thr].astype(np.float64)
     g = cfg.n_gaussians or int(np.clip(len(zyx) / cfg.voxels_per_gaussian, 512, 16384))
     pick = rng.choice(len(zyx), size=g, replace=g > len(zyx), p=weights / weights.sum())
-    xyz_px = zyx[pick][:, ::-1].astype(np.float64) - D // 2 + rng.uniform(-0.5, 0.5, (g, 3))
+    # (x, y, z) voxels from the lattice centre, jittered within the voxel.
+    xyz_px = zyx[pick][:, ::-1].astype(np.float64) - lattice.centre + rng.uniform(-0.5, 0.5, (g, 3))
     widths = np.full(g, cfg.init_width_px * apix)
     # Each Gaussian starts with the share of density its neighbourhood holds.
     amplitudes = volume[zyx[pick, 0], zyx[pick, 1], zyx[pick, 2]] * len(zyx) / g / (2 * np.pi * cfg.init_width_px**2) ** 1.5
@@ -165,18 +170,32 @@ class ConsensusResult:
     history: list[float]
 
 
-def seed_map(particles: ParticleSet, out_dir: Path, device: torch.device, progress: ProgressCallback | None = None,
+@dataclass(frozen=True)
+class ConsensusFiles:
+    """Where a consensus fit writes (a run folder's consensus stage:
+    :meth:`~cryospire_core.pipeline.runfolder.RunFolder.consensus_files`): the cached seed
+    backprojection, the loop's checkpoint, and once finished the mixture (``export()``), its
+    rasterised map and the loss history."""
+
+    backprojection: Path
+    checkpoint: Path
+    gaussians: Path
+    map: Path
+    history: Path
+
+
+def seed_map(particles: ParticleSet, cache: Path, device: torch.device, progress: ProgressCallback | None = None,
              user_map: str | None = None) -> np.ndarray:
     """The (D, D, D) map the consensus is seeded from: ``user_map`` (checked to lie on the
     particles' lattice), else the particles' backprojection, computed once and cached as
-    ``out_dir/backprojection.mrc`` so a resumed run does not redo it."""
+    ``cache`` (an .mrc) so a resumed run does not redo it."""
     if user_map is not None:
         m = read_map(user_map)
         if m.data.shape != (particles.box,) * 3 or not np.isclose(m.apix, particles.apix, rtol=1e-3):
             raise InputError(user_map, "map grid", f"{particles.box}^3 voxels of {particles.apix:.4g} Å like the particles",
                              f"{m.data.shape} of {m.apix:.4g} Å")
         return m.data
-    cached = Path(out_dir) / "backprojection.mrc"
+    cached = Path(cache)
     if cached.exists():
         return read_map(cached).data
     volume = backproject(particles, device=device, progress=progress).volume
@@ -187,7 +206,7 @@ def seed_map(particles: ParticleSet, out_dir: Path, device: torch.device, progre
 def fit_consensus(
     particles: ParticleSet,
     init_map: np.ndarray,
-    out_dir: Path,
+    files: ConsensusFiles,
     cfg: ConsensusConfig,
     device: torch.device,
     progress: ProgressCallback | None = None,
@@ -196,21 +215,18 @@ def fit_consensus(
     precision: str = "fp32",
     dist: Distributed = Distributed(),
 ) -> ConsensusResult:
-    """Fit the consensus mixture; writes ``checkpoint.pt`` while it runs and, when finished,
-    ``gaussians.npz``, ``map.mrc`` and ``history.json`` into ``out_dir``.
+    """Fit the consensus mixture; writes ``files.checkpoint`` while it runs and, when finished,
+    ``files.gaussians``, ``files.map`` and ``files.history`` (their folders must exist).
 
     particles: ParticleSet; init_map: (D, D, D) map on the data lattice to seed from (see
-    :func:`seed_map`); cfg's epochs, batch_size and seed drive the loop. A checkpoint already in ``out_dir`` is resumed from (the seeding
+    :func:`seed_map`); cfg's epochs, batch_size and seed drive the loop. A checkpoint already at ``files.checkpoint`` is resumed from (the seeding
     and 3D pre-fit are skipped: the checkpoint holds their result). precision: a resolved
     :mod:`precision` name; dist: in a data-parallel run every rank calls this, rank 0 writes.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / "checkpoint.pt"
-    torch.manual_seed(cfg.seed)
+    checkpoint = files.checkpoint
     rng = np.random.default_rng(cfg.seed)
     centres, widths, amps = seed_from_map(init_map, particles.apix, cfg, rng)
-    model = GaussianMixture(centres, widths, amps, particles.box, particles.apix, cfg.min_width_px).to(device)
+    model = GaussianMixture(centres, widths, amps, particles.lattice, cfg.min_width_px).to(device)
     if not checkpoint.exists() and cfg.map_fit_steps > 0:
         fit_to_map(model, torch.as_tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
     optimizer = make_optimizer(model, cfg.lr)
@@ -218,8 +234,8 @@ def fit_consensus(
     result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop, dist=dist)
     if result.status == "finished" and dist.is_main:
         export = model.export()
-        write_npz(out_dir / "gaussians.npz", **export)
+        write_npz(files.gaussians, **export)
         with torch.no_grad():
-            write_map(out_dir / "map.mrc", model.volume().cpu().numpy(), particles.apix)
-        write_json(out_dir / "history.json", {"epoch_loss": result.history})
+            write_map(files.map, model.volume().cpu().numpy(), particles.apix)
+        write_json(files.history, {"epoch_loss": result.history})
     return ConsensusResult(result.status, model, result.history)

@@ -22,20 +22,25 @@ cost is only r x outputs multiply-adds (see benchmarks/models.py for speed and q
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from torch import nn
+from torch.nn.utils import skip_init
 
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.precision import to_float32
-from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.imaging.render import rasterize
+from cryospire_core.io.mixture import mixture_lattice
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
+from cryospire_core.models.stage import Decoded, StageConfig, StageModel
 
 MLP_FORMS = ("dense", "lowrank")
 
@@ -43,51 +48,42 @@ MLP_FORMS = ("dense", "lowrank")
 PAIR_CHUNK_ELEMENTS = 2**20
 
 
-@dataclass
-class DiscoveryConfig:
-    """Every knob of stage 1.
-
-    n_gaussians: G coarse Gaussians; zdim: latent size; feature_dim: per-Gaussian feature size;
-    hidden/depth: MLP width and number of hidden layers; mlp_form: ``dense`` (the paper's) or
-    ``lowrank`` with ``rank``; lr_mlp/lr_features/lr_latent/lr_gaussians: Adam rates (centres and
-    widths of the base mixture in pixels, amplitudes relative to their mean); prior_weight: of
-    |z|^2 per image (see the module docstring); image_var: variance of the observed pixels the
-    data term is divided by (:func:`image_variance`); gate_bias: initial gate logit (sigmoid(3) =
-    0.95; amplitudes are divided by it so the initial model reproduces the seed);
-    latent_init_std/feature_init_std: random initial codes/features; min_width_px: width floor.
-    """
+@dataclass(kw_only=True)
+class DiscoveryConfig(StageConfig):
+    """Every knob of stage 1: the shared ones (:class:`~cryospire_core.models.stage.StageConfig`)
+    at stage 1's sizes, and latent_init_std/feature_init_std, the spread of the random initial
+    codes/features."""
 
     n_gaussians: int = 2048
-    zdim: int = 4
-    feature_dim: int = 24
     hidden: int = 32
     depth: int = 1
-    mlp_form: str = "dense"
-    rank: int = 8
     lr_mlp: float = 1e-2
-    lr_features: float = 1e-2
-    lr_latent: float = 0.1
-    lr_gaussians: float = 2e-3
-    prior_weight: float = 0.1
-    image_var: float = 1.0
-    gate_bias: float = 3.0
+    epochs: int = 15
     latent_init_std: float = 0.1
     feature_init_std: float = 1.0
-    min_width_px: float = 0.7
-    epochs: int = 15
-    batch_size: int = 64
-    seed: int = 0
 
-    @classmethod
-    def paper(cls, **changes) -> DiscoveryConfig:
-        """The paper's stage 1: G 2,048, MLPs of 1 hidden layer of 32, 15 epochs, batch 64."""
-        return replace(cls(), **changes)
 
-    @classmethod
-    def cpu(cls, **changes) -> DiscoveryConfig:
-        """Sized for a 2-core CPU: the paper's model, 10 epochs (64 px, 20,000 images: ~4-5 min
-        at the ~780 images/s benchmarks/models.py measured)."""
-        return replace(cls(epochs=10), **changes)
+
+def seeded_linear(n_in: int, n_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
+    """``nn.Linear(n_in, n_out)`` with torch's default initialisation (Kaiming-uniform weights,
+    uniform bias in +-1/sqrt(n_in)) drawn from ``generator``: the global RNG is neither read nor
+    advanced, so a model's initial weights depend on its seed alone."""
+    layer = skip_init(nn.Linear, n_in, n_out, bias=bias)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        if bias:
+            bound = 1.0 / math.sqrt(n_in)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def zero_linear(n_in: int, n_out: int, bias: float = 0.0) -> nn.Linear:
+    """``nn.Linear(n_in, n_out)`` starting at zero weights and a constant ``bias`` (draws nothing)."""
+    layer = skip_init(nn.Linear, n_in, n_out)
+    with torch.no_grad():
+        nn.init.zeros_(layer.weight)
+        nn.init.constant_(layer.bias, bias)
+    return layer
 
 
 class PairMLP(nn.Module):
@@ -99,38 +95,35 @@ class PairMLP(nn.Module):
     pair. ``lowrank``: ``z Wz + b`` and ``f Wf + b_f`` each go through their own ``depth - 1``
     hidden layers; the image branch ends in (rank, out) coefficients U(z), the item branch in
     (rank,) values V(f), and the output is ``sum_r V_r(f) U_r(z) + bias``.
-    The last layer starts at zero so the output starts at ``out_bias`` for every z and f.
+    The last layer starts at zero so the output starts at ``out_bias`` for every z and f; the
+    other layers' initial weights are drawn from ``generator`` (:func:`seeded_linear`).
     """
 
     def __init__(self, zdim: int, fdim: int, out: int, hidden: int, depth: int, form: str = "dense",
-                 rank: int = 8, out_bias: float = 0.0) -> None:
+                 rank: int = 8, out_bias: float = 0.0, *, generator: torch.Generator) -> None:
         super().__init__()
         if form not in MLP_FORMS:
             raise ValueError(f"PairMLP: form must be one of {MLP_FORMS}, got {form!r}")
         if depth < 1:
             raise ValueError(f"PairMLP: depth must be >= 1, got {depth}")
         self.form, self.out, self.rank = form, int(out), int(rank)
-        self.z_in = nn.Linear(zdim, hidden)
-        self.f_in = nn.Linear(fdim, hidden, bias=form == "lowrank")
+        self.z_in = seeded_linear(zdim, hidden, generator)
+        self.f_in = seeded_linear(fdim, hidden, generator, bias=form == "lowrank")
 
         def trunk() -> nn.Sequential:
             layers: list[nn.Module] = []
             for _ in range(depth - 1):
-                layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+                layers += [seeded_linear(hidden, hidden, generator), nn.ReLU()]
             return nn.Sequential(*layers)
 
         self.trunk = trunk()
         if form == "dense":
-            self.head = nn.Linear(hidden, out)
-            nn.init.zeros_(self.head.weight)
-            nn.init.constant_(self.head.bias, out_bias)
+            self.head = zero_linear(hidden, out, out_bias)
         else:
             self.f_trunk = trunk()
-            self.u_head = nn.Linear(hidden, rank * out)
-            self.v_head = nn.Linear(hidden, rank)
+            self.u_head = zero_linear(hidden, rank * out)
+            self.v_head = seeded_linear(hidden, rank, generator)
             self.bias = nn.Parameter(torch.full((out,), float(out_bias)))
-            nn.init.zeros_(self.u_head.weight)
-            nn.init.zeros_(self.u_head.bias)
 
     def forward(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """(B, G, out) float32 (the layers themselves run in the autocast dtype when one is active)."""
@@ -185,25 +178,24 @@ def as_arrays(gaussians: Mapping) -> dict[str, np.ndarray]:
     return {k: np.asarray(gaussians[k]) for k in ("centres", "widths", "amplitudes", "box", "apix")}
 
 
-class PartDiscoveryModel(nn.Module):
+class PartDiscoveryModel(StageModel):
     """Stage 1 model. centres/widths/amplitudes seed the base mixture (Å, Å, density);
-    n_particles: number of latents; box, apix: the data lattice."""
+    n_particles: number of latents; lattice: the data's. The random initial features,
+    latents and MLP weights are drawn from a generator seeded by ``cfg.seed``."""
+
+    stage = "discovery"
 
     def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n_particles: int,
-                 box: int, apix: float, cfg: DiscoveryConfig) -> None:
+                 lattice: Lattice, cfg: DiscoveryConfig) -> None:
         super().__init__()
-        self.cfg, self.box, self.apix = cfg, int(box), float(apix)
-        with torch.random.fork_rng(devices=[]):  # reproducible initialisation, global RNG untouched
-            torch.manual_seed(cfg.seed)
-            self._build(centres, widths, amplitudes, n_particles, box, apix)
-
-    def _build(self, centres, widths, amplitudes, n_particles: int, box: int, apix: float) -> None:
-        cfg = self.cfg
+        self.cfg, self.lattice = cfg, lattice
+        rng = torch.Generator().manual_seed(cfg.seed)
         gate0 = 1.0 / (1.0 + np.exp(-cfg.gate_bias))
-        self.base = GaussianMixture(centres, widths, np.asarray(amplitudes) / gate0, box, apix, cfg.min_width_px)
-        self.feature = nn.Parameter(torch.randn(len(centres), cfg.feature_dim) * cfg.feature_init_std)
-        self.latents = LatentTable(n_particles, cfg.zdim, init=torch.randn(n_particles, cfg.zdim) * cfg.latent_init_std)
-        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth, form=cfg.mlp_form, rank=cfg.rank)
+        self.base = GaussianMixture(centres, widths, np.asarray(amplitudes) / gate0, lattice, cfg.min_width_px)
+        self.feature = nn.Parameter(torch.randn(len(centres), cfg.feature_dim, generator=rng) * cfg.feature_init_std)
+        self.latents = LatentTable(n_particles, cfg.zdim, cfg.latent_init_std, generator=rng)
+        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth, form=cfg.mlp_form,
+                   rank=cfg.rank, generator=rng)
         self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
         self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
 
@@ -214,9 +206,14 @@ class PartDiscoveryModel(nn.Module):
         to ``cfg.n_gaussians`` by :func:`coarsen` when it has more."""
         g = as_arrays(gaussians)
         c, s, m = coarsen(g["centres"], g["widths"], g["amplitudes"], cfg.n_gaussians, cfg.seed)
-        return cls(c, s, m, n_particles, int(g["box"]), float(g["apix"]), cfg).to(device)
+        return cls(c, s, m, n_particles, mixture_lattice(g), cfg).to(device)
 
     # -- decoding -----------------------------------------------------------------------------
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """(G, 3) Å rest centres (the base mixture's)."""
+        return self.base.centres
 
     def features(self) -> torch.Tensor:
         """(G, feature_dim) per-Gaussian features."""
@@ -224,15 +221,16 @@ class PartDiscoveryModel(nn.Module):
 
     def shifts(self, z: torch.Tensor) -> torch.Tensor:
         """(B, G, 3) Å centre displacements for latents z (B, zdim)."""
-        return self.shift_mlp(z, self.feature) * self.apix
+        return self.shift_mlp(z, self.feature) * self.lattice.apix
 
     def gates(self, z: torch.Tensor) -> torch.Tensor:
         """(B, G) amplitude gates in [0, 1] for latents z (B, zdim)."""
         return torch.sigmoid(self.gate_mlp(z, self.feature)[..., 0])
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents z (B, zdim) -> (centres (B, G, 3) Å, amplitudes (B, G))."""
-        return self.base.centres[None] + self.shifts(z), self.gates(z) * self.base.amplitudes
+    def decode(self, z: torch.Tensor) -> Decoded:
+        """Latents z (B, zdim) -> centres (B, G, 3) Å, gates and gated amplitudes (B, G); no part motions."""
+        gates = self.gates(z)
+        return Decoded(self.base.centres[None] + self.shifts(z), gates * self.base.amplitudes, gates)
 
     @property
     def widths(self) -> torch.Tensor:
@@ -242,10 +240,10 @@ class PartDiscoveryModel(nn.Module):
     def volume(self, z: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
         """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D);
         ``gates`` (G,) replace the decoded presence when given."""
-        centres, amps = self.decode(z.reshape(1, -1))
-        if gates is not None:
-            amps = gates[None] * self.base.amplitudes
-        return rasterize(centres[0], self.widths, amps[0], self.box, self.apix)
+        if gates is None:
+            return super().volume(z)
+        centres = self.base.centres + self.shifts(z.reshape(1, -1))[0]
+        return rasterize(centres, self.widths, gates * self.base.amplitudes, self.lattice)
 
     def improved_map(self, latents: torch.Tensor, gates_sample: torch.Tensor) -> torch.Tensor:
         """The map that seeds stage 2, (D, D, D): one sharp conformation (the particle nearest
@@ -256,19 +254,13 @@ class PartDiscoveryModel(nn.Module):
         rep = int(torch.argmin(torch.linalg.norm(latents - latents.mean(0), dim=1)))
         return self.volume(latents[rep], torch.quantile(gates_sample, 0.95, dim=0))
 
-    def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted images (B, D, D) of a batch (its poses, shifts and CTFs) at latents z
-        (default: the batch's own latents)."""
-        centres, amps = self.decode(self.latents(batch.index) if z is None else z)
-        return project(centres, self.widths, amps, batch.rotations, batch.shifts, self.box, self.apix, ctf=batch.ctf)
-
     # -- training -----------------------------------------------------------------------------
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Normalised L2 + latent prior (see the module docstring)."""
         z = self.latents(batch.index)
         data = (self.render_images(batch, z) - batch.images).pow(2).mean() / self.cfg.image_var
-        prior = self.cfg.prior_weight * z.pow(2).sum(1).mean() / self.box**2
+        prior = self.cfg.prior_weight * z.pow(2).sum(1).mean() / self.lattice.box**2
         return data + prior, {"data": float(data.detach()), "prior": float(prior.detach())}
 
     def make_optimizer(self) -> MultiOptimizer:

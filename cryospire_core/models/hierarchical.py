@@ -20,62 +20,38 @@ pixel errors for unit-variance images + prior |z|^2) averaged over the batch, pl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.precision import float32_region
-from cryospire_core.imaging.render import project, rasterize
+from cryospire_core.io.mixture import mixture_lattice
 from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.discovery import PairMLP, as_arrays
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
+from cryospire_core.models.stage import Decoded, StageConfig, StageModel
 
 
-@dataclass
-class HierarchicalConfig:
-    """Every knob of stage 2 (see :class:`discovery.DiscoveryConfig` for the shared ones).
-
-    n_gaussians: G the stage-2 seed should have (the caller builds the seed); offset_weight:
-    weight of sum |df|^2; anchors: False drops the per-part rigid motions (every Gaussian moves
-    by its residual alone: the paper's "without anchors" ablation).
+@dataclass(kw_only=True)
+class HierarchicalConfig(StageConfig):
+    """Every knob of stage 2: the shared ones (:class:`~cryospire_core.models.stage.StageConfig`;
+    n_gaussians is the G the stage-2 seed should have, the caller builds the seed) at stage 2's
+    sizes, and offset_weight: weight of sum |df|^2; anchors: False drops the per-part rigid
+    motions (every Gaussian moves by its residual alone: the paper's "without anchors" ablation).
     """
 
     n_gaussians: int = 8192
-    zdim: int = 4
-    feature_dim: int = 24
     hidden: int = 128
     depth: int = 3
-    mlp_form: str = "dense"
-    rank: int = 8
     lr_mlp: float = 1e-3
-    lr_features: float = 1e-2
-    lr_latent: float = 0.1
-    lr_gaussians: float = 2e-3
-    prior_weight: float = 0.1
+    epochs: int = 30
     offset_weight: float = 0.01
     anchors: bool = True
-    image_var: float = 1.0
-    gate_bias: float = 3.0
-    min_width_px: float = 0.7
-    epochs: int = 30
-    batch_size: int = 64
-    seed: int = 0
 
-    @classmethod
-    def paper(cls, **changes) -> HierarchicalConfig:
-        """The paper's stage 2: G 8,192, MLPs of 3 hidden layers of 128, 30 epochs, batch 64."""
-        return replace(cls(), **changes)
-
-    @classmethod
-    def cpu(cls, **changes) -> HierarchicalConfig:
-        """Sized for a 2-core CPU: G 4,096, MLPs of 2 hidden layers of 32 (dense form), 12 epochs
-        (64 px, 20,000 images: ~15 min at the ~280 images/s benchmarks/models.py measured).
-        The dense 32 x 2 MLP matched 64 x 2 and beat the low-rank form on the assembly
-        quality run of benchmarks/models.py."""
-        return replace(cls(n_gaussians=4096, epochs=12, hidden=32, depth=2), **changes)
 
 
 def rotvec_to_rotation(v: torch.Tensor) -> torch.Tensor:
@@ -96,16 +72,19 @@ def rotvec_to_rotation(v: torch.Tensor) -> torch.Tensor:
     return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
 
 
-class PartAwareModel(nn.Module):
+class PartAwareModel(StageModel):
     """Stage 2 model.
 
     centres (G, 3) Å, widths (G,) Å, amplitudes (G,): the seed mixture; part_index (G,) int in
     [0, K); anchor_centres (K, 3) Å; anchor_features (K, feature_dim); latents (N, zdim) starting
-    codes (stage 1's); box, apix: the data lattice.
+    codes (stage 1's); lattice: the data's. The MLPs' initial weights are drawn from a
+    generator seeded by ``cfg.seed``.
     """
 
+    stage = "hierarchical"
+
     def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, part_index: np.ndarray,
-                 anchor_centres: np.ndarray, anchor_features: np.ndarray, latents: np.ndarray, box: int, apix: float,
+                 anchor_centres: np.ndarray, anchor_features: np.ndarray, latents: np.ndarray, lattice: Lattice,
                  cfg: HierarchicalConfig) -> None:
         super().__init__()
         part_index = np.asarray(part_index, dtype=np.int64)
@@ -116,23 +95,22 @@ class PartAwareModel(nn.Module):
                              f"shape {part_index.shape} range [{part_index.min()}, {part_index.max()}]")
         if np.asarray(anchor_features).shape != (K, cfg.feature_dim):
             raise ValueError(f"PartAwareModel: anchor_features must be {(K, cfg.feature_dim)}, got {np.asarray(anchor_features).shape}")
-        self.cfg, self.box, self.apix, self.n_parts = cfg, int(box), float(apix), K
+        self.cfg, self.lattice, self.n_parts = cfg, lattice, K
         gate0 = 1.0 / (1.0 + np.exp(-cfg.gate_bias))
         # The mixture's "centres" are the offsets dc_i from each Gaussian's anchor.
         offsets = np.asarray(centres, dtype=np.float64) - anchor_centres[part_index]
-        self.offsets = GaussianMixture(offsets, widths, np.asarray(amplitudes) / gate0, box, apix, cfg.min_width_px)
+        self.offsets = GaussianMixture(offsets, widths, np.asarray(amplitudes) / gate0, lattice, cfg.min_width_px)
         self.register_buffer("part_index", torch.as_tensor(part_index))
         self.register_buffer("anchor_centres", torch.as_tensor(anchor_centres, dtype=torch.float32))
         self.anchor_feature = nn.Parameter(torch.as_tensor(np.asarray(anchor_features), dtype=torch.float32).clone())
         self.feature_offset = nn.Parameter(torch.zeros(len(centres), cfg.feature_dim))
         self.latents = LatentTable(len(latents), cfg.zdim, init=latents)
-        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth)
-        with torch.random.fork_rng(devices=[]):  # reproducible initialisation, global RNG untouched
-            torch.manual_seed(cfg.seed)
-            # Only K pairs per image: the anchor MLP is always dense.
-            self.anchor_mlp = PairMLP(out=6, form="dense", **mlp)
-            self.residual_mlp = PairMLP(out=3, form=cfg.mlp_form, rank=cfg.rank, **mlp)
-            self.presence_mlp = PairMLP(out=1, form=cfg.mlp_form, rank=cfg.rank, out_bias=cfg.gate_bias, **mlp)
+        mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth,
+                   generator=torch.Generator().manual_seed(cfg.seed))
+        # Only K pairs per image: the anchor MLP is always dense.
+        self.anchor_mlp = PairMLP(out=6, form="dense", **mlp)
+        self.residual_mlp = PairMLP(out=3, form=cfg.mlp_form, rank=cfg.rank, **mlp)
+        self.presence_mlp = PairMLP(out=1, form=cfg.mlp_form, rank=cfg.rank, out_bias=cfg.gate_bias, **mlp)
 
     @classmethod
     def from_parts(cls, gaussians: Mapping, part_index: np.ndarray, anchor_centres: np.ndarray,
@@ -142,7 +120,7 @@ class PartAwareModel(nn.Module):
         its part labels, the anchors and stage 1's latents."""
         g = as_arrays(gaussians)
         return cls(g["centres"], g["widths"], g["amplitudes"], part_index, anchor_centres, anchor_features,
-                   latents, int(g["box"]), float(g["apix"]), cfg).to(device)
+                   latents, mixture_lattice(g), cfg).to(device)
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -166,7 +144,7 @@ class PartAwareModel(nn.Module):
         if not self.cfg.anchors:
             return z.new_zeros(len(z), self.n_parts, 3), z.new_zeros(len(z), self.n_parts, 3)
         out = self.anchor_mlp(z, self.anchor_feature)
-        return out[..., :3], out[..., 3:] * self.apix
+        return out[..., :3], out[..., 3:] * self.lattice.apix
 
     def gates(self, z: torch.Tensor) -> torch.Tensor:
         """(B, G) amplitude gates in [0, 1]."""
@@ -179,28 +157,18 @@ class PartAwareModel(nn.Module):
         count = torch.bincount(self.part_index, minlength=self.n_parts).clamp(min=1).to(g.dtype)
         return total / count
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Latents z (B, zdim) -> (centres (B, G, 3) Å, amplitudes (B, G), (rotvec (B, K, 3),
-        translation (B, K, 3) Å))."""
+    def decode(self, z: torch.Tensor) -> Decoded:
+        """Latents z (B, zdim) -> centres (B, G, 3) Å, gates and gated amplitudes (B, G), and the
+        parts' motions (:meth:`part_motions`)."""
         rotvec, trans = self.part_motions(z)
-        residual = self.residual_mlp(z, self.features()) * self.apix
+        residual = self.residual_mlp(z, self.features()) * self.lattice.apix
         gates = self.gates(z)
         with float32_region(z.device.type):  # rigid motions of Å-scale offsets: float32 under autocast
             R = rotvec_to_rotation(rotvec)[:, self.part_index]  # (B, G, 3, 3)
             anchor = self.anchor_centres[self.part_index]
             rel = self.offsets.centres  # c_i - anchor_c[a_i]
             centres = torch.einsum("bgij,gj->bgi", R, rel) + anchor + trans[:, self.part_index] + residual
-        return centres, gates * self.offsets.amplitudes, (rotvec, trans)
-
-    def volume(self, z: torch.Tensor) -> torch.Tensor:
-        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D)."""
-        centres, amps, _ = self.decode(z.reshape(1, -1))
-        return rasterize(centres[0], self.widths, amps[0], self.box, self.apix)
-
-    def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted images (B, D, D) of a batch at latents z (default: the batch's own)."""
-        centres, amps, _ = self.decode(self.latents(batch.index) if z is None else z)
-        return project(centres, self.widths, amps, batch.rotations, batch.shifts, self.box, self.apix, ctf=batch.ctf)
+        return Decoded(centres, gates * self.offsets.amplitudes, gates, (rotvec, trans))
 
     # -- training -----------------------------------------------------------------------------
 
@@ -209,8 +177,8 @@ class PartAwareModel(nn.Module):
         cfg = self.cfg
         z = self.latents(batch.index)
         data = (self.render_images(batch, z) - batch.images).pow(2).mean() / cfg.image_var
-        prior = cfg.prior_weight * z.pow(2).sum(1).mean() / self.box**2
-        offset = cfg.offset_weight * self.feature_offset.pow(2).sum() / self.box**2
+        prior = cfg.prior_weight * z.pow(2).sum(1).mean() / self.lattice.box**2
+        offset = cfg.offset_weight * self.feature_offset.pow(2).sum() / self.lattice.box**2
         metrics = {"data": float(data.detach()), "prior": float(prior.detach()), "offset": float(offset.detach())}
         return data + prior + offset, metrics
 

@@ -16,21 +16,24 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 
 class LatentTable(nn.Module):
     """n codes of dimension zdim: ``forward(index (B,) int64) -> (B, zdim)``.
 
-    init_std: standard deviation of the random initial codes (ignored when ``init`` is given);
-    init: optional (n, zdim) array of starting codes (e.g. stage 1's latents for stage 2).
+    init_std: standard deviation of the random initial codes, drawn from ``generator`` (None:
+    torch's global RNG); init: optional (n, zdim) array of starting codes (e.g. stage 1's latents
+    for stage 2), which replaces the random ones (nothing is drawn).
     """
 
-    def __init__(self, n: int, zdim: int, init_std: float = 0.1, init: np.ndarray | torch.Tensor | None = None) -> None:
+    def __init__(self, n: int, zdim: int, init_std: float = 0.1, init: np.ndarray | torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(int(n), int(zdim), sparse=True)
+        self.embedding = skip_init(nn.Embedding, int(n), int(zdim), sparse=True)
         with torch.no_grad():
             if init is None:
-                self.embedding.weight.normal_(0.0, init_std)
+                self.embedding.weight.normal_(0.0, init_std, generator=generator)
             else:
                 init = torch.as_tensor(np.asarray(init), dtype=torch.float32)
                 if tuple(init.shape) != (n, zdim):

@@ -32,6 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
@@ -43,6 +44,9 @@ from threadpoolctl import threadpool_limits
 from cryospire_core.errors import InputError
 from cryospire_core.io.arrays import read_npz
 from cryospire_core.io.atomic import write_npz
+
+if TYPE_CHECKING:  # the module imports torch only where it renders
+    from cryospire_core.imaging.lattice import Lattice
 
 #: Candidate level-1 cluster counts for the automatic choice.
 LEVEL1_CANDIDATES = range(2, 9)
@@ -499,12 +503,12 @@ def part_label_volume(
     widths: np.ndarray,
     amplitudes: np.ndarray,
     part_index: np.ndarray,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     threshold: float | None = None,
     window: float | None = None,
 ) -> np.ndarray:
-    """(D, D, D) int32 map: 1 + the part with the most density at each voxel, 0 below ``threshold``.
+    """(D, D, D) int32 map on ``lattice``: 1 + the part with the most density at each voxel, 0
+    below ``threshold``.
 
     centres: (G, 3) Å; widths: (G,) Å; amplitudes: (G,); part_index: (G,) 0..K-1.
     threshold: level of the total density below which a voxel is solvent; default Otsu's split
@@ -525,7 +529,7 @@ def part_label_volume(
     best = total = labels = None
     for k in range(int(part_index.max()) + 1):
         sel = torch.as_tensor(part_index == k)
-        vol = rasterize(c[sel], s[sel], m[sel], box, apix, window=window).numpy()
+        vol = rasterize(c[sel], s[sel], m[sel], lattice, window=window).numpy()
         if best is None:
             best, total, labels = vol, vol.copy(), np.zeros(vol.shape, np.int32)
         else:

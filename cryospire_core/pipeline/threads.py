@@ -96,7 +96,8 @@ def thread_budget(requested: int | str = "auto", environ: dict[str, str] | None 
 
 
 def use_threads(budget: ThreadBudget) -> None:
-    """Make torch compute with ``budget.n`` threads (the one place cryospire's commands set it)."""
+    """Make torch compute with ``budget.n`` threads: the one place cryospire sets torch's thread
+    count (the commands, the training service and the napari docks all call it)."""
     import torch
 
     torch.set_num_threads(budget.n)

@@ -13,8 +13,8 @@ imitate the CryoBench data sets: ``homogeneous``; ``hinge`` (IgG-1D); ``random-h
 
 Geometry is set in fractions of the box's field of view (the molecule spans about 60% of it)
 and bead widths in pixels (1 to 1.5 px), so a phantom looks the same at any box and pixel size.
-:func:`rasterise` renders beads on the D^3 lattice (voxel i at (i - D//2) * apix Å) band-limited
-exactly like the simulated images: sampled at 2x and Fourier-cropped.
+:func:`rasterise` renders beads on the map's :class:`~cryospire_core.imaging.lattice.Lattice`,
+band-limited exactly like the simulated images: sampled at 2x and Fourier-cropped.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from scipy.spatial.transform import Rotation
 
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.fourier import ifft3_centered, rfft_centered_crop
+from cryospire_core.imaging.lattice import Lattice
 
 PRESETS = ("homogeneous", "hinge", "random-hinge", "assembly", "mixed")
 
@@ -70,6 +71,11 @@ class Phantom:
     @property
     def n_states(self) -> int:
         return self.centres.shape[0]
+
+    @property
+    def lattice(self) -> Lattice:
+        """The lattice of the images and ground-truth maps."""
+        return Lattice(self.box, self.apix)
 
     @property
     def n_beads(self) -> int:
@@ -594,13 +600,12 @@ def rasterise(
     centres: np.ndarray,
     sigmas: np.ndarray,
     weights: np.ndarray,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     oversample: int = 2,
     device: str | torch.device = "cpu",
     chunk_bytes: int = 64 << 20,
 ) -> np.ndarray:
-    """Density of Gaussian beads on the D^3 lattice, (D, D, D) float32 (z, y, x).
+    """Density of Gaussian beads on ``lattice``, (D, D, D) float32 (z, y, x).
 
     centres: (G, 3) Å (x, y, z); sigmas: (G,) Å; weights: (G,) density at each centre.
     The density is sampled at ``oversample`` x the lattice (spacing apix / oversample) and
@@ -610,9 +615,9 @@ def rasterise(
     ``chunk_bytes``.
     """
     dev = torch.device(device)
-    P = int(box) * int(oversample)
-    h = float(apix) / oversample
-    coords = (torch.arange(P, dtype=torch.float64, device=dev) - P // 2) * h
+    fine = lattice.cropped(lattice.box * int(oversample))  # Fourier-padded: oversample x finer
+    P = fine.box
+    coords = fine.axis_torch(dev, torch.float64)
     c = torch.as_tensor(np.asarray(centres), dtype=torch.float64, device=dev)
     s = torch.as_tensor(np.asarray(sigmas), dtype=torch.float64, device=dev)
     w = torch.as_tensor(np.asarray(weights), dtype=torch.float64, device=dev)
@@ -627,7 +632,7 @@ def rasterise(
         t = ez[:, z0:z1].T[:, None, :] * ey_w.T[None, :, :]  # (Z, P_y, G)
         vol[z0:z1] = t @ ex  # (Z, P_y, P_x)
     if oversample > 1:
-        vol = ifft3_centered(rfft_centered_crop(vol, box, ndim=3)) / oversample**3
+        vol = ifft3_centered(rfft_centered_crop(vol, lattice.box, ndim=3)) / oversample**3
     return vol.cpu().numpy().astype(np.float32)
 
 
@@ -645,7 +650,7 @@ def state_volume(
     w = phantom.weights(state)
     if select is not None:
         w = np.where(select, w, 0.0)
-    return rasterise(phantom.centres[state], phantom.sigmas, w, phantom.box, phantom.apix, oversample, device)
+    return rasterise(phantom.centres[state], phantom.sigmas, w, phantom.lattice, oversample, device)
 
 
 def state_volumes(phantom: Phantom, oversample: int = 2, device: str | torch.device = "cpu") -> Iterator[np.ndarray]:

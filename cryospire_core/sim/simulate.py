@@ -39,6 +39,7 @@ from cryospire_core.imaging.fourier import (
     shift_phase,
 )
 from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.atomic import write_json, write_npy, write_npz
 from cryospire_core.io.outputs import check_new_outputs
 from cryospire_core.io.particles import ImageSource, ParticleSet, Provenance
@@ -155,7 +156,7 @@ class SimulationResult:
         lab = self.labels[idx]
         fine = project_beads(
             ph.centres[lab], ph.sigmas, ph.amplitudes[None] * ph.presence[lab], self.rotations[idx],
-            self.box, self.apix, self.oversample, dev,
+            ph.lattice, self.oversample, dev,
         )
         # Keeping real-space values: the fine image's DFT is oversample^2 times larger.
         return rfft_centered_crop(fine, self.box) / self.oversample**2
@@ -174,23 +175,22 @@ def project_beads(
     sigmas: np.ndarray,
     weights: np.ndarray,
     rotations: np.ndarray,
-    box: int,
-    apix: float,
+    lattice: Lattice,
     oversample: int = 2,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Exact projections of Gaussian beads along z', sampled on an ``oversample`` x finer lattice.
 
     centres: (B, G, 3) Å model frame (x, y, z); sigmas: (G,) Å; weights: (B, G) density at each
-    centre (amplitude x presence); rotations: (B, 3, 3) pose matrices A.
-    Returns (B, P, P) float32 with P = oversample * box, pixel p at (p - P//2) * apix / oversample
-    Å; values are line integrals in units of the final pixel (m sqrt(2 pi) s / apix at a bead's
+    centre (amplitude x presence); rotations: (B, 3, 3) pose matrices A; lattice: the images'.
+    Returns (B, P, P) float32 on ``lattice.cropped(P)``, P = oversample * D (the same field of
+    view, apix / oversample apart); values are line integrals in units of the final pixel (m sqrt(2 pi) s / apix at a bead's
     centre), so cropping the centred FFT to the box keeps them. One GEMM per image:
     image[y, x] = sum_g Ey[y, g] w_g Ex[g, x].
     """
     dev = torch.device(device)
-    P = int(box) * int(oversample)
-    coords = (torch.arange(P, dtype=torch.float32, device=dev) - P // 2) * (float(apix) / oversample)
+    # Fourier-padded: the images' field of view sampled oversample x finer.
+    coords = lattice.cropped(lattice.box * int(oversample)).axis_torch(dev, torch.float32)
     c = torch.as_tensor(np.asarray(centres), dtype=torch.float32, device=dev)
     A = torch.as_tensor(np.asarray(rotations), dtype=torch.float32, device=dev)
     s = torch.as_tensor(np.asarray(sigmas), dtype=torch.float32, device=dev)
@@ -203,7 +203,7 @@ def project_beads(
         return d.square_().mul_(inv).exp_()
 
     ex, ey = factor(xy[..., 0]), factor(xy[..., 1])
-    peak = w * (np.sqrt(2.0 * np.pi) / float(apix)) * s  # (B, G)
+    peak = w * (np.sqrt(2.0 * np.pi) / lattice.apix) * s  # (B, G)
     return (ey * peak[..., None]).transpose(1, 2) @ ex
 
 

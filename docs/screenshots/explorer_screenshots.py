@@ -50,13 +50,13 @@ def main(run: Path, name: str) -> None:
     widget = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Latent explorer (cryospire)", area="right")
     widget.load_run(run)
-    settle(app, widget, lambda: widget.explorer is not None and widget.last_frame is not None)
+    settle(app, widget, lambda: widget.session.explorer is not None and widget.last_frame is not None)
     set_chimerax_view(viewer)
-    e = widget.explorer
+    e = widget.session.explorer
     # cursor on the densest state's centre, away from the mean
     states = e.states(widget.k_states.value())
     biggest = np.bincount(states).argmax()
-    widget.set_cursor(widget.embedding.points[states == biggest].mean(0))
+    widget.session.move_cursor(widget.session.embedding.points[states == biggest].mean(0))
     settle(app, widget)
     shoot(viewer, OUT / f"{name}_scatter.png")
 
@@ -65,8 +65,8 @@ def main(run: Path, name: str) -> None:
     widget.trav_kind.setCurrentText("PC1")
     widget.trav_steps.setValue(20)
     widget.compute_traversal()
-    settle(app, widget, lambda: widget.traversal is not None)
-    widget.show_step(12)
+    settle(app, widget, lambda: widget.session.traversal is not None)
+    widget.session.step_to(12)
     settle(app, widget)
     shoot(viewer, OUT / f"{name}_traversal.png")
     viewer.close()

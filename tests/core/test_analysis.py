@@ -12,6 +12,7 @@ from cryospire_core.analysis import latentspace as analysis
 from cryospire_core.cli import analyze as cli_analyze
 from cryospire_core.errors import InputError
 from cryospire_core.models import parts
+from cryospire_core.pipeline.runfolder import RunFolder
 
 BOX, APIX = 16, 3.0
 
@@ -147,22 +148,22 @@ def test_analyze_writes_the_products(tmp_path):
 
 def test_part_maps_use_the_stage2_gaussians_when_present(tmp_path):
     run = _run_folder(tmp_path, stage2=True)
-    g, part_index, source = analysis.part_gaussians(run)
+    g, part_index, source = RunFolder(run).part_gaussians()
     assert source == run / "hierarchical" / "seed.npz" and len(part_index) == 200
     analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2)
     with mrcfile.open(run / "analysis" / "parts" / "part_labels.mrc") as m:
         labels = np.asarray(m.data)
     assert labels[BOX // 2, BOX // 2, BOX // 2 - 3] == 1 and labels[BOX // 2, BOX // 2, BOX // 2 + 3] == 2
     (run / "hierarchical" / "seed.npz").unlink()
-    assert analysis.part_gaussians(run)[2] == run / "discovery" / "seed.npz"
+    assert RunFolder(run).part_gaussians()[2] == RunFolder(run).seed_path("discovery")
 
 
 def test_a_second_analysis_replaces_files_only_with_overwrite(tmp_path):
     run = _run_folder(tmp_path)
     analysis.analyze(run, _fake_render, APIX, ksample=2, pc_steps=2)
     written = sorted(p for p in (run / "analysis").rglob("*") if p.is_file())
-    latents = analysis.load_latents(run)
-    checked = analysis.check_outputs(run, len(latents), latents.shape[1], 2, 2, 1, None, analysis.part_gaussians(run),
+    latents = RunFolder(run).latents()
+    checked = analysis.check_outputs(run, len(latents), latents.shape[1], 2, 2, 1, None, RunFolder(run).part_gaussians(),
                                      overwrite=True)
     assert written == sorted(checked.all())  # the list checked before computing is what is written
     before = {p: p.read_bytes() for p in written}

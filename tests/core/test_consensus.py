@@ -18,6 +18,7 @@ from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
 from cryospire_core.models.backproject import backproject
 from cryospire_core.models.consensus import ConsensusConfig, fit_consensus
+from cryospire_core.pipeline.runfolder import RunFolder
 
 
 def _score(vol, gt, mask):
@@ -30,11 +31,12 @@ def test_consensus_matches_backprojection_quality(homogeneous_32, tmp_path):
     gt = read_map(homogeneous_32 / "gt" / "vol_000.mrc").data
     mask = read_map(homogeneous_32 / "gt" / "mask.mrc").data
     bp = backproject(ps).volume
-    res = fit_consensus(ps, bp, tmp_path, ConsensusConfig(epochs=3), torch.device("cpu"))
+    files = RunFolder(tmp_path).consensus_files()
+    res = fit_consensus(ps, bp, files, ConsensusConfig(epochs=3), torch.device("cpu"))
     assert res.status == "finished"
-    assert (tmp_path / "map.mrc").exists() and (tmp_path / "gaussians.npz").exists()
+    assert files.map.exists() and files.gaussians.exists()
     bp_auc, _ = _score(bp, gt, mask)
-    gmm_auc, gmm_res_px = _score(read_map(tmp_path / "map.mrc").data, gt, mask)
+    gmm_auc, gmm_res_px = _score(read_map(files.map).data, gt, mask)
     assert gmm_res_px <= 3.0
     assert gmm_auc >= bp_auc - 0.02
     assert res.history[-1] < res.history[0]

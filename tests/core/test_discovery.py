@@ -10,6 +10,7 @@ from sklearn.cluster import KMeans
 
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.render import project, rasterize
 from cryospire_core.models.discovery import (
     DiscoveryConfig,
@@ -23,6 +24,7 @@ from cryospire_core.models.engine import Batch, LoopConfig, run_loop
 from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
 
 BOX, APIX = 32, 12.0
+LATTICE = Lattice(BOX, APIX)
 
 
 def tiny_mixture(g: int = 60, seed: int = 0) -> dict:
@@ -45,7 +47,7 @@ def random_batch(index, seed: int = 0) -> Batch:
 
 def seed_images(g: dict, batch: Batch) -> torch.Tensor:
     t = lambda k: torch.as_tensor(g[k], dtype=torch.float32)  # noqa: E731
-    return project(t("centres"), t("widths"), t("amplitudes"), batch.rotations, batch.shifts, BOX, APIX, ctf=batch.ctf)
+    return project(t("centres"), t("widths"), t("amplitudes"), batch.rotations, batch.shifts, LATTICE, ctf=batch.ctf)
 
 
 @pytest.mark.parametrize("form", ["dense", "lowrank"])
@@ -73,25 +75,40 @@ def test_coarsen_keeps_mass_and_shape():
     assert c.shape == (150, 3) and s.shape == (150,) and m.shape == (150,)
     np.testing.assert_allclose(np.sum(m * s**3), np.sum(amps * widths**3), rtol=1e-6)
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    fine = rasterize(t(centres), t(widths), t(amps), BOX, APIX).numpy().ravel()
-    coarse = rasterize(t(c), t(s), t(m), BOX, APIX).numpy().ravel()
+    fine = rasterize(t(centres), t(widths), t(amps), LATTICE).numpy().ravel()
+    coarse = rasterize(t(c), t(s), t(m), LATTICE).numpy().ravel()
     assert np.corrcoef(fine, coarse)[0, 1] > 0.95
     same = coarsen(centres[:40], widths[:40], amps[:40], 150)
     np.testing.assert_array_equal(same[0], centres[:40])
 
 
 def test_pair_mlp_forms_split_the_first_layer():
-    torch.manual_seed(0)
-    z, f = torch.randn(5, 4), torch.randn(7, 24)
+    g = torch.Generator().manual_seed(0)
+    z, f = torch.randn(5, 4, generator=g), torch.randn(7, 24, generator=g)
     for form in ("dense", "lowrank"):
-        mlp = PairMLP(4, 24, 3, hidden=16, depth=2, form=form, rank=4)
-        torch.nn.init.normal_(mlp.head.weight if form == "dense" else mlp.u_head.weight)
+        mlp = PairMLP(4, 24, 3, hidden=16, depth=2, form=form, rank=4, generator=g)
+        torch.nn.init.normal_(mlp.head.weight if form == "dense" else mlp.u_head.weight, generator=g)
         out = mlp(z, f)
         assert out.shape == (5, 7, 3)
         # Image 2's outputs do not depend on the rest of the batch.
         torch.testing.assert_close(mlp(z[2:3], f)[0], out[2])
     with pytest.raises(ValueError):
-        PairMLP(4, 24, 3, 16, 1, form="sparse")
+        PairMLP(4, 24, 3, 16, 1, form="sparse", generator=g)
+
+
+def test_initialisation_depends_on_the_seed_alone():
+    g = tiny_mixture()
+    state = torch.get_rng_state()
+    a, b = (PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100, seed=3)) for _ in range(2))
+    other = PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100, seed=4))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is neither seeded nor drawn from
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+    assert not torch.equal(a.feature, other.feature) and not torch.equal(a.latents.weight, other.latents.weight)
+    assert not torch.equal(a.shift_mlp.z_in.weight, other.shift_mlp.z_in.weight)
+    # torch's default spreads: Kaiming-uniform weights in +-1/sqrt(fan_in), N(0, std) codes
+    assert a.shift_mlp.z_in.weight.abs().max() <= 0.5 and a.shift_mlp.z_in.weight.abs().max() > 0.4
+    assert 0.05 < float(a.latents.numpy().std()) < 0.2
 
 
 @pytest.mark.parametrize("form", ["dense", "lowrank"])
@@ -155,5 +172,5 @@ def test_improved_map_seeds_parts_the_representative_conformation_lacks():
         got = model.improved_map(latents, gates_sample)
         # Fully present: the seed amplitudes over the initial gate.
         want = rasterize(torch.as_tensor(g["centres"]), torch.as_tensor(g["widths"]),
-                         torch.as_tensor(g["amplitudes"]) / torch.sigmoid(torch.tensor(3.0)), BOX, APIX)
+                         torch.as_tensor(g["amplitudes"]) / torch.sigmoid(torch.tensor(3.0)), LATTICE)
     torch.testing.assert_close(got, want, atol=1e-4 * float(want.abs().max()), rtol=0)

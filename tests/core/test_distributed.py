@@ -72,7 +72,7 @@ def runs(particles, tmp_path_factory) -> dict:
 def test_two_gloo_processes_match_one_process(runs, particles, tmp_path):
     one, two = runs["one"], runs["two"]
     assert runs["stdout"].count("train finished") == 1 and "x 2 processes" in runs["stdout"]  # rank 0 alone reports
-    assert RunFolder(two).read_config()["train_command"]["processes"] == 2
+    assert RunFolder(two).config()["train_command"]["processes"] == 2
     assert not list(two.rglob(TEMP_GLOB))
     for rel, key in (("latents.npy", None), ("consensus/gaussians.npz", "centres"),
                      ("consensus/gaussians.npz", "amplitudes"), ("discovery/outputs.npz", "features"),

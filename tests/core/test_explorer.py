@@ -1,5 +1,6 @@
-"""The explorer's core: PCA inverse, traversals, kNN paths, MRC series, selections, the display
-rasteriser against the reference, and part readouts of a model with known motions."""
+"""The explorer's core: PCA inverse, traversals, kNN paths, the display rasteriser against the
+reference, part readouts of a model with known motions, k-means states and the mapping of
+explored particles to the particle file (exports: test_services_explore.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import pytest
 import torch
 
 from cryospire_core.analysis import explorer as ex
-from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.render import rasterize
 from cryospire_core.imaging.render_reference import rasterize_dense
-from cryospire_core.io.mrc import read_map
 from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 
 
@@ -35,7 +35,7 @@ def test_pca_embedding_inverse_is_exact_on_the_pc_plane(latents):
 
 
 def test_knn_inverse_stays_on_the_data(latents):
-    emb = ex.Embedding("umap", ex.pca_embedding(latents).points, latents, None, k=1)
+    emb = ex.Embedding(ex.EmbeddingMethod.UMAP, ex.pca_embedding(latents).points, latents, None, k=1)
     i = 17
     np.testing.assert_allclose(emb.to_latent(emb.points[i])[0], latents[i], atol=1e-6)
 
@@ -84,28 +84,14 @@ def test_pc_traversal_spans_the_first_pc(latents):
     np.testing.assert_allclose(s[:, 1:], 0, atol=1e-5)
 
 
-def test_map_series_headers_are_chimerax_ready(tmp_path):
-    vols = [np.random.default_rng(i).random((16, 16, 16)).astype(np.float32) for i in range(3)]
-    r = ex.PartReadout(np.array([1.0, 2.0]), np.zeros((2, 3)), np.array([1.0, 0.5]))
-    paths = ex.write_map_series(tmp_path / "tr", vols, 2.5, latents=np.zeros((3, 4)), readouts=[r, r, r])
-    assert [p.name for p in paths] == ["vol_000.mrc", "vol_001.mrc", "vol_002.mrc"]
-    for p, v in zip(paths, vols):
-        m = read_map(p)
-        np.testing.assert_array_equal(m.data, v)
-        assert m.apix == pytest.approx(2.5)
-        np.testing.assert_allclose(m.origin, [-20.0, -20.0, -20.0])
-    assert "vseries true" in (tmp_path / "tr" / "README.txt").read_text()
-    assert len((tmp_path / "tr" / "parts.csv").read_text().splitlines()) == 1 + 3 * 2
-
-
 def test_display_rasteriser_matches_the_reference():
     rng = np.random.default_rng(1)
-    G, D, apix = 300, 24, 3.0
+    G, lattice = 300, Lattice(24, 3.0)
     c = torch.as_tensor(rng.normal(0, 15, (G, 3)), dtype=torch.float32)
     s = torch.as_tensor(rng.uniform(2.0, 5.0, G), dtype=torch.float32)
     m = torch.as_tensor(rng.uniform(0.2, 1.0, G), dtype=torch.float32)
-    ref = rasterize_dense(c, s, m, D, apix)
-    fast = rasterize(c, s, m, D, apix, window=ex.DISPLAY_WINDOW)
+    ref = rasterize_dense(c, s, m, lattice)
+    fast = rasterize(c, s, m, lattice, window=ex.DISPLAY_WINDOW)
     # truncation at 4 widths: at most exp(-8) = 3.4e-4 of a peak per Gaussian
     assert float((fast - ref).abs().max()) <= 2e-3 * float(ref.abs().max())
 
@@ -118,7 +104,7 @@ def _two_part_model(angle_deg: float, shift_a: float) -> PartAwareModel:
     part = np.repeat([0, 1], 32)
     anchors = np.stack([centres[:32].mean(0), centres[32:].mean(0)])
     model = PartAwareModel(centres, np.full(64, 4.0), np.ones(64), part, anchors, np.eye(2, cfg.feature_dim),
-                           np.zeros((10, 4), np.float32), 32, 3.0, cfg)
+                           np.zeros((10, 4), np.float32), Lattice(32, 3.0), cfg)
     with torch.no_grad():  # head bias: rotvec (3) then translation (3, pixels); zero weights
         model.anchor_mlp.head.bias.zero_()
         model.anchor_mlp.head.weight.zero_()
@@ -142,54 +128,50 @@ def test_readout_gives_the_known_part_motion():
     assert set(np.unique(f.labels)) == {0, 1, 2}
     # the rigid fit used for stage-1 runs recovers the same motion from the decoded centres
     with torch.no_grad():
-        moved = model.decode(torch.zeros(1, 4))[0][0].numpy()
+        moved = model.decode(torch.zeros(1, 4)).centres[0].numpy()
     angle, t = ex.rigid_fit(model.centres.detach().numpy()[32:], moved[32:], np.ones(32))
     assert angle == pytest.approx(30.0, abs=1e-3)
 
 
-def test_selection_export_keeps_every_column(tmp_path):
-    import starfile
-
-    from cryospire_core.sim.simulate import simulate, write_simulation
-
-    star = write_simulation(tmp_path / "d", simulate("hinge", 16, 40, snr=1.0, seed=0)) / "particles.star"
-    rows = np.array([3, 5, 11, 30])
-    out, index = ex.write_selection(tmp_path / "sel" / "keep.star", rows, star)
-    full, sub = starfile.read(star), starfile.read(out)
-    assert list(sub["particles"].columns) == list(full["particles"].columns)
-    for col in full["particles"].columns:
-        if col != "rlnImageName":
-            np.testing.assert_array_equal(sub["particles"][col].to_numpy(), full["particles"][col].to_numpy()[rows])
-    assert np.loadtxt(index, dtype=int).tolist() == rows.tolist()
-    from cryospire_core.io.load import load_particles
-    from cryospire_core.io.selection import read_selection
-
-    assert read_selection(out, load_particles(star)).tolist() == rows.tolist()
-    with pytest.raises(InputError, match="keep_indices.txt: selection file: expected a file name not in use"):
-        ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star)  # its index file is keep.star's
-    assert not (tmp_path / "sel" / "keep.cs").exists()
-    cs, _ = ex.write_selection(tmp_path / "sel" / "keep.cs", rows, star, overwrite=True)
-    assert read_selection(cs, load_particles(star)).tolist() == rows.tolist()
+def test_traversal_carries_the_readout_at_each_step(latents):
+    model = _two_part_model(30.0, 6.0)
+    e = ex.Explorer(model, latents, model.part_index.numpy())
+    trav = e.traversal(ex.TraversalKind.LINE, 5, latents[3], latents[400])
+    assert isinstance(trav, ex.Traversal) and len(trav) == 5 and len(trav.readouts) == 5
+    np.testing.assert_allclose(trav.latents[[0, -1]], latents[[3, 400]], atol=1e-6)
+    for z, r in zip(trav.latents, trav.readouts):
+        np.testing.assert_array_equal(r.angle_deg, e.frame(z).readout.angle_deg)
+    with pytest.raises(ValueError, match="graph needs both ends"):
+        e.traversal(ex.TraversalKind.GRAPH, 5, latents[3])
+    no_parts = ex.Explorer(model, latents).traversal(ex.TraversalKind.PC1, 4)
+    assert no_parts.latents.shape == (4, 4) and no_parts.readouts == []
 
 
-def test_branch_run_copies_stage_1_and_sets_the_selection(tmp_path):
-    import json
+def test_states_and_their_centres_are_cached_per_k_and_seed(latents):
+    from cryospire_core.analysis.latentspace import kmeans_states
 
-    src = tmp_path / "run"
-    for stage in ("consensus", "discovery", "parts", "hierarchical"):
-        (src / stage).mkdir(parents=True)
-        (src / stage / "x.npz").write_bytes(b"data")
-    (src / "discovery" / "checkpoint.pt").write_bytes(b"old")
-    (src / "config.json").write_text(json.dumps({"format_version": 1, "train": {"select": None}, "n_particles": 10}))
-    keep = tmp_path / "keep.txt"
-    keep.write_text("1\n2\n")
-    dst = ex.branch_run(src, tmp_path / "sub", keep)
-    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "consensus", "discovery", "parts"]
-    assert not (dst / "discovery" / "checkpoint.pt").exists() and (dst / "parts" / "x.npz").is_file()
-    cfg = json.loads((dst / "config.json").read_text())
-    assert cfg["train"]["select"] == str(keep.resolve()) and cfg["n_particles"] == 10
-    with pytest.raises(Exception, match="empty or new folder"):
-        ex.branch_run(src, dst, keep)
+    e = ex.Explorer(_two_part_model(0.0, 0.0), latents)
+    for seed in (0, 1):  # a second seed is not answered from the first one's cache
+        labels, centres = kmeans_states(latents, 3, seed)
+        np.testing.assert_array_equal(e.states(3, seed), labels)
+        np.testing.assert_array_equal(e.state_centres(3, seed), centres.astype(np.float32))
+    assert e.states(3) is e.states(3)
+    nearest = np.argmin(((latents[:, None] - e.state_centres(3)[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(nearest, e.states(3))
+
+
+def test_explored_rows_map_to_the_particle_file_through_the_selection(latents):
+    model = _two_part_model(0.0, 0.0)
+    every = ex.Explorer(model, latents)
+    mask = np.zeros(500, bool)
+    mask[[0, 5, 499]] = True
+    assert every.particle_indices(mask).tolist() == [0, 5, 499]
+    assert every.row_of(7) == 7 and every.row_of(500) is None and every.row_of(-1) is None
+    keep = np.arange(0, 1500, 3)  # a stage-2 run that kept every third particle of 1,500
+    kept = ex.Explorer(model, latents, selection=keep)
+    assert kept.particle_indices(mask).tolist() == [0, 15, 1497]
+    assert kept.row_of(15) == 5 and kept.row_of(16) is None and kept.row_of(1500) is None
+    assert [kept.row_of(i) for i in kept.particle_indices(mask)] == [0, 5, 499]
 
 
 def test_live_frames_in_bfloat16_stay_within_a_percent_of_float32():
@@ -211,6 +193,6 @@ def test_umap_embedding_inverse_stays_in_the_picked_cluster():
     rng = np.random.default_rng(0)
     lat = np.concatenate([rng.normal(0, 0.3, (300, 4)), rng.normal(3, 0.3, (300, 4))]).astype(np.float32)
     emb = ex.umap_embedding(lat, seed=0)
-    assert emb.method == "umap" and emb.points.shape == (600, 2)
+    assert emb.method is ex.EmbeddingMethod.UMAP and emb.points.shape == (600, 2)
     z = emb.to_latent(emb.points[[0, 450]])
     assert np.linalg.norm(z[0]) < 1.0 and np.linalg.norm(z[1] - 3.0) < 1.0

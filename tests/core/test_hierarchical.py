@@ -8,12 +8,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from cryospire_core.models.discovery import DiscoveryConfig, PartDiscoveryModel
 from cryospire_core.models.engine import LoopConfig, run_loop
 from cryospire_core.models.hierarchical import (
     HierarchicalConfig,
     PartAwareModel,
     rotvec_to_rotation,
 )
+from cryospire_core.models.stage import StageModel
 
 from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
 from .test_discovery import random_batch, seed_images, tiny_mixture
@@ -45,6 +47,32 @@ def test_initial_model_reproduces_its_seed_for_any_latent(form):
     torch.testing.assert_close(model.features(), model.anchor_feature[model.part_index])
 
 
+def test_both_stages_decode_to_one_interface():
+    stage2, g = _model()
+    stage1 = PartDiscoveryModel.from_consensus(g, 30, DiscoveryConfig(n_gaussians=100))
+    G, z = len(g["centres"]), torch.randn(2, 4)
+    for model, stage in ((stage1, "discovery"), (stage2, "hierarchical")):
+        assert isinstance(model, StageModel) and model.stage == stage
+        with torch.no_grad():
+            d = model.decode(z)
+        assert d.centres.shape == (2, G, 3) and d.amplitudes.shape == d.gates.shape == (2, G)
+        # Initially every Gaussian sits at its rest centre, every gate at sigmoid(gate_bias).
+        torch.testing.assert_close(d.centres, model.centres.detach().expand(2, G, 3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(d.gates, torch.full((2, G), 1 / (1 + np.exp(-3.0))))
+        torch.testing.assert_close(d.amplitudes / d.gates, d.amplitudes[:1] / d.gates[:1].expand(2, G))
+    assert stage1.decode(z).motions is None
+    rotvec, trans = stage2.decode(z).motions
+    assert rotvec.shape == trans.shape == (2, K, 3)
+
+
+def test_initialisation_depends_on_the_seed_alone():
+    state = torch.get_rng_state()
+    a, b = _model()[0], _model()[0]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is neither seeded nor drawn from
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
 def test_rotvec_to_rotation_matches_scipy():
     v = torch.tensor([[0.0, 0.0, 0.0], [1e-5, -2e-5, 0.0], [0.3, -1.2, 0.5], [0.0, 3.0, 0.0]], dtype=torch.float64)
     np.testing.assert_allclose(rotvec_to_rotation(v).numpy(), Rotation.from_rotvec(v.numpy()).as_matrix(), atol=1e-12)
@@ -71,8 +99,8 @@ def test_a_part_rotates_rigidly_about_its_anchor():
     motions[1, :3] = rotvec
     motions[2, 3:] = torch.tensor([1.0, 0.0, -2.0])  # pixels
     model.anchor_mlp = _FixedMotion(motions)
-    centres, amps, (rv, tr) = model.decode(torch.randn(2, 4))
-    centres = centres.detach()
+    decoded = model.decode(torch.randn(2, 4))
+    centres, tr = decoded.centres.detach(), decoded.motions[1]
     rest = model.centres.detach()
     part = model.part_index
     R = torch.as_tensor(Rotation.from_rotvec(rotvec.numpy()).as_matrix(), dtype=torch.float32)
@@ -80,12 +108,12 @@ def test_a_part_rotates_rigidly_about_its_anchor():
     want = (rest[part == 1] - anchor) @ R.T + anchor
     torch.testing.assert_close(centres[0, part == 1], want, atol=1e-3, rtol=0)
     torch.testing.assert_close(centres[1, part == 0], rest[part == 0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(centres[0, part == 2], rest[part == 2] + torch.tensor([1.0, 0.0, -2.0]) * model.apix,
+    torch.testing.assert_close(centres[0, part == 2], rest[part == 2] + torch.tensor([1.0, 0.0, -2.0]) * model.lattice.apix,
                                atol=1e-3, rtol=0)
     # The anchor itself does not move under its part's rotation; distances inside the part are kept.
     d0 = torch.cdist(rest[part == 1], rest[part == 1])
     torch.testing.assert_close(torch.cdist(centres[0, part == 1], centres[0, part == 1]), d0, atol=1e-3, rtol=0)
-    torch.testing.assert_close(tr[0, 2], torch.tensor([1.0, 0.0, -2.0]) * model.apix)
+    torch.testing.assert_close(tr[0, 2], torch.tensor([1.0, 0.0, -2.0]) * model.lattice.apix)
 
 
 @pytest.mark.parametrize("form", ["dense", "lowrank"])

@@ -28,7 +28,6 @@ import torch
 from cryospire_core.io.atomic import TEMP_GLOB
 from cryospire_core.io.mrc import read_map
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import load_trained_model
 from cryospire_core.sim.simulate import simulate, write_simulation
 
 pytestmark = pytest.mark.slow
@@ -84,7 +83,7 @@ def _kill(proc: subprocess.Popen) -> bool:
 
 
 def _assert_valid_run(run: Path) -> None:
-    cfg = RunFolder(run).read_config()
+    cfg = RunFolder(run).config()
     assert cfg["n_particles"] == N_IMAGES and "train" in cfg
     latents = np.load(run / "latents.npy", allow_pickle=False)
     assert latents.ndim == 2 and latents.shape[0] == N_IMAGES and latents.shape[1] >= 1
@@ -98,7 +97,7 @@ def _assert_valid_run(run: Path) -> None:
         elif f.suffix == ".mrc":
             assert np.isfinite(read_map(f, require_cubic=False).data).all(), f
     assert _temporaries(run) == [], _temporaries(run)
-    np.testing.assert_array_equal(load_trained_model(run).latents.numpy(), latents)
+    np.testing.assert_array_equal(RunFolder(run).model().latents.numpy(), latents)
     with RunFolder(run):  # the lock is free
         pass
 

@@ -20,6 +20,7 @@ from cryospire_core.analysis.metrics import (
     resolution,
 )
 from cryospire_core.cli.main import main
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.mrc import write_map
 
 
@@ -167,7 +168,7 @@ def test_evaluate_cli_scores_maps_against_ground_truth(tmp_path, capsys):
     maps = [_blobby(16, 30 + k) for k in range(3)]
     _write_gt(tmp_path / "gt", maps)
     gt = load_ground_truth(tmp_path / "gt")
-    assert len(gt) == 3 and gt.box == 16 and gt.apix == pytest.approx(3.0) and len(gt.labels) == 30
+    assert len(gt) == 3 and gt.lattice == Lattice(16, 3.0) and len(gt.labels) == 30
     per_state = tmp_path / "maps"
     per_state.mkdir()
     for k, m in enumerate(maps):  # names that sort wrongly as plain strings

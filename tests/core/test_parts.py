@@ -8,6 +8,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.mrc import write_map
 from cryospire_core.models import parts
 from cryospire_core.sim.phantoms import make_phantom
@@ -219,29 +220,29 @@ def test_assign_to_parts_uses_nearest_coarse_gaussian():
     np.testing.assert_array_equal(parts.assign_to_parts(new, coarse, np.array([2, 0, 1])), [2, 0, 1, 0, 1])
 
 
-def _two_part_mixture(box=32, apix=2.0):
-    """Two parts of 20 Gaussians each, around x = -12 Å and x = +12 Å."""
+def _two_part_mixture():
+    """Two parts of 20 Gaussians each, around x = -12 Å and x = +12 Å, on a 32-voxel lattice of 2 Å."""
     rng = np.random.default_rng(0)
     centres = np.concatenate([rng.normal(scale=2.0, size=(20, 3)) + [-12, 0, 0],
                               rng.normal(scale=2.0, size=(20, 3)) + [12, 0, 0]])
-    return centres, np.full(40, 2.5), np.ones(40), np.repeat([0, 1], 20), box, apix
+    return centres, np.full(40, 2.5), np.ones(40), np.repeat([0, 1], 20), Lattice(32, 2.0)
 
 
-def _voxel(xyz, box, apix):
+def _voxel(xyz, lattice):
     """(z, y, x) index of the voxel nearest to the point (x, y, z) Å."""
-    return tuple(int(round(v / apix)) + box // 2 for v in xyz[::-1])
+    return tuple(int(round(v / lattice.apix)) + lattice.centre for v in xyz[::-1])
 
 
 def test_part_label_volume_labels_each_parts_density():
-    centres, widths, amps, idx, box, apix = _two_part_mixture()
-    labels = parts.part_label_volume(centres, widths, amps, idx, box, apix)
-    assert labels.dtype == np.int32 and labels.shape == (box,) * 3
+    centres, widths, amps, idx, lattice = _two_part_mixture()
+    labels = parts.part_label_volume(centres, widths, amps, idx, lattice)
+    assert labels.dtype == np.int32 and labels.shape == lattice.shape
     assert set(np.unique(labels)) == {0, 1, 2}
     for g in range(40):
-        assert labels[_voxel(centres[g], box, apix)] == idx[g] + 1
-    assert labels[0, 0, 0] == 0 and labels[_voxel([0, 28, 0], box, apix)] == 0
+        assert labels[_voxel(centres[g], lattice)] == idx[g] + 1
+    assert labels[0, 0, 0] == 0 and labels[_voxel([0, 28, 0], lattice)] == 0
     # An explicit threshold above the maximum leaves nothing.
-    assert parts.part_label_volume(centres, widths, amps, idx, box, apix, threshold=1e9).max() == 0
+    assert parts.part_label_volume(centres, widths, amps, idx, lattice, threshold=1e9).max() == 0
 
 
 def test_part_masks_are_soft_and_written_with_the_voxel_size(tmp_path):

@@ -8,6 +8,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import pdist
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.sim.phantoms import (
     PRESETS,
     make_phantom,
@@ -125,14 +126,14 @@ def test_rasterise_position_and_band_limit():
     # Gaussian sampled directly to the small error of the band limit (sigma 1.5 px).
     D, apix, sigma = 24, 2.0, 3.0
     c = np.array([[2.0, -3.0, 5.0]]) * apix
-    vol = rasterise(c, np.array([sigma]), np.array([1.0]), D, apix, oversample=2)
+    vol = rasterise(c, np.array([sigma]), np.array([1.0]), Lattice(D, apix), oversample=2)
     assert np.unravel_index(np.argmax(vol), vol.shape) == (D // 2 + 5, D // 2 - 3, D // 2 + 2)
     g = (np.arange(D) - D // 2) * apix
     z, y, x = np.meshgrid(g, g, g, indexing="ij")
     direct = np.exp(-((x - c[0, 0]) ** 2 + (y - c[0, 1]) ** 2 + (z - c[0, 2]) ** 2) / (2 * sigma**2))
     assert np.abs(vol - direct).max() < 1e-3
     # Without oversampling the map is the Gaussian sampled at the voxel centres.
-    direct1 = rasterise(c, np.array([sigma]), np.array([1.0]), D, apix, oversample=1)
+    direct1 = rasterise(c, np.array([sigma]), np.array([1.0]), Lattice(D, apix), oversample=1)
     np.testing.assert_allclose(direct1, direct, atol=1e-6)
 
 
@@ -164,7 +165,7 @@ def test_molecule_is_chiral(preset):
     x, s, w = ph.centres[0][on], ph.sigmas[on], ph.amplitudes[on]
 
     def render(points):
-        return rasterise(points, s, w, D, 1.0, oversample=1).ravel()
+        return rasterise(points, s, w, Lattice(D, 1.0), oversample=1).ravel()
 
     def corr(a, b):
         return np.corrcoef(a, b)[0, 1]

@@ -13,11 +13,13 @@ from cryospire_core.cli import train as train_cli
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import random_rotations
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.precision import autocast, resolve_precision
 from cryospire_core.imaging.render import project
 from cryospire_core.io.load import load_particles
 from cryospire_core.models.engine import Batch, LoopConfig, run_loop
 from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
+from cryospire_core.services.training import new_config
 from cryospire_core.sim.simulate import simulate, write_simulation
 
 BOX, APIX, G, PARTS = 32, 12.0, 256, 4
@@ -69,10 +71,11 @@ def test_the_renderer_ignores_autocast():
     s = torch.full((G,), 15.0)
     m = torch.as_tensor(rng.uniform(0.5, 1.5, (4, G)), dtype=torch.float32)
     b = _batch(4)
-    ref = project(c, s, m, b.rotations, b.shifts, BOX, APIX, ctf=b.ctf)
+    lattice = Lattice(BOX, APIX)
+    ref = project(c, s, m, b.rotations, b.shifts, lattice, ctf=b.ctf)
     with autocast(torch.device("cpu"), "bf16"):
-        low = project(c.bfloat16(), s, m, b.rotations, b.shifts, BOX, APIX, ctf=b.ctf)
-        same = project(c, s, m, b.rotations, b.shifts, BOX, APIX, ctf=b.ctf)
+        low = project(c.bfloat16(), s, m, b.rotations, b.shifts, lattice, ctf=b.ctf)
+        same = project(c, s, m, b.rotations, b.shifts, lattice, ctf=b.ctf)
     assert low.dtype == same.dtype == torch.float32
     torch.testing.assert_close(same, ref)  # float32 GEMMs and FFTs, not bf16 ones
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()  # only the centres were rounded
@@ -95,5 +98,5 @@ def test_precision_choice_and_config():
     parser = argparse.ArgumentParser()
     train_cli.add_args(parser)
     args = parser.parse_args(["p.star", "--out", "r", "--precision", "bf16"])
-    assert train_cli.config_from_args(args).precision == "bf16"
-    assert train_cli.config_from_args(parser.parse_args(["p.star", "--out", "r"])).precision == "auto"
+    assert new_config(train_cli.options_from_args(args)).precision == "bf16"
+    assert new_config(train_cli.options_from_args(parser.parse_args(["p.star", "--out", "r"]))).precision == "auto"

@@ -11,6 +11,7 @@ import torch
 from cryospire_core.imaging import fourier, render
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import euler_to_matrix, random_rotations
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.imaging.render_reference import project_dense, rasterize_dense
 
 F64 = torch.float64
@@ -36,10 +37,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_identity_projection_is_the_z_sum_of_the_volume():
-    D, apix = 24, 1.5
+    lattice = Lattice(24, 1.5)
+    apix = lattice.apix
     c, s, m = mixture(30, radius=5 * apix, smin=1.0 * apix, smax=2.0 * apix, seed=1)
-    vol = render.rasterize(c, s, m, D, apix)
-    img = render.project(c, s, m, torch.eye(3, dtype=F64)[None], torch.zeros(1, 2, dtype=F64), D, apix)[0]
+    vol = render.rasterize(c, s, m, lattice)
+    img = render.project(c, s, m, torch.eye(3, dtype=F64)[None], torch.zeros(1, 2, dtype=F64), lattice)[0]
     assert rel(img, vol.sum(0)) < 1e-3
     # The line integral is in voxel units: pixel sum of the image == voxel sum of the volume.
     assert abs(float(img.sum() / vol.sum()) - 1.0) < 1e-3
@@ -57,9 +59,9 @@ def test_projection_is_the_fourier_slice_of_the_rasterised_volume():
     # Rotation convention: image frequency (kx, ky) == volume frequency A.T @ (kx, ky, 0).
     D, apix = 32, 2.0
     c, s, m = mixture(20, radius=5 * apix, smin=1.5 * apix, smax=2.0 * apix, seed=2)
-    vol = render.rasterize(c, s, m, D, apix)
+    vol = render.rasterize(c, s, m, Lattice(D, apix))
     A = torch.cat([poses(2, seed=3), torch.tensor(euler_to_matrix([30.0], [70.0], [-40.0]))])
-    img_ft = fourier.fft2_centered(render.project(c, s, m, A, torch.zeros(3, 2, dtype=F64), D, apix))
+    img_ft = fourier.fft2_centered(render.project(c, s, m, A, torch.zeros(3, 2, dtype=F64), Lattice(D, apix)))
     k2 = fourier.freq_grid_2d(D, dtype=F64).reshape(-1, 2)
     # Below 0.4 cycles/px the aliases of a >= 1.5 px Gaussian are < 1e-6 of its peak.
     keep = k2.norm(dim=1) < 0.4
@@ -85,7 +87,7 @@ def _inputs(per_image: bool, with_ctf: bool, with_shifts: bool, dtype=F64):
         ctf = torch.tensor(make_ctf_params(B, [8000.0, 12000.0, 15000.0], [7500.0, 12500.0, 14000.0], [10.0, 45.0, 80.0],
                                            bfactor=20.0), dtype=dtype)
     return dict(centres=c, widths=s, amplitudes=m, rotations=poses(B, seed=6, dtype=dtype), shifts=shifts,
-                box=D, apix=apix, ctf=ctf)
+                lattice=Lattice(D, apix), ctf=ctf)
 
 
 def _value_and_grads(fn, kw: dict, weights: torch.Tensor):
@@ -99,7 +101,8 @@ def _value_and_grads(fn, kw: dict, weights: torch.Tensor):
 @pytest.mark.parametrize("with_ctf,with_shifts", [(False, False), (True, True), (False, True)])
 def test_fast_projection_matches_dense_reference(per_image, with_ctf, with_shifts):
     kw = _inputs(per_image, with_ctf, with_shifts)
-    weights = torch.randn(3, kw["box"], kw["box"], generator=torch.Generator().manual_seed(7), dtype=F64)
+    D = kw["lattice"].box
+    weights = torch.randn(3, D, D, generator=torch.Generator().manual_seed(7), dtype=F64)
     ref, gref = _value_and_grads(project_dense, kw, weights)
     for tile in [None, (7, 5), (20, 20)]:
         out, g = _value_and_grads(lambda **a: render.project(**a, tile=tile), kw, weights)
@@ -111,7 +114,8 @@ def test_fast_projection_matches_dense_reference(per_image, with_ctf, with_shift
 
 def test_float32_projection_matches_dense_reference():
     kw = _inputs(per_image=True, with_ctf=True, with_shifts=True, dtype=torch.float32)
-    weights = torch.randn(3, kw["box"], kw["box"], generator=torch.Generator().manual_seed(8))
+    D = kw["lattice"].box
+    weights = torch.randn(3, D, D, generator=torch.Generator().manual_seed(8))
     ref, gref = _value_and_grads(project_dense, kw, weights)
     out, g = _value_and_grads(render.project, kw, weights)
     assert out.dtype == torch.float32
@@ -128,7 +132,7 @@ def test_project_fourier_is_the_fft_of_project():
 
 def test_shift_moves_the_image_by_minus_shift():
     kw = _inputs(per_image=False, with_ctf=False, with_shifts=False)
-    apix = kw["apix"]
+    apix = kw["lattice"].apix
     base = render.project(**kw)
     # Integer-pixel origin (+3 px in x, -2 px in y): content moves by (-3, +2) pixels.
     moved = render.project(**{**kw, "shifts": torch.tensor([[3.0, -2.0]] * 3, dtype=F64) * apix})
@@ -136,7 +140,7 @@ def test_shift_moves_the_image_by_minus_shift():
     # Sub-pixel shift == Fourier phase shift by -shift (the convention in fourier.shift_phase),
     # for a mixture that stays well inside the box and is smooth enough not to alias.
     c, s, m = mixture(15, radius=4.0, smin=2.0, smax=2.5, seed=12)
-    wide = dict(centres=c, widths=s, amplitudes=m, rotations=poses(3, seed=13), box=40, apix=1.0)
+    wide = dict(centres=c, widths=s, amplitudes=m, rotations=poses(3, seed=13), lattice=Lattice(40, 1.0))
     shifts = torch.tensor([[0.4, -1.3], [2.5, 0.7], [-0.2, 0.0]], dtype=F64)
     got = render.project(**wide, shifts=shifts)
     freqs = fourier.freq_grid_2d(40, dtype=F64)
@@ -154,7 +158,7 @@ def test_pure_amplitude_contrast_ctf_negates_the_image():
 def test_gradcheck_float64():
     kw = _inputs(per_image=True, with_ctf=True, with_shifts=True)
     B, D = 2, 10
-    args = dict(kw, box=D, apix=3.0, rotations=kw["rotations"][:B], shifts=kw["shifts"][:B], ctf=kw["ctf"][:B],
+    args = dict(kw, lattice=Lattice(D, 3.0), rotations=kw["rotations"][:B], shifts=kw["shifts"][:B], ctf=kw["ctf"][:B],
                 centres=kw["centres"][:B, :6], amplitudes=kw["amplitudes"][:B, :6], widths=kw["widths"][:6] * 1.5)
     names = ["centres", "widths", "amplitudes", "rotations", "shifts"]
     leaves = [args[n].detach().clone().requires_grad_(True) for n in names]
@@ -165,7 +169,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-4)
 
     def vol(c, s, m):
-        return render.rasterize(c, s, m, 8, 3.0, tile=(3, 4, 5))
+        return render.rasterize(c, s, m, Lattice(8, 3.0), tile=(3, 4, 5))
 
     inputs = [x.detach().clone().requires_grad_(True) for x in (args["centres"][0], args["widths"], args["amplitudes"][0])]
     # fast_mode checks random vector-Jacobian products: the full Jacobian has 512 rows here.
@@ -182,7 +186,7 @@ def test_rasterize_matches_dense_reference_including_box_edges():
     s = torch.cat([s, torch.full((5,), 1.5 * apix, dtype=F64)])
     m = torch.cat([m, torch.full((5,), 3.0, dtype=F64)])
     weights = torch.randn(D, D, D, generator=torch.Generator().manual_seed(10), dtype=F64)
-    kw = dict(centres=c, widths=s, amplitudes=m, box=D, apix=apix)
+    kw = dict(centres=c, widths=s, amplitudes=m, lattice=Lattice(D, apix))
     ref, gref = _value_and_grads(rasterize_dense, kw, weights)
     for tile in [None, (4, 4, 20), (3, 5, 7)]:
         out, g = _value_and_grads(lambda **a: render.rasterize(**a, tile=tile), kw, weights)
@@ -198,23 +202,26 @@ def test_batched_rasterize_equals_one_by_one():
     c, s, m = mixture(30, radius=8.0, smin=1.5, smax=3.0, seed=11)
     cs = torch.stack([c, c + 1.0, c.flip(0)])
     ms = torch.stack([m, 2 * m, m])
-    vols = render.rasterize(cs, s, ms, 16, 1.5)
+    lattice = Lattice(16, 1.5)
+    vols = render.rasterize(cs, s, ms, lattice)
     assert vols.shape == (3, 16, 16, 16)
     for b in range(3):
-        assert torch.allclose(vols[b], render.rasterize(cs[b], s, ms[b], 16, 1.5), atol=1e-12)
+        assert torch.allclose(vols[b], render.rasterize(cs[b], s, ms[b], lattice), atol=1e-12)
 
 
 def test_no_gaussians_renders_zeros():
     empty = torch.zeros(0, 3, dtype=F64)
     none = torch.zeros(0, dtype=F64)
-    img = render.project(empty, none, none, poses(2, 0), torch.zeros(2, 2, dtype=F64), 8, 1.0)
+    lattice = Lattice(8, 1.0)
+    img = render.project(empty, none, none, poses(2, 0), torch.zeros(2, 2, dtype=F64), lattice)
     assert img.shape == (2, 8, 8) and not img.any()
-    assert not render.rasterize(empty, none, none, 8, 1.0).any()
+    assert not render.rasterize(empty, none, none, lattice).any()
 
 
 def test_backward_recomputing_factors_gives_the_same_gradients(monkeypatch):
     kw = _inputs(per_image=True, with_ctf=True, with_shifts=True)
-    weights = torch.randn(3, kw["box"], kw["box"], generator=torch.Generator().manual_seed(14), dtype=F64)
+    D = kw["lattice"].box
+    weights = torch.randn(3, D, D, generator=torch.Generator().manual_seed(14), dtype=F64)
     _, kept = _value_and_grads(render.project, kw, weights)
     monkeypatch.setattr(render, "SAVED_FACTORS_MAX", 0)
     _, recomputed = _value_and_grads(render.project, kw, weights)

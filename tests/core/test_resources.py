@@ -181,17 +181,17 @@ def test_cli_does_not_hide_bugs_when_debugging(monkeypatch):
 def test_run_folders_from_other_versions_are_clear_errors(tmp_path, config, match):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match=match) as err:
-        RunFolder(tmp_path).read_config()
+        RunFolder(tmp_path).config()
     assert err.value.path == str(tmp_path / "config.json")
 
 
 def test_current_version_round_trips_and_garbage_is_an_error(tmp_path):
     run = RunFolder(tmp_path)
     run.update_config(train={"a": 1})
-    assert run.read_config()["format_version"] == RUN_FORMAT_VERSION
+    assert run.config()["format_version"] == RUN_FORMAT_VERSION
     (tmp_path / "config.json").write_bytes(b"\xff{not json")
     with pytest.raises(InputError, match="config"):
-        run.read_config()
+        run.config()
 
 
 def test_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cryospire_core.errors import InputError
-from cryospire_core.pipeline import runfolder
 from cryospire_core.io.arrays import read_npy, read_npz
 from cryospire_core.models.consensus import ConsensusConfig
+from cryospire_core.pipeline import runfolder
 from cryospire_core.pipeline.runfolder import (
     RunFolder,
     migrate_config,
@@ -93,14 +93,14 @@ def test_the_consensus_zero_gaussians_means_from_the_map_but_stage_counts_are_at
 def test_a_wrong_config_names_the_key(tmp_path, config, message):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError) as err:
-        RunFolder(tmp_path).read_config()
+        RunFolder(tmp_path).config()
     assert str(err.value).startswith(f"{tmp_path / 'config.json'}: {message}")
 
 
 def test_an_unreadable_config_is_an_input_error(tmp_path):
     (tmp_path / "config.json").mkdir()
     with pytest.raises(InputError, match="config: expected a JSON run config written by cryospire"):
-        RunFolder(tmp_path).read_config()
+        RunFolder(tmp_path).config()
 
 
 def test_older_formats_are_upgraded_one_version_at_a_time(monkeypatch):

@@ -153,16 +153,15 @@ def test_malicious_checkpoint_is_refused_before_anything_runs(cryodrgn_set, tmp_
 
 
 def test_model_state_loads_use_weights_only(tmp_path):
-    """train's model.pt loader refuses a malicious state dict without running it (it raises
-    torch's UnpicklingError: train.py should route it through engine.load_checkpoint-style
-    wrapping to get an InputError)."""
-    from cryospire_core.pipeline.train import _load_state
+    """A run's model.pt loader refuses a malicious state dict without running it."""
+    from cryospire_core.pipeline.runfolder import RunFolder
 
     target = tmp_path / "pwned"
-    bad = tmp_path / "model.pt"
-    torch.save({"w": _Touch(target)}, bad)
-    with pytest.raises((InputError, pickle.UnpicklingError)):
-        _load_state(_Tiny(), bad)
+    run = RunFolder(tmp_path)
+    run.stage_dir("discovery")
+    torch.save({"w": _Touch(target)}, run.model_path("discovery"))
+    with pytest.raises(InputError, match="model.pt"):
+        run.weights("discovery")
     assert not target.exists()
 
 

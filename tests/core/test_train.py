@@ -13,7 +13,7 @@ from cryospire_core.cli.main import main
 from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import TrainConfig, load_trained_model, train
+from cryospire_core.pipeline.train import TrainConfig, train
 
 SMALL = ["--epochs-consensus", "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128",
          "--gaussians-2", "256", "--quiet"]
@@ -32,9 +32,9 @@ def test_run_folder_holds_every_stage(trained, homogeneous_32):
         assert (trained / rel).is_file(), rel
     latents = np.load(trained / "latents.npy")
     assert latents.shape == (2000, 4) and latents.dtype == np.float32 and np.isfinite(latents).all()
-    model = load_trained_model(trained)
+    model = RunFolder(trained).model()
     np.testing.assert_array_equal(model.latents.numpy(), latents)  # rows in input particle order
-    cfg = RunFolder(trained).read_config()
+    cfg = RunFolder(trained).config()
     assert cfg["train"]["profile"] == "cpu" and cfg["train"]["hierarchical"]["n_gaussians"] == 256
     assert cfg["train_command"]["epochs_1"] == 1 and cfg["n_particles"] == 2000
 
@@ -45,7 +45,7 @@ def test_rerun_without_resume_is_refused(trained, homogeneous_32, capsys):
 
 
 def test_render_writes_maps_at_latents_and_particles(trained, tmp_path):
-    model = load_trained_model(trained)
+    model = RunFolder(trained).model()
     z = model.latents.numpy()[[3, 7]]
     np.savetxt(tmp_path / "z.txt", z)
     np.savetxt(tmp_path / "idx.txt", [3, 7], fmt="%d")
@@ -101,7 +101,7 @@ def test_selection_between_the_stages_drops_particles_from_stage_2(trained, homo
     assert latents.shape == (len(keep), 4)
     stage1 = np.load(trained / "discovery" / "outputs.npz")["latents"]
     np.testing.assert_array_equal(np.load(run / "hierarchical" / "seed.npz")["latents"], stage1[keep])
-    assert RunFolder(run).read_config()["train"]["select"] == str((tmp_path / "keep.txt").resolve())
+    assert RunFolder(run).config()["train"]["select"] == str((tmp_path / "keep.txt").resolve())
     # Once stage 2 exists, a new selection is refused instead of mixing particle sets.
     assert main(["train", star, "--out", str(run), "--resume", "--select", str(tmp_path / "keep.txt"), *SMALL]) == 1
 
@@ -112,11 +112,11 @@ def test_resume_with_more_stage_2_epochs_continues_the_finished_stage(trained, h
     star = str(homogeneous_32 / "particles.star")
     before = np.load(run / "latents.npy")
     assert main(["train", star, "--out", str(run), "--resume", "--epochs-2", "2", "--quiet"]) == 0
-    assert RunFolder(run).read_config()["train"]["hierarchical"]["epochs"] == 2
+    assert RunFolder(run).config()["train"]["hierarchical"]["epochs"] == 2
     assert torch.load(run / "hierarchical" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     after = np.load(run / "latents.npy")
     assert after.shape == before.shape and np.isfinite(after).all() and not np.array_equal(after, before)
-    np.testing.assert_array_equal(load_trained_model(run).latents.numpy(), after)
+    np.testing.assert_array_equal(RunFolder(run).model().latents.numpy(), after)
     capsys.readouterr()
     # Stage 1 cannot train longer under the stage 2 built on it, and no stage un-trains epochs.
     assert main(["train", star, "--out", str(run), "--resume", "--epochs-1", "2", "--quiet"]) == 1

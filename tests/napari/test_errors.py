@@ -309,7 +309,7 @@ def test_start_over_a_trained_run_points_to_the_resume_button(train_dock, data, 
     train_dock._enable()
     idle_after_start(qtbot, train_dock)
     (note,) = errors(notes)
-    assert first_line(note).startswith(f"{tmp_path / 'run' / 'config.json'}: train: expected a new output folder, "
+    assert first_line(note).startswith(f"{tmp_path / 'run' / 'config.json'}: train: expected a new run folder, "
                                        "or the Resume button to continue this run")
     assert "--resume" not in note.message
     assert_train_dock_idle(train_dock)
@@ -368,5 +368,5 @@ def test_explorer_dock_reports_a_broken_run_and_comes_back(viewer, tmp_path, not
     (note,) = errors(notes)
     assert first_line(note).startswith(f"{path}: "), note.message
     assert dock.status.text() == f"loading the run {path.parent} failed: {note.message}"
-    assert dock.explorer is None and not dock.progress.isVisible()
+    assert dock.session.explorer is None and not dock.progress.isVisible()
     assert dock.continue_button.isEnabled() and dock.write_button.isEnabled()

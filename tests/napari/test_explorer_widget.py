@@ -59,23 +59,23 @@ def loaded(make_napari_viewer, qtbot, run, show: bool = False) -> ExplorerWidget
     widget = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.load_run(run)
-    qtbot.waitUntil(lambda: widget.explorer is not None and not widget.busy and MAP_NAME in viewer.layers,
+    qtbot.waitUntil(lambda: widget.session.explorer is not None and not widget.busy and MAP_NAME in viewer.layers,
                     timeout=30_000)
     return widget
 
 
 def test_drag_across_the_scatter_renders_the_state_under_the_cursor(make_napari_viewer, qtbot, hinge_run):
     widget = loaded(make_napari_viewer, qtbot, hinge_run)
-    e = widget.explorer
+    e = widget.session.explorer
     gt = load_ground_truth(e.gt_dir)
     assert e.gt_labels is not None and len(gt) == 2
-    emb = widget.embedding
+    emb = widget.session.embedding
     # Canvas positions of the two states' centres in the scatter, and a drag between them.
     ends = [widget.scatter.to_canvas(emb.points[e.gt_labels == s].mean(0)) for s in (0, 1)]
     path = [ends[0] + t * (ends[1] - ends[0]) for t in np.linspace(0, 1, 25)]
 
     def check_map_at_cursor():
-        z = emb.to_latent(widget.cursor_xy)[0]
+        z = emb.to_latent(widget.session.cursor.xy)[0]
         state = int(e.gt_labels[nearest_particles(e.latents, z, 1)[0]])
         vol = widget.viewer.layers[MAP_NAME].data
         scores = [auc(*fsc(vol, gt[k], gt.mask)) for k in range(2)]
@@ -90,7 +90,7 @@ def test_drag_across_the_scatter_renders_the_state_under_the_cursor(make_napari_
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
     # latest wins: not every drag position was rendered, and the last one was
     assert widget.frames_shown - shown < len(path) * 2
-    np.testing.assert_allclose(widget.last_frame.z, emb.to_latent(widget.cursor_xy)[0], atol=1e-6)
+    np.testing.assert_allclose(widget.last_frame.z, emb.to_latent(widget.session.cursor.xy)[0], atol=1e-6)
     assert check_map_at_cursor() == 1
     assert requested >= 2 * len(path) - 1
     widget.drag(path[::-1])  # ... and back to state 0
@@ -103,18 +103,18 @@ def test_drag_across_the_scatter_renders_the_state_under_the_cursor(make_napari_
 def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_viewer, qtbot, hinge_run, tmp_path,
                                                                 notes):
     widget = loaded(make_napari_viewer, qtbot, hinge_run)
-    e = widget.explorer
-    pts = widget.embedding.points
+    e = widget.session.explorer
+    pts = widget.session.embedding.points
     lo, hi = pts.min(0), pts.max(0)
     mid = (lo + hi) / 2
     polygon = [lo - 1, [mid[0], lo[1] - 1], [mid[0], hi[1] + 1], [lo[0] - 1, hi[1] + 1]]  # left half
     widget.mode.setCurrentText("lasso")
     widget.drag([widget.scatter.to_canvas(p) for p in polygon])
     expected = np.flatnonzero(pts[:, 0] < mid[0])
-    got = np.flatnonzero(widget.selected)
+    got = np.flatnonzero(widget.session.selected)
     # the lasso is drawn in canvas pixels: points within a pixel of the edge may go either way
     assert len(np.setxor1d(got, expected)) <= 3 and len(got) > 100
-    star, index = widget.write_selection(tmp_path / "keep.star")
+    star, index = widget.actions.write_selection(tmp_path / "keep.star")
     full, sub = starfile.read(e.particles), starfile.read(star)
     assert list(sub["particles"].columns) == list(full["particles"].columns)
     for col in full["particles"].columns:
@@ -123,14 +123,14 @@ def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_view
     ps = load_particles(e.particles)
     assert read_selection(star, ps).tolist() == got.tolist()
     assert np.loadtxt(index, dtype=int).tolist() == got.tolist()
-    assert widget.write_selection(tmp_path / "keep.cs") is None  # keep_indices.txt is keep.star's: refused
+    assert widget.actions.write_selection(tmp_path / "keep.cs") is None  # keep_indices.txt is keep.star's: refused
     assert any("keep_indices.txt: selection file: expected a file name not in use" in str(n.message) for n in notes)
     assert not (tmp_path / "keep.cs").exists()
-    cs, _ = widget.write_selection(tmp_path / "keep.cs", overwrite=True)
+    cs, _ = widget.actions.write_selection(tmp_path / "keep.cs", overwrite=True)
     assert read_selection(cs, ps).tolist() == got.tolist()
     # a k-means state selection
-    widget.select_state(0)
-    assert widget.selected.sum() == (e.states(widget.k_states.value()) == 0).sum()
+    widget.session.select_state(0)
+    assert widget.session.selected.sum() == (e.states(widget.k_states.value()) == 0).sum()
 
 
 def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot, hinge_run, tmp_path, notes):
@@ -139,25 +139,26 @@ def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot,
     widget.trav_steps.setValue(5)
     widget.trav_kind.setCurrentText("PC1")
     widget.compute_traversal()
-    qtbot.waitUntil(lambda: widget.traversal is not None and not widget.busy, timeout=30_000)
-    assert widget.traversal.shape == (5, widget.explorer.zdim) and len(widget.traversal_readouts) == 5
+    qtbot.waitUntil(lambda: widget.session.traversal is not None and not widget.busy, timeout=30_000)
+    trav = widget.session.traversal
+    assert trav.latents.shape == (5, widget.session.explorer.zdim) and len(trav.readouts) == 5
     assert LABELS_NAME in widget.viewer.layers
     shown = widget.frames_shown
     widget.play_button.setChecked(True)
     qtbot.waitUntil(lambda: widget.frames_shown >= shown + 4, timeout=30_000)
     widget.play_button.setChecked(False)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
-    widget.export_series(tmp_path / "series")
+    widget.actions.export_series(tmp_path / "series")
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
     m = read_map(tmp_path / "series" / "vol_004.mrc")
     assert m.data.shape == (32, 32, 32) and m.apix == pytest.approx(12.0)
-    np.testing.assert_allclose(m.origin, [-16 * 12.0] * 3)
+    np.testing.assert_allclose(m.origin, [0.0] * 3)  # as every map cryospire writes (RELION's convention)
     (tmp_path / "series" / "vol_002.mrc").write_text("the user's own")
-    widget.export_series(tmp_path / "series")  # refused at once (a notification), before any map is computed
+    widget.actions.export_series(tmp_path / "series")  # refused at once (a notification), before any map is computed
     assert not widget.busy and (tmp_path / "series" / "vol_002.mrc").read_text() == "the user's own"
     assert any("vol_000.mrc: map series: expected a file name not in use (or choose a new or empty folder)"
                in str(n.message) for n in notes)
-    gif = widget.export_movie(tmp_path / "trav.gif")
+    gif = widget.actions.export_movie(tmp_path / "trav.gif")
     import imageio.v3 as iio
 
     frames = iio.imread(gif, index=None)
@@ -171,12 +172,13 @@ def test_continue_training_between_the_stages_trains_stage_2_on_the_selection(ma
     run = shutil.copytree(parts_run, tmp_path / "run")
     RunFolder(run).update_config(train_command={"particles": str(tiny_star)})
     widget = loaded(make_napari_viewer, qtbot, run)
-    assert widget.explorer.stage == "discovery" and widget.readout.rowCount() == widget.explorer.n_parts
-    widget.select_state(0)
-    rows = np.flatnonzero(widget.selected)
-    assert widget.continue_training() == run
-    qtbot.waitUntil(lambda: widget.train_job is None, timeout=60_000)
+    e = widget.session.explorer
+    assert e.stage == "discovery" and widget.readout.rowCount() == e.n_parts
+    widget.session.select_state(0)
+    rows = np.flatnonzero(widget.session.selected)
+    assert widget.actions.continue_training() == run
+    qtbot.waitUntil(lambda: widget.actions.train_job is None, timeout=60_000)
     assert (run / "hierarchical" / "model.pt").is_file()
     assert np.load(run / "selection.npy").tolist() == rows.tolist()
-    qtbot.waitUntil(lambda: not widget.busy and widget.explorer.stage == "hierarchical", timeout=30_000)
-    assert widget.explorer.n_particles == len(rows)  # the reloaded run explores the kept particles
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.explorer.stage == "hierarchical", timeout=30_000)
+    assert widget.session.explorer.n_particles == len(rows)  # the reloaded run explores the kept particles

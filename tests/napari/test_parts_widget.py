@@ -94,7 +94,8 @@ def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path, notes):
     paths[-1].write_text("the user's own")
     assert widget.export_masks(tmp_path / "masks") == []  # refused with a notification: nothing replaced
     assert paths[-1].read_text() == "the user's own"
-    assert any("part_01_mask.mrc: part masks: expected a file name not in use" in str(n.message) for n in notes)
+    assert any("part_labels.mrc: part masks: expected a file name not in use" in str(n.message) for n in notes)
+    np.testing.assert_array_equal(read_map(tmp_path / "masks" / "part_labels.mrc").data, widget.state.labels)
     assert len(widget.export_masks(tmp_path / "masks", overwrite=True)) == widget.state.n_parts
 
 

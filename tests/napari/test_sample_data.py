@@ -47,10 +47,11 @@ def test_samples_are_made_once_and_return_layers(monkeypatch, tmp_path):
     # Gaussians lie inside the box (world Å about the centre).
     assert np.all(np.abs(points.data) <= 16 * 12.0)
 
-    def refuse(*argv):
-        raise AssertionError(f"sample data remade: {argv}")
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"sample data remade: {args}")
 
-    monkeypatch.setattr(_sample_data, "_cryospire", refuse)
+    for step in ("simulate", "backproject", "consensus_run"):
+        monkeypatch.setattr(_sample_data, step, refuse)
     assert len(consensus_sample(SMALL)) == 3 and len(hinge_sample(SMALL)) == 2
 
 

@@ -68,7 +68,7 @@ def test_dock_trains_to_completion_with_live_layers(dock, qtbot, tmp_path):
     run = tmp_path / "run"
     for rel in ("consensus/map.mrc", "discovery/model.pt", "parts/clustering.npz", "hierarchical/model.pt", "latents.npy"):
         assert (run / rel).is_file(), rel
-    cfg = RunFolder(run).read_config()
+    cfg = RunFolder(run).config()
     assert cfg["train_command"]["gui"] and cfg["train"]["hierarchical"]["n_gaussians"] == 256
     assert dock.stage_label.text() == "finished" and dock.bar.value() == dock.bar.maximum()
     assert sum(len(v) for v in dock.plot.losses.values()) >= 10  # every step's loss
@@ -116,12 +116,12 @@ def test_review_recluster_then_continue_to_stage2(dock, qtbot, tmp_path):
 
 
 def test_worker_exception_becomes_a_notification(dock, qtbot, monkeypatch, notes, tmp_path):
-    import cryospire_core.pipeline.train
+    import cryospire_core.services.training
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom in training")
 
-    monkeypatch.setattr(cryospire_core.pipeline.train, "train", broken)
+    monkeypatch.setattr(cryospire_core.services.training, "train", broken)
     dock.start()
     wait_idle(qtbot, dock)
     assert dock.last_status == "error"
@@ -150,7 +150,7 @@ def test_closing_the_viewer_stops_training_and_leaves_a_resumable_run(dock, qtbo
     run = RunFolder(tmp_path / "run")
     run.lock()  # released by the stopped worker
     assert not (run.root / "hierarchical" / "model.pt").exists()
-    cfg = TrainConfig.from_dict(run.read_config()["train"])
+    cfg = TrainConfig.from_dict(run.config()["train"])
     assert train(load_particles(tiny_star), run, cfg, torch.device("cpu")) == "finished"
 
 

@@ -1,0 +1,45 @@
+"""``cryospire branch``: a new run folder that trains a run's stage 2 on a particle selection.
+
+Example::
+
+    cryospire select RUN --states 0,2 -o keep.star
+    cryospire branch RUN --select keep_indices.txt -o RUN_keep
+    cryospire train data/particles.star --out RUN_keep --resume   # printed by branch
+
+The new folder holds copies of RUN's consensus, stage-1 and parts outputs (not their
+checkpoints) and RUN's config with ``train.select`` set to the selection (absolute path) and
+``branched_from`` to RUN; training it then runs only stage 2. RUN itself is not changed. To
+train RUN's own stage 2 on a selection instead (only before it starts):
+``cryospire train PARTICLES --out RUN --resume --select FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import warnings
+from pathlib import Path
+
+from cryospire_core.services import branch
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder whose part discovery is finished (RUN/parts/clustering.npz)")
+    parser.add_argument("--select", required=True,
+                        help="particles stage 2 keeps: 0-based indices (.txt/.npy) or a .star/.cs subset of the "
+                             "run's particles (e.g. written by `cryospire select`)")
+    parser.add_argument("-o", "--out", required=True, help="the new run folder (new or empty)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    branch.check_new_run_folder(out)  # before anything is read
+    kept = branch.selection_size(args.run, args.select)
+    branch.branch_run(args.run, out, args.select)
+    if kept is None:
+        warnings.warn(f"the particle file of {args.run} was not found: {args.select} is checked when stage 2 "
+                      "starts", stacklevel=1)
+    size = "" if kept is None else f" on {kept} particles"
+    print(f"branched {args.run} into {out}: stage 2 will train{size} ({args.select}). Train it with:")
+    print(f"  {shlex.join(branch.train_command(out))}")
+    return 0

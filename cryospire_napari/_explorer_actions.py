@@ -1,0 +1,190 @@
+"""What the latent explorer's action buttons do: export the traversal (an MRC series, a GIF
+movie), write the selected particles, and continue training on them; with their file dialogs.
+
+The work itself is the application services' (:mod:`cryospire_core.services`), the same
+functions the command line calls; this module checks the explorer's state first, runs the slow
+parts in the dock's background job or training worker, and reports in the dock's status line
+and in notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.utils import notifications
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from cryospire_core.errors import InputError
+from cryospire_core.io.outputs import GUI_REMEDY
+from cryospire_core.services import branch, select, traverse
+
+from ._notify import notify_error
+from ._workers import TrainJob, default_torch_threads, dock_request
+
+if TYPE_CHECKING:
+    from ._explorer_widget import ExplorerWidget
+
+
+class ExplorerActions:
+    """The actions of the explorer dock ``dock`` (its session, background job, viewer, status
+    line and progress bar); ``train_job`` is the training started here, if it still runs."""
+
+    def __init__(self, dock: ExplorerWidget) -> None:
+        self.dock = dock
+        self.session = dock.session
+        self.train_job: TrainJob | None = None
+        self._timer = QTimer(dock)
+        self._timer.timeout.connect(self._poll_training)
+
+    def shutdown(self) -> None:
+        """Stop the training started here (the dock is closing)."""
+        if self.train_job is not None:
+            self.train_job.stop()
+
+    # -- the traversal -----------------------------------------------------------------------------
+
+    def export_series(self, folder: str | Path, overwrite: bool = False) -> None:
+        """Write the traversal's maps as folder/vol_###.mrc (+ latents.npy, parts.csv; background).
+        Files already in ``folder`` with those names are refused (a notification) unless ``overwrite``."""
+        e, trav = self.session.explorer, self.session.traversal
+        if trav is None:
+            notifications.show_warning("compute a traversal first")
+            return
+        try:  # before any map is computed
+            traverse.check_map_series(folder, len(trav), True, bool(trav.readouts), overwrite, GUI_REMEDY)
+        except InputError as exc:
+            notify_error(exc, f"writing the maps to {folder}")
+            return
+
+        def run():
+            return traverse.export_traversal(e, trav, folder, overwrite, GUI_REMEDY)
+
+        self.dock.status.setText(f"writing {len(trav)} maps to {folder}...")
+        self.dock.side_job.submit(run, lambda paths: self.dock.status.setText(
+            f"wrote {len(paths)} maps; ChimeraX: open {Path(folder)}/vol_*.mrc vseries true"),
+            f"writing the maps to {folder}")
+
+    def export_movie(self, path: str | Path, fps: float = 8.0) -> Path | None:
+        """Render every traversal step into the viewer and save the canvas frames as a GIF.
+
+        The maps are computed here on the GUI thread, one step at a time with the event loop
+        turning between steps (an export is a deliberate wait, unlike a drag)."""
+        from qtpy.QtWidgets import QApplication
+
+        session, dock = self.session, self.dock
+        e, trav = session.explorer, session.traversal
+        if trav is None:
+            notifications.show_warning("compute a traversal first")
+            return None
+        session.stop()
+        labels = dock.show_labels.isChecked() and e.n_parts > 0
+        frames = []
+        for i, z in enumerate(trav.latents):
+            dock.show_frame(e.frame(z, labels=labels))
+            with session.events.cursor_moved.blocked():  # rendered just above, not in the background
+                session.step_to(i)
+            dock.scatter.set_cursor(session.cursor.xy)
+            QApplication.processEvents()
+            frames.append(dock.viewer.screenshot(canvas_only=True, flash=False))
+        out = traverse.write_movie(path, frames, fps)
+        dock.status.setText(f"wrote {out} ({len(frames)} frames)")
+        return out
+
+    # -- the selection ------------------------------------------------------------------------------
+
+    def write_selection(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path] | None:
+        """Write the selection as a .star/.cs subset of the run's particles plus an index file
+        (either file existing is refused with a notification unless ``overwrite``)."""
+        e = self.session.explorer
+        if e is None or not self.session.selected.any():
+            notifications.show_warning("select particles first (lasso or a state)")
+            return None
+        if e.particles is None:
+            notifications.show_warning("the run's particle file was not found (see RUN/config.json)")
+            return None
+        try:
+            out = select.write_selection(path, self.session.selected_particles(), e.particles, overwrite=overwrite)
+        except Exception as exc:  # shown to the user; the viewer stays usable
+            notify_error(exc, f"writing the selection to {path}")
+            return None
+        notifications.show_info(f"wrote {int(self.session.selected.sum())} particles to {out[0]} and {out[1].name}")
+        return out
+
+    def continue_training(self) -> Path | None:
+        """Train stage 2 on the selected particles (the paper's junk removal between stages).
+
+        Before stage 2 starts: the run itself continues with ``select`` set (as
+        ``cryospire train --resume --select``). After: a new run folder beside it,
+        ``<run>_subset<M>``, reuses the consensus, stage-1 and parts outputs and trains stage 2
+        on the subset (:func:`cryospire_core.services.branch.continue_with_selection`). Returns the
+        run folder."""
+        e, dock = self.session.explorer, self.dock
+        if e is None or not self.session.selected.any() or e.root is None or e.particles is None:
+            notifications.show_warning("load a run whose particle file exists and select particles first")
+            return None
+        if self.train_job is not None:
+            notifications.show_warning("a training run started here is still going")
+            return None
+        rows = self.session.selected_particles()
+        try:
+            out = branch.continue_with_selection(e.root, rows)
+        except Exception as exc:
+            notify_error(exc, "preparing training on the selection")
+            return None
+        request = dock_request(e.particles, out, resume=True, gui="napari latent explorer",
+                               torch_threads=default_torch_threads())
+        self.train_job = TrainJob(request, self._trained, self._train_failed)
+        self.train_job.start()
+        dock.progress.setVisible(True)
+        self._timer.start(300)
+        dock.status.setText(f"training stage 2 on {len(rows)} particles into {out}")
+        return out
+
+    def _poll_training(self) -> None:
+        if self.train_job is None:
+            return
+        progress = self.dock.progress
+        for ev in self.train_job.monitor.drain():
+            progress.setMaximum(max(1, ev.total))
+            progress.setValue(ev.done)
+            progress.setFormat(f"{ev.stage} epoch {ev.epoch}/{ev.epochs} %p%")
+
+    def _trained(self, status: str) -> None:
+        out = self.train_job.request.out
+        self._timer.stop()
+        self.train_job = None
+        self.dock.progress.setVisible(False)
+        notifications.show_info(f"training {status}: {out}")
+        if status == "finished":
+            self.dock.load_run(out)
+
+    def _train_failed(self, exc: BaseException) -> None:
+        self._timer.stop()
+        self.train_job = None
+        self.dock.progress.setVisible(False)
+        notify_error(exc, "training on the selection")
+
+    # -- dialogs ------------------------------------------------------------------------------------
+
+    def export_series_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.dock, "Folder for the traversal maps")
+        if folder:
+            self.export_series(folder)
+
+    def export_movie_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.dock, "Traversal movie", "traversal.gif", "GIF (*.gif)")
+        if path:
+            try:
+                self.export_movie(path)
+            except Exception as exc:
+                notify_error(exc, f"exporting the movie to {path}")
+
+    def write_dialog(self) -> None:
+        # No "replace?" question from Qt: it would cover only one of the two files written, and
+        # write_selection refuses either existing one with a notification.
+        path, _ = QFileDialog.getSaveFileName(self.dock, "Selected particles", "selection.star",
+                                              "Particles (*.star *.cs)", options=QFileDialog.DontConfirmOverwrite)
+        if path:
+            self.write_selection(path)

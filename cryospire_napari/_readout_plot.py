@@ -1,0 +1,81 @@
+"""The latent explorer's part readouts: a table of each part's motion at the cursor, and a plot of
+it along a traversal with a marker at the step shown."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+
+from cryospire_core.analysis.explorer import PartReadout
+
+from ._parts_widget import part_colours
+
+
+class ReadoutTable(QTableWidget):
+    """One row per part: its colour and number, angle (°), shift (Å) and presence."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 4)
+        self.setHorizontalHeaderLabels(["part", "angle (°)", "shift (Å)", "presence"])
+        self.verticalHeader().setVisible(False)
+        self.setMaximumHeight(150)
+
+    def show_readout(self, r: PartReadout) -> None:
+        from qtpy.QtCore import Qt
+        from qtpy.QtGui import QColor
+
+        rows = r.rows()
+        colours = part_colours(len(rows))
+        self.setRowCount(len(rows))
+        for i, (k, angle, shift, presence) in enumerate(rows):
+            name = QTableWidgetItem(f"part {k}")
+            name.setData(Qt.DecorationRole, QColor.fromRgbF(*colours[i]))
+            for col, item in enumerate((name, QTableWidgetItem(f"{angle:.1f}"), QTableWidgetItem(f"{shift:.1f}"),
+                                        QTableWidgetItem(f"{presence:.2f}"))):
+                self.setItem(i, col, item)
+
+
+class ReadoutPlot:
+    """Angle (°), shift (Å) and presence of every part against the traversal step, one axes each
+    (matplotlib); ``canvas`` is the Qt widget."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(4, 2.2), dpi=80, facecolor="#262930")
+        self.canvas = FigureCanvasQTAgg(self.fig)
+        self.canvas.setMinimumHeight(150)
+        self.axes = self.fig.subplots(1, 3)
+        self.fig.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.85, wspace=0.45)
+        for ax, title in zip(self.axes, ("angle (°)", "shift (Å)", "presence")):
+            ax.set_title(title, color="w", fontsize=8)
+            ax.set_facecolor("#1e1f24")
+            ax.tick_params(colors="w", labelsize=7)
+        self.markers: list = []
+
+    def plot(self, readouts: list[PartReadout]) -> None:
+        """Plot the readouts of the steps of a traversal (none: empty axes)."""
+        for ax in self.axes:
+            for line in list(ax.lines):
+                line.remove()
+        self.markers = []
+        if readouts:
+            steps = np.arange(len(readouts))
+            values = (np.stack([r.angle_deg for r in readouts]), np.stack([r.shift for r in readouts]),
+                      np.stack([r.presence for r in readouts]))
+            colours = part_colours(values[0].shape[1])
+            for ax, v in zip(self.axes, values):
+                for k in range(v.shape[1]):
+                    ax.plot(steps, v[:, k], color=colours[k], lw=1.2)
+                ax.relim()
+                ax.autoscale_view()
+                self.markers.append(ax.axvline(0, color="w", lw=0.8, ls=":"))
+        self.canvas.draw_idle()
+
+    def mark(self, step: int) -> None:
+        """Move the marker to ``step``."""
+        for m in self.markers:
+            m.set_xdata([step, step])
+        if self.markers:
+            self.canvas.draw_idle()
