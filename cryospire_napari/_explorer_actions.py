@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from cryospire_core.errors import InputError
 from cryospire_core.io.outputs import GUI_REMEDY
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.services import branch, select, traverse
 
 from ._notify import notify_error
@@ -133,7 +134,7 @@ class ExplorerActions:
         except Exception as exc:
             notify_error(exc, "preparing training on the selection")
             return None
-        request = dock_request(e.particles, out, resume=True, gui="napari latent explorer",
+        request = dock_request(RunFolder(e.root).particle_source(), out, resume=True, gui="napari latent explorer",
                                torch_threads=default_torch_threads())
         self.train_job = TrainJob(request, self._trained, self._train_failed)
         self.train_job.start()

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryospire_core.io.load import load_particles
+from cryospire_core.io.load import ParticleSource, load_particles
 from cryospire_core.io.mrc import write_map
 from cryospire_core.models.backproject import backproject
 from cryospire_core.models.consensus import ConsensusConfig
@@ -85,7 +85,7 @@ def ensure_sample(spec: SampleSpec = DEFAULT_SPEC, with_run: bool = False) -> Pa
         write_map(bp, backproject(particles, device="cpu").volume, particles.apix)
     if with_run and not run.map_path("consensus").is_file():
         request = ConsensusRequest(
-            particles=star, out=run.root, map=bp,
+            source=ParticleSource(star), out=run.root, map=bp,
             config=ConsensusConfig(epochs=spec.epochs, map_fit_steps=spec.map_fit_steps),
             resume=run.config_path.is_file(), device="cpu", command={"gui": "sample data", "particles": str(star)})
         with consensus_run(request) as job:

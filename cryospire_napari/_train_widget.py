@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.io.load import ParticleSource
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import ProgressEvent
@@ -320,8 +321,9 @@ class TrainWidget(QWidget):
             raise InputError("Train dock", "output", "a run folder", "nothing chosen")
         stack = self.source.currentIndex() == 1
         config = self.config if self.config is not None else TrainConfig.for_profile(self.profile.currentText())
-        return dock_request(particles, out, resume=resume, gui="napari train dock", torch_threads=self.torch_threads,
-                            poses=self.poses.path() if stack else None, ctf=self.ctf.path() if stack else None,
+        source = ParticleSource(particles, poses=self.poses.path() if stack else None,
+                                ctf=self.ctf.path() if stack else None)
+        return dock_request(source, out, resume=resume, gui="napari train dock", torch_threads=self.torch_threads,
                             config=config, stages=stages, device=self.device.currentText())
 
     # -- actions -------------------------------------------------------------------------------

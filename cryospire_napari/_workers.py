@@ -34,7 +34,8 @@ from cryospire_core.progress import ProgressEvent
 
 from ._notify import notify_error
 
-if TYPE_CHECKING:  # imported where used: it loads torch, which the docks load in warm_up
+if TYPE_CHECKING:  # imported where used: they load torch, which the docks load in warm_up
+    from cryospire_core.io.load import ParticleSource
     from cryospire_core.services.training import TrainRequest
 
 
@@ -116,21 +117,20 @@ def default_torch_threads() -> int:
     return max(1, thread_budget().n - 1)
 
 
-def dock_request(particles: str | Path, out: str | Path, *, resume: bool, gui: str,
+def dock_request(source: ParticleSource, out: str | Path, *, resume: bool, gui: str,
                  torch_threads: int | None, **fields: Any) -> TrainRequest:
     """A :class:`~cryospire_core.services.training.TrainRequest` as the docks make it: a new start
     over a trained run is refused naming the Resume button, the training thread computes with
     ``torch_threads`` (None: torch's default, one per core; the docks default to
     :func:`default_torch_threads`, benchmarks/gui_stall.py: on 2 cores, 1 thread trained no
     slower than 2 and stalled the viewer no more), and the run's ``train_command`` records the
-    dock (``gui``) and the files. ``fields``: the request's other fields (poses, ctf, options,
-    config, stages, device)."""
+    dock (``gui``) and the particles. ``fields``: the request's other fields (options, config,
+    stages, device)."""
     from cryospire_core.services.training import TrainRequest
 
     threads = None if torch_threads is None else ThreadBudget(torch_threads, "the dock's training thread")
-    command = {"gui": gui, "particles": str(particles), "poses": fields.get("poses") and str(fields["poses"]),
-               "ctf": fields.get("ctf") and str(fields["ctf"]), "device": fields.get("device", "auto")}
-    return TrainRequest(particles=particles, out=out, resume=resume, resume_hint="the Resume button",
+    command = {"gui": gui, **source.command(), "device": fields.get("device", "auto")}
+    return TrainRequest(source=source, out=out, resume=resume, resume_hint="the Resume button",
                         threads=threads, command=command, **fields)
 
 

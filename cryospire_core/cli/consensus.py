@@ -12,8 +12,11 @@ import argparse
 import sys
 import time
 
-from cryospire_core.cli.options import add_device_arg, add_particle_args
-from cryospire_core.io.load import INVERT_CHOICES
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_particle_args,
+    particle_source,
+)
 from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.models.engine import LoopConfig
 from cryospire_core.progress import TerminalProgress
@@ -52,8 +55,7 @@ def request_from_args(args: argparse.Namespace) -> ConsensusRequest:
     cfg = ConsensusConfig(n_gaussians=args.n_gaussians, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           map_fit_steps=args.map_fit_steps, seed=args.seed)
     return ConsensusRequest(
-        particles=args.particles, out=args.out, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
-        invert=INVERT_CHOICES[args.invert], apix=args.apix, map=args.map, config=cfg,
+        source=particle_source(args), out=args.out, map=args.map, config=cfg,
         checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, device=args.device,
         command={"argv": sys.argv[1:], **vars(args)})
 

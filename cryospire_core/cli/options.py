@@ -11,7 +11,7 @@ import argparse
 import re
 
 from cryospire_core.errors import InputError
-from cryospire_core.io.load import INVERT_CHOICES, load_particles
+from cryospire_core.io.load import INVERT_CHOICES, ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
 from cryospire_core.ranges import shown
@@ -55,16 +55,15 @@ def add_particle_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apix", type=float, help="pixel size in Å, overriding the metadata")
 
 
+def particle_source(args: argparse.Namespace) -> ParticleSource:
+    """The particles described by the options of :func:`add_particle_args`."""
+    return ParticleSource(args.particles, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
+                          invert=INVERT_CHOICES[args.invert], apix=args.apix)
+
+
 def particles_from_args(args: argparse.Namespace) -> ParticleSet:
     """Load the particles described by the options of :func:`add_particle_args`."""
-    return load_particles(
-        args.particles,
-        poses=args.poses,
-        ctf=args.ctf,
-        datadir=args.datadir,
-        invert=INVERT_CHOICES[args.invert],
-        apix=args.apix,
-    )
+    return particle_source(args).load()
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser, what: str = "output files") -> None:

@@ -18,9 +18,12 @@ import time
 
 import numpy as np
 
-from cryospire_core.cli.options import add_device_arg, add_particle_args
+from cryospire_core.cli.options import (
+    add_device_arg,
+    add_particle_args,
+    particle_source,
+)
 from cryospire_core.imaging.precision import PRECISIONS
-from cryospire_core.io.load import INVERT_CHOICES
 from cryospire_core.models.distributed import Distributed, from_environment, shutdown
 from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
@@ -79,8 +82,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def request_from_args(args: argparse.Namespace, dist: Distributed) -> TrainRequest:
     """The training request of the command line (``dist``: this process's place in the run)."""
     return TrainRequest(
-        particles=args.particles, out=args.out, poses=args.poses, ctf=args.ctf, datadir=args.datadir,
-        invert=INVERT_CHOICES[args.invert], apix=args.apix, options=options_from_args(args),
+        source=particle_source(args), out=args.out, options=options_from_args(args),
         stages=tuple(s for s in STAGES if s in args.stage) if args.stage else STAGES,
         recluster=args.stage is not None and "parts" in args.stage, resume=args.resume, device=args.device,
         threads=ThreadBudget(args.threads, args.threads_source),

@@ -7,7 +7,9 @@ Formats by extension: ``.star`` (RELION 3.0/3.1+), ``.cs`` (cryoSPARC), and an i
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,36 @@ from cryospire_core.io.star import read_star, write_star
 
 STACK_SUFFIXES = (".mrcs", ".mrc", ".txt")
 INVERT_CHOICES = {"auto": None, "yes": True, "no": False}
+"""The words ``--invert`` takes and the contrast each declares (None: detect)."""
+
+
+@dataclass(frozen=True)
+class ParticleSource:
+    """Where a command's particles come from, as :func:`load_particles` reads them.
+
+    particles: .star / .cs, or an image stack (.mrcs / .mrc / .txt) with ``poses`` and ``ctf``
+    (cryoDRGN pkls; with a .cs, ``ctf`` may name its passthrough .cs); datadir: where image
+    stacks are searched; invert: True for white particles, False for dark, None to detect;
+    apix: Å/px overriding the metadata (None: the file's).
+    """
+
+    particles: str | os.PathLike
+    poses: str | os.PathLike | None = None
+    ctf: str | os.PathLike | None = None
+    datadir: str | os.PathLike | None = None
+    invert: bool | None = None
+    apix: float | None = None
+
+    def load(self) -> ParticleSet:
+        return load_particles(self.particles, poses=self.poses, ctf=self.ctf, datadir=self.datadir,
+                              invert=self.invert, apix=self.apix)
+
+    def command(self) -> dict[str, Any]:
+        """The source as a run's ``train_command`` records it (the command line's option values)."""
+        words = {v: k for k, v in INVERT_CHOICES.items()}
+        text = lambda p: None if p is None else str(p)  # noqa: E731
+        return {"particles": str(self.particles), "poses": text(self.poses), "ctf": text(self.ctf),
+                "datadir": text(self.datadir), "invert": words[self.invert], "apix": self.apix}
 
 
 def load_particles(

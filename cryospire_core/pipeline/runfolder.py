@@ -70,7 +70,7 @@ from cryospire_core import __version__
 from cryospire_core.errors import InputError, count_nonfinite
 from cryospire_core.io.arrays import read_npy
 from cryospire_core.io.atomic import remove_stale_temporaries, write_json
-from cryospire_core.io.load import INVERT_CHOICES, load_particles
+from cryospire_core.io.load import INVERT_CHOICES, ParticleSource
 from cryospire_core.io.mixture import load_gaussians, mixture_lattice
 from cryospire_core.io.mrc import read_map
 from cryospire_core.io.outputs import check_writable_folder, refuse_link
@@ -474,8 +474,12 @@ class RunFolder:
         return None
 
     def particles(self) -> ParticleSet:
-        """The run's particles, read as its training command read them (particle file, poses
-        and CTF files, data folder, contrast, pixel size; :func:`~cryospire_core.io.load.load_particles`)."""
+        """The run's particles, read as its training command read them (:meth:`particle_source`)."""
+        return self.particle_source().load()
+
+    def particle_source(self) -> ParticleSource:
+        """Where the run's particles come from, as its training command recorded it (particle
+        file, poses and CTF files, data folder, contrast, pixel size)."""
         command = self.config().get("train_command") or {}
         path = self.particles_path()
         if path is None:
@@ -484,7 +488,7 @@ class RunFolder:
         invert = command.get("invert", "auto")
         if invert not in INVERT_CHOICES:
             raise InputError(self.config_path, "train_command.invert", " or ".join(INVERT_CHOICES), shown_json(invert))
-        return load_particles(path, poses=self._command_file("poses") or command.get("poses"),
+        return ParticleSource(path, poses=self._command_file("poses") or command.get("poses"),
                               ctf=self._command_file("ctf") or command.get("ctf"), datadir=command.get("datadir"),
                               invert=INVERT_CHOICES[invert], apix=command.get("apix"))
 

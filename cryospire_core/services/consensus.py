@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cryospire_core.errors import InputError
-from cryospire_core.io.load import load_particles
+from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.consensus import (
     ConsensusConfig,
@@ -43,9 +43,7 @@ from cryospire_core.ranges import MINUTES
 class ConsensusRequest:
     """Everything a consensus fit needs.
 
-    particles: .star / .cs, or an image stack with ``poses`` and ``ctf`` (cryoDRGN pkls), read by
-    :func:`~cryospire_core.io.load.load_particles` with ``datadir``, ``invert`` (None: detect)
-    and ``apix`` (Å/px, None: the file's); out: the run folder (made if missing); map: the .mrc
+    source: the particles (:class:`~cryospire_core.io.load.ParticleSource`); out: the run folder (made if missing); map: the .mrc
     to seed the Gaussians from, on the particles' box and pixel size (None: the particles'
     backprojection, cached in RUN/consensus); config: a new run's (a resumed run keeps its
     saved one); checkpoint_minutes: minutes between checkpoints inside an epoch; resume:
@@ -55,13 +53,8 @@ class ConsensusRequest:
     ``checkpoint_minutes`` set (a resume reads them back).
     """
 
-    particles: str | os.PathLike
+    source: ParticleSource
     out: str | os.PathLike
-    poses: str | os.PathLike | None = None
-    ctf: str | os.PathLike | None = None
-    datadir: str | os.PathLike | None = None
-    invert: bool | None = None
-    apix: float | None = None
     map: str | os.PathLike | None = None
     config: ConsensusConfig = field(default_factory=ConsensusConfig)
     checkpoint_minutes: float = LoopConfig(epochs=1).checkpoint_minutes  # the training loop's default
@@ -70,9 +63,6 @@ class ConsensusRequest:
     device: str = "auto"
     command: dict[str, Any] = field(default_factory=dict)
 
-    def load_particles(self) -> ParticleSet:
-        return load_particles(self.particles, poses=self.poses, ctf=self.ctf, datadir=self.datadir,
-                              invert=self.invert, apix=self.apix)
 
 
 @dataclass
@@ -136,7 +126,7 @@ def consensus_run(request: ConsensusRequest) -> Iterator[ConsensusRun]:
             cfg, user_map, minutes = _resumed(saved, run, user_map, request.checkpoint_minutes)
         else:
             cfg, minutes = request.config, request.checkpoint_minutes
-        ps = request.load_particles()
+        ps = request.source.load()
         command = None if resumed else {**request.command, "map": user_map, "checkpoint_minutes": minutes}
         yield ConsensusRun(run, ps, cfg, device, user_map, minutes, command)
 

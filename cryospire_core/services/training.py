@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from cryospire_core.errors import InputError
-from cryospire_core.io.load import load_particles
+from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.distributed import Distributed
@@ -75,9 +75,7 @@ class TrainOptions:
 class TrainRequest:
     """Everything a training start needs.
 
-    particles: .star / .cs, or an image stack with ``poses`` and ``ctf`` (cryoDRGN pkls), read by
-    :func:`~cryospire_core.io.load.load_particles` with ``datadir``, ``invert`` (None: detect)
-    and ``apix`` (Å/px, None: the file's); out: the run folder (made if missing); options: see
+    source: the particles (:class:`~cryospire_core.io.load.ParticleSource`); out: the run folder (made if missing); options: see
     :class:`TrainOptions`; config: a new run's config instead of the options' (the docks' tests
     inject tiny ones); stages: the stages to run, in :data:`STAGES` order; recluster: redo the
     parts stage with the options' part counts (``--stage parts``; the old clustering is
@@ -87,13 +85,8 @@ class TrainRequest:
     leave them as they are); command: saved as the run's ``train_command``.
     """
 
-    particles: str | os.PathLike
+    source: ParticleSource
     out: str | os.PathLike
-    poses: str | os.PathLike | None = None
-    ctf: str | os.PathLike | None = None
-    datadir: str | os.PathLike | None = None
-    invert: bool | None = None
-    apix: float | None = None
     options: TrainOptions = TrainOptions()
     config: TrainConfig | None = None
     stages: tuple[str, ...] = STAGES
@@ -104,9 +97,6 @@ class TrainRequest:
     threads: ThreadBudget | None = None
     command: dict[str, Any] = field(default_factory=dict)
 
-    def load_particles(self) -> ParticleSet:
-        return load_particles(self.particles, poses=self.poses, ctf=self.ctf, datadir=self.datadir,
-                              invert=self.invert, apix=self.apix)
 
 
 @dataclass
@@ -165,9 +155,9 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
     else:
         cfg = request.config if request.config is not None else new_config(request.options)
     check_stage_order(run, request.stages)  # cheap, before the particles are read
-    ps = request.load_particles()
+    ps = request.source.load()
     if "train" in saved and saved.get("n_particles") != len(ps):
-        raise InputError(request.particles, "particles", f"the {saved.get('n_particles')} particles the run was "
+        raise InputError(request.source.particles, "particles", f"the {saved.get('n_particles')} particles the run was "
                          "trained on", len(ps))
     # Everything a stage will need is checked before the folder is locked (made) and its config
     # written: a refused request leaves the folder as it was.

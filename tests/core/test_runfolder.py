@@ -4,7 +4,6 @@ missing or damaged file (an InputError naming the file); and no module but
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -16,23 +15,14 @@ import torch
 import cryospire_core
 import cryospire_napari
 from cryospire_core.errors import InputError
-from cryospire_core.io.load import load_particles
+from cryospire_core.io.load import ParticleSource, load_particles
 from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline import runfolder
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.train import TrainConfig, train
 from cryospire_core.sim.simulate import simulate, write_simulation
-
-
-def _tiny_config() -> TrainConfig:
-    """1 epoch per stage, 128 / 128 / 256 Gaussians, a small stage-2 MLP (~1 s a stage)."""
-    cfg = TrainConfig.for_profile("cpu")
-    rep = dataclasses.replace
-    cfg.consensus = rep(cfg.consensus, epochs=1, map_fit_steps=20, n_gaussians=128)
-    cfg.discovery = rep(cfg.discovery, epochs=1, n_gaussians=128)
-    cfg.hierarchical = rep(cfg.hierarchical, epochs=1, n_gaussians=256, hidden=32, depth=1)
-    return cfg
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def trained(tmp_path_factory) -> Path:
     write_simulation(data, simulate("hinge", 32, 300, snr=10.0, seed=1))
     star = data / "particles.star"
     ps = load_particles(star)
-    cfg = _tiny_config()
+    cfg = tiny_config()
     run = RunFolder(data.parent / "run")
     run.update_config(train=cfg, n_particles=len(ps), train_command={"particles": str(star)})
     threads = torch.get_num_threads()
@@ -159,11 +149,24 @@ def test_absent_optional_files_read_as_none(copy):
     np.testing.assert_array_equal(copy.selection(300), keep)
 
 
+def test_the_particle_source_a_run_records_is_the_one_it_reads_back(copy):
+    """What a dock or the command line records as the run's particles (every option of
+    load_particles) comes back whole: the explorer trains a branch on the same images."""
+    star = Path(copy.particle_source().particles)
+    source = ParticleSource(star, datadir=str(star.parent), invert=True, apix=12.0)
+    copy.update_config(train_command={"gui": "test", **source.command()})
+    assert copy.particle_source() == ParticleSource(star.resolve(), datadir=str(star.parent), invert=True, apix=12.0)
+    assert copy.particles().apix == 12.0
+    copy.update_config(train_command={**source.command(), "invert": "sometimes"})
+    with pytest.raises(InputError, match="train_command.invert"):
+        copy.particle_source()
+
+
 def test_a_run_without_a_trained_stage_has_no_model(tmp_path):
     with pytest.raises(InputError, match="run folder: expected a run folder trained by"):
         RunFolder(tmp_path / "nothing").model()
     run = RunFolder(tmp_path / "run")
-    run.update_config(train=_tiny_config(), n_particles=8)
+    run.update_config(train=tiny_config(), n_particles=8)
     assert run.trained_stage() is None
     with pytest.raises(InputError, match="model: expected a finished stage 1 or stage 2"):
         run.model()

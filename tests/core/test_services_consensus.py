@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cryospire_core.errors import InputError
+from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.mrc import read_map, write_map
 from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.pipeline.runfolder import RunFolder
@@ -23,7 +24,7 @@ SMALL = ConsensusConfig(n_gaussians=512, epochs=1, map_fit_steps=10)
 
 def test_a_fit_saves_what_a_resume_reads_back(homogeneous_32, tmp_path):
     out = tmp_path / "run"
-    request = ConsensusRequest(particles=homogeneous_32 / "particles.star", out=out, config=SMALL,
+    request = ConsensusRequest(source=ParticleSource(homogeneous_32 / "particles.star"), out=out, config=SMALL,
                                checkpoint_minutes=0.5, resume_hint="the Resume button", device="cpu",
                                command={"gui": "test"})
     with consensus_run(request) as job:
@@ -56,7 +57,7 @@ def test_a_fit_saves_what_a_resume_reads_back(homogeneous_32, tmp_path):
 def test_a_seed_map_off_the_lattice_is_refused_before_the_config_is_written(homogeneous_32, tmp_path):
     seed = tmp_path / "seed.mrc"
     write_map(seed, np.zeros((16, 16, 16), np.float32), 12.0)
-    request = ConsensusRequest(particles=homogeneous_32 / "particles.star", out=tmp_path / "run", map=seed,
+    request = ConsensusRequest(source=ParticleSource(homogeneous_32 / "particles.star"), out=tmp_path / "run", map=seed,
                                config=SMALL, device="cpu")
     with pytest.raises(InputError, match="map grid"), consensus_run(request) as job:
         job.fit()

@@ -3,7 +3,6 @@ TrainConfig with 1 epoch per stage and small Gaussian counts (each stage takes ~
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,9 @@ import torch
 
 from cryospire_core.io.load import load_particles
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import TrainConfig, train
+from cryospire_core.pipeline.train import train
 from cryospire_core.sim.simulate import simulate, write_simulation
-
-
-def tiny_config() -> TrainConfig:
-    """1 epoch per stage, 128 / 128 / 256 Gaussians, a small stage-2 MLP."""
-    cfg = TrainConfig.for_profile("cpu")
-    rep = dataclasses.replace
-    cfg.consensus = rep(cfg.consensus, epochs=1, map_fit_steps=20, n_gaussians=128)
-    cfg.discovery = rep(cfg.discovery, epochs=1, n_gaussians=128)
-    cfg.hierarchical = rep(cfg.hierarchical, epochs=1, n_gaussians=256, hidden=32, depth=1)
-    return cfg
+from tests.conftest import tiny_config
 
 
 @pytest.fixture

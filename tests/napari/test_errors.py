@@ -28,8 +28,7 @@ from cryospire_napari._notify import error_message, status_text
 from cryospire_napari._parts_widget import PartsWidget
 from cryospire_napari._train_widget import TrainWidget
 from cryospire_napari._workers import Failure, dispatch
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 PLUGIN = "cryospire-napari"
 TIMEOUT_MS = 60_000

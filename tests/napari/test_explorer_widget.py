@@ -23,8 +23,7 @@ from cryospire_core.pipeline.train import train
 from cryospire_core.sim.phantoms import make_phantom
 from cryospire_core.sim.simulate import simulate, write_simulation
 from cryospire_napari._explorer_widget import LABELS_NAME, MAP_NAME, ExplorerWidget
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 #: FSC AUC (metrics.auc, masked as `cryospire evaluate` does) a dragged map must reach against
 #: the ground truth of the state under the cursor. Measured on this fixture: 0.43-0.44 for the

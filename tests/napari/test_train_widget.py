@@ -17,8 +17,7 @@ from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_napari import _train_widget
 from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME
 from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 TIMEOUT_MS = 60_000
 
