@@ -36,7 +36,7 @@ def main() -> None:
     import napari
     from qtpy.QtCore import QTimer
 
-    from cryospire_core.pipeline.train import TrainConfig
+    from cryospire_core.pipeline.config import TrainConfig
     from cryospire_core.sim.simulate import simulate, write_simulation
     from cryospire_napari import _parts_widget, _train_widget
 

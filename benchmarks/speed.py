@@ -39,7 +39,7 @@ from cryospire_core.imaging.precision import autocast, grad_scaler, resolve_prec
 from cryospire_core.models.discovery import PartDiscoveryModel
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.hierarchical import PartAwareModel
-from cryospire_core.pipeline.train import TrainConfig
+from cryospire_core.pipeline.config import TrainConfig
 
 FOV_A, PARTS, N_LATENTS = 384.0, 8, 4096
 REFERENCE = {1: 33.0, 2: 3.0}  # dense reference, images/s, CPU, 64 px, batch 64

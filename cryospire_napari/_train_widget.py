@@ -312,7 +312,7 @@ class TrainWidget(QWidget):
         """The form as a request to train ``stages`` (particles and output are required); a run
         without a saved config takes :attr:`config`, else the chosen profile's."""
         from cryospire_core.errors import InputError
-        from cryospire_core.pipeline.train import TrainConfig
+        from cryospire_core.pipeline.config import TrainConfig
 
         particles, out = self.particles.path(), self.out.path()
         if particles is None:
@@ -357,7 +357,7 @@ class TrainWidget(QWidget):
             self.status.setText("cancelling at the next step...")
 
     def _stages(self, resume: bool) -> tuple[str, ...]:
-        from cryospire_core.pipeline.train import STAGES
+        from cryospire_core.pipeline.config import STAGES
 
         out = self.out.path()
         reviewed = out is not None and resume and RunFolder(out).stage_done("parts")

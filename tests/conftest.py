@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cryospire_core.io.load import load_particles
-from cryospire_core.pipeline.train import TrainConfig
+from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.sim.phantoms import make_phantom
 from cryospire_core.sim.simulate import simulate, write_simulation
 

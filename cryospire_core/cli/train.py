@@ -26,9 +26,9 @@ from cryospire_core.cli.options import (
 from cryospire_core.imaging.precision import PRECISIONS
 from cryospire_core.models.distributed import Distributed, from_environment, shutdown
 from cryospire_core.models.parts import PartClustering
+from cryospire_core.pipeline.config import PART_SIGNALS, STAGES
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
 from cryospire_core.pipeline.threads import ThreadBudget
-from cryospire_core.pipeline.train import PART_SIGNALS, STAGES
 from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import COUNT, MINUTES, SEED, OrAuto
 from cryospire_core.services.training import TrainOptions, TrainRequest, training_run

@@ -1,1 +1,1 @@
-"""Files: particle formats (STAR, .cs, cryoDRGN), MRC maps and stacks, atomic writes, output-path checks and the run folder."""
+"""Files: particle formats (STAR, .cs, cryoDRGN), MRC maps and stacks, checked arrays and mixtures, atomic writes and output-path checks."""

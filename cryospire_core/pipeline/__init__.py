@@ -1,1 +1,1 @@
-"""Runs: the stages in order in a run folder, and the machine they run on (threads)."""
+"""Runs: the run folder (layout, lock, typed accessors), its config and profiles, the stages in order, and the CPU threads they use."""

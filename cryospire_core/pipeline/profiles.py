@@ -3,7 +3,7 @@
 
 A profile file holds sections ``consensus``, ``discovery`` and ``hierarchical`` whose keys are
 the options of that stage's config (the same keys as a run's ``config.json``); the options it
-leaves out keep their defaults. :meth:`cryospire_core.pipeline.train.TrainConfig.for_profile`
+leaves out keep their defaults. :meth:`cryospire_core.pipeline.config.TrainConfig.for_profile`
 turns one into a checked config.
 """
 

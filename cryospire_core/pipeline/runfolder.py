@@ -39,14 +39,8 @@ cryospire never follows a symbolic link where it keeps its own files: a link in 
 ``run.lock``, ``config.json`` or a stage folder (:data:`RUN_FOLDERS`) is refused when the folder
 is locked, so a run never writes into, truncates or cleans up the files a link points to.
 
-Formats: ``config.json``'s ``format_version`` is :data:`RUN_FORMAT_VERSION`. A folder from a
-newer cryospire is refused (upgrade cryospire); format 1 is the first released one, so a folder
-with an older or missing version was not written by a released cryospire and is refused too.
-An older released format is upgraded on reading (:func:`migrate_config`, :data:`CONFIG_UPGRADES`).
-The config's schema: its top-level keys and their JSON types (:data:`SECTIONS`), and each
-section that becomes a config dataclass checked key by key (:func:`section_from_dict`: known
-keys, types, ranges, choices); whatever does not fit is one InputError naming the key. The
-run's arrays are read by :func:`read_npz` / :func:`read_npy`: no pickles, and a truncated or
+The config's format version, schema and checks are :mod:`cryospire_core.pipeline.config`'s. The
+run's arrays are read by :mod:`cryospire_core.io.arrays`: no pickles, and a truncated or
 foreign file is an InputError naming it.
 """
 
@@ -57,8 +51,6 @@ import errno
 import fcntl
 import json
 import os
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,11 +72,12 @@ from cryospire_core.models.discovery import DiscoveryConfig, PartDiscoveryModel
 from cryospire_core.models.engine import load_loop_state, read_weights
 from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
 from cryospire_core.models.parts import PartClustering
-
-if typing.TYPE_CHECKING:
-    from cryospire_core.pipeline.train import TrainConfig
-
-RUN_FORMAT_VERSION = 1
+from cryospire_core.pipeline.config import (
+    RUN_FORMAT_VERSION,
+    TrainConfig,
+    migrate_config,
+    shown_json,
+)
 
 # The layout (see the module docstring); nothing outside this module spells these names.
 CONFIG = "config.json"
@@ -121,111 +114,6 @@ RUN_FOLDERS = (CONSENSUS, DISCOVERY, PARTS, HIERARCHICAL, ANALYSIS)
 """The folders a run writes into itself (a symbolic link in their place is refused)."""
 RUN_FILES = (LATENTS, SELECTION)
 """The files a run writes at its top level besides config.json and run.lock."""
-
-
-CONFIG_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-"""``CONFIG_UPGRADES[v]`` turns a format-``v`` config into format ``v + 1``. A change of the
-config's format increments :data:`RUN_FORMAT_VERSION` and adds the upgrade from the previous
-one, so every released run folder keeps opening. (Format 1 is the first: none yet.)"""
-
-SECTIONS: dict[str, type | tuple[type, ...]] = {
-    "format_version": int, "cryospire": str, "n_particles": int, "train": dict, "train_command": dict,
-    "consensus": dict, "consensus_command": dict, "branched_from": str,
-}
-"""Every top-level key of config.json and its JSON type. The contents of ``train`` and
-``consensus`` are checked where they become configs (:func:`section_from_dict`)."""
-
-
-def migrate_config(cfg: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """``cfg`` (a parsed config.json) in the current format: refused when it is not a cryospire
-    run config, older than format 1 or newer than this cryospire reads; upgraded one format at a
-    time by :data:`CONFIG_UPGRADES`; its top-level keys checked against :data:`SECTIONS`."""
-    version = cfg.get("format_version")
-    if "format_version" not in cfg and "train" not in cfg and "consensus" not in cfg:
-        keys = ", ".join(list(cfg)[:5]) or "none"
-        raise InputError(path, "format_version", "a cryospire run config (with an integer run-format version)",
-                         f"a JSON object with other keys ({keys})")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(path, "format_version", "an integer run-format version", shown_json(version))
-    if version < 1:
-        raise InputError(path, "format_version", f"1 to {RUN_FORMAT_VERSION} (older formats predate released "
-                         "cryospire versions: train again into a new run folder)", version)
-    if version > RUN_FORMAT_VERSION:
-        raise InputError(path, "format_version",
-                         f"at most {RUN_FORMAT_VERSION} (this is cryospire {__version__}; "
-                         f"the run was written by cryospire {cfg.get('cryospire', '?')}: upgrade to open it)", version)
-    for v in range(version, RUN_FORMAT_VERSION):
-        cfg = {**CONFIG_UPGRADES[v](cfg), "format_version": v + 1}
-    for key, value in cfg.items():
-        if key not in SECTIONS:
-            raise InputError(path, key, f"a run config key ({', '.join(SECTIONS)})", "an unknown key")
-        kind = SECTIONS[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InputError(path, key, f"a JSON {_JSON_NAMES.get(kind, kind.__name__)}", shown_json(value))
-    if "n_particles" in cfg and cfg["n_particles"] < 1:
-        raise InputError(path, "n_particles", "a whole number >= 1", cfg["n_particles"])
-    return cfg
-
-
-_JSON_NAMES = {int: "whole number", float: "number", str: "string", bool: "true/false", dict: "object {...}",
-               list: "list [...]", type(None): "null"}
-
-
-def shown_json(value: Any) -> str:
-    """A config value as an error message quotes it: its JSON, shortened."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def section_from_dict(cls: type, data: Any, path: str | os.PathLike, key: str,
-                      required: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None) -> Any:
-    """The dataclass ``cls`` built from the config section ``data`` (at ``key``, e.g.
-    ``train.discovery``, in the config file ``path``), checked field by field: ``required``
-    fields present, no unknown field, each value of its annotated type (nested dataclasses
-    recursively), numbers in their range (:data:`~cryospire_core.ranges.FIELD_RANGES`) and
-    text fields named in ``choices`` (field name -> allowed words, at every depth) one of theirs.
-    A field missing and not required takes its default (a format-1 run written before the field
-    existed). InputError naming ``key.field`` otherwise."""
-    if not isinstance(data, dict):
-        raise InputError(path, key, "a JSON object {...} of options", shown_json(data))
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for name in data:
-        if name not in fields:
-            raise InputError(path, f"{key}.{name}", f"an option of {key} ({', '.join(sorted(fields))})",
-                             "an unknown key")
-    for name in required:
-        if name not in data:
-            raise InputError(path, f"{key}.{name}", "a value", "none (the key is missing)")
-    choices = choices or {}
-    return cls(**{name: _field_value(hints[name], value, path, f"{key}.{name}", choices)
-                  for name, value in data.items()})
-
-
-def _field_value(hint: Any, value: Any, path: str | os.PathLike, where: str,
-                 choices: dict[str, tuple[str, ...]]) -> Any:
-    from cryospire_core.ranges import FIELD_RANGES
-
-    if dataclasses.is_dataclass(hint):
-        return section_from_dict(hint, value, path, where, choices=choices)
-    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    ok = any(value is None if k is type(None) else
-             isinstance(value, bool) if k is bool else
-             isinstance(value, int) and not isinstance(value, bool) if k is int else
-             isinstance(value, (int, float)) and not isinstance(value, bool) if k is float else
-             isinstance(value, k) for k in kinds)
-    if not ok:
-        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
-        raise InputError(path, where, f"a {names}", shown_json(value))
-    if float in kinds and int not in kinds and not isinstance(value, bool) and isinstance(value, int):
-        value = float(value)  # JSON writes 1.0 as 1
-    section, field = where.rsplit(".", 2)[-2:]
-    check = FIELD_RANGES.get(f"{section}.{field}", FIELD_RANGES.get(field))
-    if check is not None and value is not None and not check.accepts(value):
-        raise InputError(path, where, check.what, shown_json(value))
-    if field in choices and value not in choices[field]:
-        raise InputError(path, where, " or ".join(choices[field]), shown_json(value))
-    return value
 
 
 class RunFolder:
@@ -363,7 +251,6 @@ class RunFolder:
         """The section ``train`` of the config as a checked TrainConfig; InputError when the run
         was not trained by ``cryospire train`` (or the train dock)."""
         # imported here: train.py imports this module
-        from cryospire_core.pipeline.train import TrainConfig
 
         saved = self.config()
         if "train" not in saved:

@@ -10,7 +10,6 @@ models for rendering, analysis and inference on any machine, are :mod:`runfolder
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,12 @@ import numpy as np
 import torch
 
 from cryospire_core.errors import InputError, require_finite
-from cryospire_core.imaging.precision import PRECISIONS, resolve_precision
 from cryospire_core.io.arrays import read_npz
 from cryospire_core.io.atomic import write_npy, write_npz
 from cryospire_core.io.mrc import read_map, write_map
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.io.selection import read_selection
 from cryospire_core.models.consensus import (
-    ConsensusConfig,
     GaussianMixture,
     fit_consensus,
     fit_to_map,
@@ -34,7 +31,6 @@ from cryospire_core.models.consensus import (
     seed_map,
 )
 from cryospire_core.models.discovery import (
-    MLP_FORMS,
     DiscoveryConfig,
     PartDiscoveryModel,
     image_variance,
@@ -42,81 +38,20 @@ from cryospire_core.models.discovery import (
 from cryospire_core.models.distributed import Distributed
 from cryospire_core.models.engine import (
     DIVERGED,
-    LoopConfig,
     load_loop_state,
     run_loop,
     save_checkpoint,
 )
-from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
+from cryospire_core.models.hierarchical import PartAwareModel
 from cryospire_core.models.parts import (
     PartClustering,
     assign_to_parts,
     discover_parts,
     dynamics_signature,
 )
-from cryospire_core.pipeline.profiles import STAGE_SECTIONS, profile_names, read_profile
-from cryospire_core.pipeline.runfolder import CONFIG, RunFolder, section_from_dict
+from cryospire_core.pipeline.config import STAGES, TrainConfig
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import ProgressCallback
-
-STAGES = ("consensus", "discovery", "parts", "hierarchical")
-PART_SIGNALS = ("dynamics", "features")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``cryospire train`` (saved as RUN/config.json section ``train``).
-
-    profile: ``cpu`` or ``paper`` (sizes of every stage); parts_level1/parts_level2: ``auto`` or
-    a count (``--parts K`` fixes level 1); parts_signal: what level 1 clusters, ``dynamics`` (each
-    Gaussian's decoded motion and presence, our default) or ``features`` (the paper's); gate_sample:
-    images whose stage-1 decoding feeds the clustering; select: a particle selection (index file,
-    or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
-    stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage; precision:
-    ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`precision`; auto is bf16 or fp16 on CUDA,
-    fp32 on CPUs).
-    """
-
-    profile: str
-    consensus: ConsensusConfig
-    discovery: DiscoveryConfig
-    hierarchical: HierarchicalConfig
-    parts_level1: str | int = "auto"
-    parts_level2: str | int | None = "auto"
-    parts_signal: str = "dynamics"
-    gate_sample: int = 512
-    select: str | None = None
-    checkpoint_minutes: float = 5.0
-    seed: int = 0
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise InputError(None, "--precision", " or ".join(PRECISIONS), self.precision)
-
-    def loop(self, stage_cfg, device: torch.device) -> LoopConfig:
-        """The training loop of one stage's config on ``device``."""
-        return LoopConfig.for_stage(stage_cfg, self.checkpoint_minutes, resolve_precision(self.precision, device))
-
-    @classmethod
-    def for_profile(cls, profile: str, seed: int = 0, **changes) -> TrainConfig:
-        """The shipped profile ``profile`` (the sizes of every stage, read from
-        ``resources/profiles/<profile>.toml``, :mod:`~cryospire_core.pipeline.profiles`), every
-        stage seeded with ``seed``, and ``changes`` to the top-level options."""
-        path, sections = read_profile(profile)
-        data = {"profile": profile, "seed": seed, **{s: {**sections.get(s, {}), "seed": seed} for s in STAGE_SECTIONS}}
-        return dataclasses.replace(section_from_dict(cls, data, path, "profile", choices=choices()), **changes)
-
-    @classmethod
-    def from_dict(cls, d: dict, path: str | os.PathLike = Path("RUN", CONFIG)) -> TrainConfig:
-        """The section ``train`` of a run's config.json (``path``, named in errors), checked key
-        by key (:func:`~cryospire_core.pipeline.runfolder.section_from_dict`)."""
-        return section_from_dict(cls, d, path, "train", required=("profile", "consensus", "discovery", "hierarchical"),
-                                 choices=choices())
-
-
-def choices() -> dict[str, tuple[str, ...]]:
-    """The words each text field of a saved TrainConfig may hold (the profiles: those shipped)."""
-    return {"profile": profile_names(), "parts_signal": PART_SIGNALS, "precision": PRECISIONS, "mlp_form": MLP_FORMS}
 
 
 def _save_state(path: Path, model: torch.nn.Module, stage: str) -> None:

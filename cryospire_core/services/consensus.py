@@ -34,7 +34,8 @@ from cryospire_core.models.consensus import (
 )
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.engine import LoopConfig
-from cryospire_core.pipeline.runfolder import RunFolder, section_from_dict
+from cryospire_core.pipeline.config import section_from_dict
+from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import ProgressCallback
 from cryospire_core.ranges import MINUTES
 

@@ -29,13 +29,12 @@ from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.distributed import Distributed
+from cryospire_core.pipeline.config import STAGES, TrainConfig
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.threads import ThreadBudget, use_threads
 from cryospire_core.pipeline.train import (
     EPOCH_OPTIONS,
-    STAGES,
-    TrainConfig,
     check_stage_order,
     check_training_inputs,
     train,

@@ -54,7 +54,7 @@ def dock_screenshots() -> None:
     import dataclasses
     import tempfile
 
-    from cryospire_core.pipeline.train import TrainConfig
+    from cryospire_core.pipeline.config import TrainConfig
     from cryospire_core.sim.simulate import simulate, write_simulation
     from cryospire_napari._parts_widget import LABELS_NAME, POINTS_NAME, PartsWidget
     from cryospire_napari._train_widget import PREVIEW_NAME, TrainWidget

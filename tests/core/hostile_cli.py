@@ -93,8 +93,9 @@ def make_template(folder: Path) -> Path:
     from cryospire_core.io.cryodrgn import write_ctf_pkl, write_poses_pkl
     from cryospire_core.io.cryosparc import write_cs
     from cryospire_core.io.load import load_particles
+    from cryospire_core.pipeline.config import TrainConfig
     from cryospire_core.pipeline.runfolder import RunFolder
-    from cryospire_core.pipeline.train import TrainConfig, train
+    from cryospire_core.pipeline.train import train
     from cryospire_core.sim.simulate import simulate, write_simulation
 
     folder.mkdir(parents=True, exist_ok=True)

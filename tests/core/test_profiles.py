@@ -10,7 +10,7 @@ import pytest
 
 from cryospire_core.errors import InputError
 from cryospire_core.pipeline import profiles
-from cryospire_core.pipeline.train import TrainConfig
+from cryospire_core.pipeline.config import TrainConfig
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "profiles"
 

@@ -29,7 +29,8 @@ from cryospire_core.models.engine import (
     run_loop,
     save_checkpoint,
 )
-from cryospire_core.pipeline.runfolder import RUN_FORMAT_VERSION, RunFolder
+from cryospire_core.pipeline.config import RUN_FORMAT_VERSION
+from cryospire_core.pipeline.runfolder import RunFolder
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

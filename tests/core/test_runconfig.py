@@ -12,13 +12,13 @@ import pytest
 from cryospire_core.errors import InputError
 from cryospire_core.io.arrays import read_npy, read_npz
 from cryospire_core.models.consensus import ConsensusConfig
-from cryospire_core.pipeline import runfolder
-from cryospire_core.pipeline.runfolder import (
-    RunFolder,
+from cryospire_core.pipeline import config as run_config
+from cryospire_core.pipeline.config import (
+    TrainConfig,
     migrate_config,
     section_from_dict,
 )
-from cryospire_core.pipeline.train import TrainConfig
+from cryospire_core.pipeline.runfolder import RunFolder
 
 PATH = "RUN/config.json"
 
@@ -115,8 +115,8 @@ def test_older_formats_are_upgraded_one_version_at_a_time(monkeypatch):
         steps.append(cfg["format_version"])
         return {**cfg, "cryospire": "upgraded"}
 
-    monkeypatch.setattr(runfolder, "RUN_FORMAT_VERSION", 3)
-    monkeypatch.setattr(runfolder, "CONFIG_UPGRADES", {1: one_to_two, 2: two_to_three})
+    monkeypatch.setattr(run_config, "RUN_FORMAT_VERSION", 3)
+    monkeypatch.setattr(run_config, "CONFIG_UPGRADES", {1: one_to_two, 2: two_to_three})
     cfg = migrate_config({"format_version": 1, "particles": 12, "train": {}}, PATH)
     assert steps == [1, 2]
     assert cfg == {"format_version": 3, "n_particles": 12, "train": {}, "cryospire": "upgraded"}
@@ -124,7 +124,7 @@ def test_older_formats_are_upgraded_one_version_at_a_time(monkeypatch):
 
 
 def test_the_current_format_needs_no_upgrade():
-    assert runfolder.CONFIG_UPGRADES.keys() == set(range(1, runfolder.RUN_FORMAT_VERSION))
+    assert run_config.CONFIG_UPGRADES.keys() == set(range(1, run_config.RUN_FORMAT_VERSION))
 
 
 def test_array_files_of_a_run_are_read_without_pickles_and_checked(tmp_path):

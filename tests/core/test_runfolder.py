@@ -19,8 +19,9 @@ from cryospire_core.io.load import ParticleSource, load_particles
 from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline import runfolder
+from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import TrainConfig, train
+from cryospire_core.pipeline.train import train
 from cryospire_core.sim.simulate import simulate, write_simulation
 from tests.conftest import tiny_config
 
@@ -69,7 +70,7 @@ def test_the_layout_is_the_documented_one(tmp_path):
 def test_a_trained_run_reads_back(trained):
     run = RunFolder(trained)
     cfg = run.train_config()
-    assert cfg == TrainConfig.from_dict(run.config()["train"]) and cfg.discovery.n_gaussians == 128
+    assert cfg == TrainConfig.from_dict(run.config()["train"], run.config_path) and cfg.discovery.n_gaussians == 128
     assert run.n_particles() == 300
     assert all(run.stage_done(stage) for stage in ("consensus", "discovery", "parts", "hierarchical"))
     assert run.trained_stage() == "hierarchical" and run.stage2_started()

@@ -14,8 +14,8 @@ from cryospire_core.errors import InputError
 from cryospire_core.io.atomic import write_npz
 from cryospire_core.io.mrc import read_map
 from cryospire_core.models import parts as part_model
+from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import TrainConfig
 from cryospire_core.services import parts as run_parts
 from cryospire_core.sim.phantoms import make_phantom
 

@@ -12,8 +12,9 @@ import torch
 from cryospire_core.cli.main import main
 from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
+from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import TrainConfig, train
+from cryospire_core.pipeline.train import train
 
 SMALL = ["--epochs-consensus", "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128",
          "--gaussians-2", "256", "--quiet"]

@@ -140,7 +140,8 @@ def test_closing_the_viewer_stops_training_and_leaves_a_resumable_run(dock, qtbo
     import torch
 
     from cryospire_core.io.load import load_particles
-    from cryospire_core.pipeline.train import TrainConfig, train
+    from cryospire_core.pipeline.config import TrainConfig
+    from cryospire_core.pipeline.train import train
 
     dock.start()
     job = dock.job
@@ -149,7 +150,7 @@ def test_closing_the_viewer_stops_training_and_leaves_a_resumable_run(dock, qtbo
     run = RunFolder(tmp_path / "run")
     run.lock()  # released by the stopped worker
     assert not (run.root / "hierarchical" / "model.pt").exists()
-    cfg = TrainConfig.from_dict(run.config()["train"])
+    cfg = TrainConfig.from_dict(run.config()["train"], run.config_path)
     assert train(load_particles(tiny_star), run, cfg, torch.device("cpu")) == "finished"
 
 
