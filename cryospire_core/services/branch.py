@@ -10,7 +10,7 @@ stage 2. ``cryospire branch`` and the explorer dock's Continue training call the
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -55,7 +55,7 @@ def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str |
     for stage in SHARED_STAGES:
         shutil.copytree(src.stage_path(stage), dst.stage_path(stage),
                         ignore=shutil.ignore_patterns(CHECKPOINT, TEMP_GLOB))
-    saved = json.loads(src.config_path.read_text())
+    saved = src.config()
     saved["train"]["select"] = str(Path(select).resolve())
     saved["branched_from"] = str(src.root.resolve())
     write_json(dst.config_path, saved)
@@ -106,18 +106,14 @@ def selection_size(run: str | os.PathLike, select: str | os.PathLike) -> int | N
     """How many of the run's particles ``select`` lists, read as stage 2 will read it (InputError
     naming ``select`` for an unreadable, empty or out-of-range one); None when the run's
     particle file is not found here (stage 2 checks it when it starts)."""
-    from cryospire_core.io.load import load_particles
     from cryospire_core.io.selection import read_selection
 
     folder = RunFolder(run)
-    saved = folder.config()
-    particles = folder.particles_path()
-    if particles is None:
+    if folder.particles_path() is None:
         return None
-    command = saved.get("train_command") or {}
-    ps = load_particles(particles, poses=command.get("poses"), ctf=command.get("ctf"), datadir=command.get("datadir"),
-                        invert=False, apix=command.get("apix"))
-    return len(read_selection(select, ps, datadir=command.get("datadir")))
+    # The rows are all a selection needs: the contrast is not detected (a pass over the images).
+    source = dataclasses.replace(folder.particle_source(), invert=False)
+    return len(read_selection(select, source.load(), datadir=source.datadir))
 
 
 def train_command(run: str | os.PathLike) -> list[str]:
