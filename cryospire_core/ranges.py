@@ -144,6 +144,8 @@ SNR = Real(0, lo_open=True, inf_ok=True)
 """Signal-to-noise ratios (inf: no noise)."""
 APIX = Real(0, 100, lo_open=True)
 """Pixel sizes in Å."""
+WINDOW_RADIUS = Real(0, 1, lo_open=True)
+"""Radii of the soft window and the particle, as fractions of the half box."""
 
 FIELD_RANGES: dict[str, Range] = {
     "epochs": COUNT, "batch_size": COUNT, "seed": SEED, "checkpoint_minutes": MINUTES,
@@ -154,7 +156,7 @@ FIELD_RANGES: dict[str, Range] = {
     "zdim": COUNT, "feature_dim": COUNT, "hidden": COUNT, "depth": COUNT, "rank": COUNT,
     "prior_weight": Real(0), "offset_weight": Real(0), "image_var": Real(0, lo_open=True), "gate_bias": Real(),
     "latent_init_std": Real(0), "feature_init_std": Real(0), "gate_sample": COUNT, "n_particles": COUNT,
-    "parts_level1": OrAuto(COUNT), "parts_level2": OrAuto(COUNT),
+    "parts_level1": OrAuto(COUNT), "parts_level2": OrAuto(COUNT), "box": BOX, "window_radius": WINDOW_RADIUS,
 }
 """The range of each numeric field of a run's config: by ``section.field`` where one section
 differs (the consensus's 0 Gaussians means "from the map"), else by field name."""

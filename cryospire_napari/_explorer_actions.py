@@ -59,8 +59,10 @@ class ExplorerActions:
             notify_error(exc, f"writing the maps to {folder}")
             return
 
+        box = self.session.map_box  # the maps as shown
+
         def run():
-            return traverse.export_traversal(e, trav, folder, overwrite, GUI_REMEDY)
+            return traverse.export_traversal(e, trav, folder, overwrite, GUI_REMEDY, box)
 
         self.dock.status.setText(f"writing {len(trav)} maps to {folder}...")
         self.dock.side_job.submit(run, lambda paths: self.dock.status.setText(
@@ -83,7 +85,7 @@ class ExplorerActions:
         labels = dock.show_labels.isChecked() and e.n_parts > 0
         frames = []
         for i, z in enumerate(trav.latents):
-            dock.show_frame(e.frame(z, labels=labels))
+            dock.show_frame(e.frame(z, labels=labels, box=session.map_box))
             with session.events.cursor_moved.blocked():  # rendered just above, not in the background
                 session.step_to(i)
             dock.scatter.set_cursor(session.cursor.xy)

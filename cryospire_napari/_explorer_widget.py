@@ -6,6 +6,10 @@ cursor, the lasso and the traversal path); view and colour controls; the part re
 traversal controls with a plot of the readout along it (:mod:`._readout_plot`); export and
 selection controls (:mod:`._explorer_actions`).
 
+The map box (samples per side of the live map: the model's own, or 64/128/256 whatever box it
+was trained at) re-renders the current map; the layers keep their place in Å (the lattice's
+napari scale and translate), so the map does not move when the box changes.
+
 Mouse modes on the scatter: ``cursor`` (left click or drag moves the cursor: 2D -> latent ->
 map), ``lasso`` (left drag draws a polygon that selects the particles inside), ``pan/zoom``
 (vispy's camera). The wheel zooms in every mode.
@@ -95,6 +99,15 @@ def _choices(labels: dict[Enum, str]) -> QComboBox:
     return box
 
 
+def _place(layer, lattice) -> None:
+    """Give ``layer`` the napari scale and translate of ``lattice`` (Å; a no-op when it has them
+    already: most frames), so a map at another box shows at the same place."""
+    scale, translate = lattice.napari_scale(), lattice.napari_translate()
+    if tuple(layer.scale) != scale or tuple(layer.translate) != translate:
+        layer.scale, layer.translate = scale, translate
+        layer.metadata["apix"] = lattice.apix
+
+
 def _show_quietly(control: QComboBox | QSpinBox | QAbstractButton, value) -> None:
     """Show ``value`` (a box's data, a spin box's number, a check state) without emitting: the
     control follows the session, it does not ask it for anything."""
@@ -154,6 +167,9 @@ class ExplorerWidget(QWidget):
         self.part.valueChanged.connect(lambda _: self._colouring_edited())
         self.show_labels = QCheckBox("part-coloured map")
         self.show_labels.toggled.connect(lambda _: self._rerender())
+        self.map_box = QComboBox()
+        self.map_box.setToolTip("samples per side of the map shown (same field of view; 'trained': the model's box)")
+        self.map_box.currentIndexChanged.connect(lambda _: self._map_box_edited())
         grid = QGridLayout()
         grid.addWidget(QLabel("mouse"), 0, 0)
         grid.addWidget(self.mode, 0, 1)
@@ -166,6 +182,8 @@ class ExplorerWidget(QWidget):
         grid.addWidget(self.colour_by, 2, 1)
         grid.addWidget(self.k_states, 2, 2)
         grid.addWidget(self.part, 2, 3)
+        grid.addWidget(QLabel("map box"), 3, 0)
+        grid.addWidget(self.map_box, 3, 1)
 
         self.readout = ReadoutTable()
 
@@ -240,6 +258,7 @@ class ExplorerWidget(QWidget):
         ev.embedding_changed.connect(self._on_embedding)
         ev.colouring_changed.connect(self._on_colouring)
         ev.cursor_moved.connect(self._on_cursor)
+        ev.map_box_changed.connect(self._on_map_box)
         ev.ends_changed.connect(self._on_ends)
         ev.traversal_changed.connect(self._on_traversal)
         ev.step_changed.connect(self.plot.mark)
@@ -297,9 +316,10 @@ class ExplorerWidget(QWidget):
         self.part.setRange(1, max(1, e.n_parts))
         self.part.blockSignals(False)
         _show_quietly(self.view_kind, ScatterView.DENSITY if e.n_particles > DENSITY_ABOVE else ScatterView.POINTS)
+        self._fill_map_boxes(e)
         stage = "stage 2" if e.stage == "hierarchical" else "stage 1 (stage 2 not trained yet)"
         self.status.setText(f"{e.n_particles} particles, {e.zdim}-D latents, {e.n_parts} parts, {stage}; "
-                            f"maps {e.lattice.box}^3 at {e.lattice.apix:.3g} Å")
+                            f"trained at {e.lattice.box} px, {e.lattice.apix:.3g} Å/px")
 
     def compute_embedding(self, method: EmbeddingMethod) -> None:
         """Switch the scatter to the PCA or UMAP embedding (computed in the background)."""
@@ -437,6 +457,45 @@ class ExplorerWidget(QWidget):
             self.move(p)
         self.release(positions[-1])
 
+    # -- the map box ------------------------------------------------------------------------------
+
+    def _fill_map_boxes(self, e: core.Explorer) -> None:
+        """Offer the run's map boxes (:meth:`~core.Explorer.map_boxes`, its own marked 'trained')
+        and show the session's."""
+        self.map_box.blockSignals(True)
+        self.map_box.clear()
+        for box in e.map_boxes():
+            self.map_box.addItem(f"{box}^3 (trained)" if box == e.lattice.box else f"{box}^3", box)
+        self.map_box.blockSignals(False)
+        self._show_map_box(self.session.map_box)
+
+    def _show_map_box(self, box: int | None) -> None:
+        e = self.session.explorer
+        if e is None:
+            return
+        box = e.map_lattice(box).box
+        if self.map_box.findData(box) < 0:  # set by a script to a box the list does not offer
+            self.map_box.blockSignals(True)
+            self.map_box.addItem(f"{box}^3", box)
+            self.map_box.blockSignals(False)
+        _show_quietly(self.map_box, box)
+
+    def _map_box_edited(self) -> None:
+        """The map box control changed: ask the session (it re-renders on the event); the
+        model's own box is the session's None, so it follows the next run's."""
+        e, box = self.session.explorer, self.map_box.currentData()
+        if e is None or box is None:
+            return
+        try:
+            self.session.set_map_box(None if box == e.lattice.box else box)
+        except ActionRefused as exc:
+            notifications.show_warning(str(exc))
+            self._show_map_box(self.session.map_box)
+
+    def _on_map_box(self, box: int | None) -> None:
+        self._show_map_box(box)
+        self._rerender()
+
     # -- the live map ------------------------------------------------------------------------------
 
     def _on_cursor(self, p: Point) -> None:
@@ -449,8 +508,9 @@ class ExplorerWidget(QWidget):
         if e is None:
             return
         labels = self.show_labels.isChecked() and e.n_parts > 0
+        box = self.session.map_box
         self.frames_requested += 1
-        self.job.submit(lambda: e.frame(z, labels=labels, live=True), self.show_frame, "rendering the map")
+        self.job.submit(lambda: e.frame(z, labels=labels, live=True, box=box), self.show_frame, "rendering the map")
 
     def _rerender(self) -> None:
         if self.last_frame is not None:
@@ -458,14 +518,17 @@ class ExplorerWidget(QWidget):
 
     def show_frame(self, frame: core.Frame) -> None:
         """Put ``frame`` in the viewer: the map, the part labels (hidden when it has none) and
-        the readout table; while playing, the next step follows."""
+        the readout table, placed in Å by the frame's lattice; while playing, the next step
+        follows."""
         self.last_frame = frame
         self.frames_shown += 1
         e = self.session.explorer
-        lattice = e.lattice
+        lattice = frame.lattice
         scale, translate = lattice.napari_scale(), lattice.napari_translate()
         if MAP_NAME in self.viewer.layers:
-            self.viewer.layers[MAP_NAME].data = frame.volume
+            layer = self.viewer.layers[MAP_NAME]
+            layer.data = frame.volume
+            _place(layer, lattice)
         else:
             from ._layers import map_layer
 
@@ -474,6 +537,7 @@ class ExplorerWidget(QWidget):
         if frame.labels is not None:
             if LABELS_NAME in self.viewer.layers:
                 self.viewer.layers[LABELS_NAME].data = frame.labels
+                _place(self.viewer.layers[LABELS_NAME], lattice)
             else:
                 from napari.utils.colormaps import DirectLabelColormap
 

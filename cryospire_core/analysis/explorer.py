@@ -8,8 +8,10 @@ torch and is tested without a display. Logic keys are enums (:class:`EmbeddingMe
 
 - :class:`Embedding`: particles in 2D (PCA, with the exact inverse 2D -> latent: the other PC
   scores stay 0; or UMAP, whose inverse is the mean latent of the ``k`` particles nearest in 2D).
-- :class:`Explorer`: ``map_at(z) -> (D, D, D)`` (decode + rasterise), :meth:`Explorer.frame`
-  (map, optional part-label map and the part readout from one decode), per-particle colour
+- :class:`Explorer`: ``map_at(z) -> (B, B, B)`` (decode + rasterise), :meth:`Explorer.frame`
+  (map, optional part-label map and the part readout from one decode), each on the model's
+  lattice or any other of the same field of view (the map box B: :meth:`Explorer.map_lattice`;
+  the Gaussians are in Å, so a model trained at 64 px shows at 256^3), per-particle colour
   values, k-means states, traversals (PC line, straight line, shortest path through the
   particles' kNN graph) with the part readout along them, and which particle of the run's
   particle file each explored particle is. The explorer session and the services share these.
@@ -41,10 +43,18 @@ from scipy.spatial import cKDTree
 
 from cryospire_core.analysis import latentspace as analysis
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.models.stage import StageModel
+from cryospire_core.ranges import BOX
 
 #: Half-window (in widths) of the rasteriser for displayed maps (see the module docstring).
 DISPLAY_WINDOW = 4.0
+
+#: Map boxes the explorer offers besides the model's own (samples per side; same field of view).
+MAP_BOXES = (64, 128, 256)
+
+#: The smallest map box the explorer offers: below it a map shows too little to judge.
+MIN_MAP_BOX = 32
 
 #: Above this many particles, per-particle colour values (presence, displacement of a part) are
 #: decoded for a random sample of this size; every other particle takes the value of its nearest
@@ -214,13 +224,15 @@ def rigid_fit(rest: np.ndarray, moved: np.ndarray, weights: np.ndarray) -> tuple
 
 @dataclass
 class Frame:
-    """What the viewer shows for one latent z (zdim,): volume (D, D, D) float32; labels
-    (D, D, D) int32 (0 solvent, k + 1 part k) or None; readout or None (no parts)."""
+    """What the viewer shows for one latent z (zdim,): volume (B, B, B) float32; labels
+    (B, B, B) int32 (0 solvent, k + 1 part k) or None; readout or None (no parts); lattice: the
+    lattice of volume and labels (B = ``lattice.box``)."""
 
     z: np.ndarray
     volume: np.ndarray
     labels: np.ndarray | None
     readout: PartReadout | None
+    lattice: Lattice
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: equal only to itself
@@ -249,6 +261,8 @@ class Explorer:
     file the run was trained on (None when unknown); selection: (N,) indices of the explored
     particles into that file (None: all of it, in order); gt_labels: (N,) ground-truth state
     of each explored particle (simulations) or None; gt_dir: the ground-truth folder.
+    ``lattice`` is the model's (the box it was trained at); maps may be drawn on any other of the
+    same field of view (:meth:`map_lattice`).
     """
 
     def __init__(self, model: StageModel, latents: np.ndarray, part_index: np.ndarray | None = None,
@@ -358,13 +372,30 @@ class Explorer:
 
     # -- decoding -------------------------------------------------------------------------------
 
-    def map_at(self, z: np.ndarray) -> np.ndarray:
-        """The map (D, D, D) float32 at latent z (zdim,)."""
-        return self.frame(z, labels=False, readout=False).volume
+    def map_lattice(self, box: int | None = None) -> Lattice:
+        """The lattice of maps ``box`` samples per side with the model's field of view
+        (``self.lattice.cropped(box)``: finer above the trained box, coarser below); None: the
+        model's. ValueError unless ``box`` is an even whole number in 8..1024 (as ``--box``)."""
+        if box is None:
+            return self.lattice
+        if not BOX.accepts(box):
+            raise ValueError(f"map box: expected {BOX.what}, got {box!r}")
+        return self.lattice.cropped(box)
 
-    def frame(self, z: np.ndarray, labels: bool = False, readout: bool = True, live: bool = False) -> Frame:
+    def map_boxes(self) -> list[int]:
+        """The map boxes to offer a user, ascending: the model's and :data:`MAP_BOXES`, none
+        below :data:`MIN_MAP_BOX`."""
+        return sorted(b for b in {self.lattice.box, *MAP_BOXES} if b >= MIN_MAP_BOX)
+
+    def map_at(self, z: np.ndarray, box: int | None = None) -> np.ndarray:
+        """The map (B, B, B) float32 at latent z (zdim,) on :meth:`map_lattice` (``box``)."""
+        return self.frame(z, labels=False, readout=False, box=box).volume
+
+    def frame(self, z: np.ndarray, labels: bool = False, readout: bool = True, live: bool = False,
+              box: int | None = None) -> Frame:
         """Map, part-label map (when ``labels`` and the run has parts) and part readout (when
-        ``readout`` and the run has parts) at latent z (zdim,), from one decode.
+        ``readout`` and the run has parts) at latent z (zdim,), from one decode; the maps on
+        :meth:`map_lattice` (``box``; None: the model's lattice).
 
         live: for display while the cursor moves: the networks run in bfloat16 when that decodes
         faster on this CPU (measured once; about 3x on CPUs with AVX512-BF16 or AMX), which
@@ -372,14 +403,15 @@ class Explorer:
         from cryospire_core.imaging.render import rasterize
 
         z = np.asarray(z, np.float32).reshape(-1)
+        lattice = self.map_lattice(box)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=live and self.live_precision() == "bf16"):
             d = self.model.decode(torch.as_tensor(z)[None])
             c, m = d.centres[0], d.amplitudes[0]
-            vol = rasterize(c, self._widths, m, self.lattice, window=DISPLAY_WINDOW).numpy()
+            vol = rasterize(c, self._widths, m, lattice, window=DISPLAY_WINDOW).numpy()
             has_parts = self.part_index is not None
-            lab = self._labels(c, m, vol) if labels and has_parts else None
+            lab = self._labels(c, m, vol, lattice) if labels and has_parts else None
             out = self._readout(c.numpy(), m.numpy(), d.gates[0].numpy(), d.motions) if readout and has_parts else None
-        return Frame(z, vol, lab, out)
+        return Frame(z, vol, lab, out, lattice)
 
     def live_precision(self) -> str:
         """``bf16`` when the networks decode faster in bfloat16 than in float32 on this CPU (timed
@@ -400,9 +432,9 @@ class Explorer:
             self._bf16_faster = best_ms(True) < 0.8 * best_ms(False)
         return "bf16" if self._bf16_faster else "fp32"
 
-    def _labels(self, centres: torch.Tensor, amps: torch.Tensor, total: np.ndarray) -> np.ndarray:
-        """(D, D, D) int32: :func:`parts.part_label_volume` of the decoded mixture, solvent below
-        the molecule/solvent threshold of ``total`` (the frame's map)."""
+    def _labels(self, centres: torch.Tensor, amps: torch.Tensor, total: np.ndarray, lattice: Lattice) -> np.ndarray:
+        """(B, B, B) int32 on ``lattice``: :func:`parts.part_label_volume` of the decoded mixture,
+        solvent below the molecule/solvent threshold of ``total`` (the frame's map)."""
         from cryospire_core.models.consensus import density_threshold
         from cryospire_core.models.parts import part_label_volume
 
@@ -410,7 +442,7 @@ class Explorer:
             level = density_threshold(total)
         except ValueError:  # no molecule/solvent split to find (e.g. an empty map)
             level = 0.5 * float(total.max())
-        return part_label_volume(centres.numpy(), self._widths.numpy(), amps.numpy(), self.part_index, self.lattice,
+        return part_label_volume(centres.numpy(), self._widths.numpy(), amps.numpy(), self.part_index, lattice,
                                  threshold=level, window=DISPLAY_WINDOW)
 
     def _readout(self, centres: np.ndarray, amps: np.ndarray, gates: np.ndarray, motions) -> PartReadout:

@@ -229,10 +229,13 @@ def analyze(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    box: int | None = None,
 ) -> AnalysisResult:
     """Analyse RUN/latents.npy and write the products into ``out_dir`` (default RUN/analysis/).
 
-    render_fn: z (zdim,) -> (D, D, D) map on the data lattice; apix: its voxel size (Å).
+    render_fn: z (zdim,) -> (D, D, D) map on the data lattice; apix: its voxel size (Å); box: the
+    samples per side of the part maps, on the part Gaussians' field of view (None: their own
+    lattice's; pass render_fn's D when it renders at another box than the model was trained at).
     Files: ``pca.npz`` (mean, components, explained_variance, scores (N, zdim)),
     ``kmeans_{K}.npz`` (labels (N,), centres (K, zdim), on_data_index (K,): the particle nearest
     each centre, whose latent is rendered), ``latent_pca.png``, ``pc_histograms.png``,
@@ -294,7 +297,7 @@ def analyze(
                             f"{run.seed_path('hierarchical')} or {run.seed_path('discovery')}")
         return result
     g, part_index, source = found
-    lattice = mixture_lattice(g)
+    lattice = mixture_lattice(g) if box is None else mixture_lattice(g).cropped(box)
     label_map = parts.part_label_volume(g["centres"], g["widths"], g["amplitudes"], part_index, lattice)
     write_part_maps(files.part_maps, label_map, lattice.apix)
     for path in files.part_maps.all():

@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging import fourier
 from cryospire_core.imaging.fsc import (
     auc,
     freq_to_angstrom,
@@ -194,9 +196,17 @@ class GroundTruth:
         return read_grid_map(self.map_paths[k], self.lattice).data
 
 
-def read_grid_map(path: str | os.PathLike, lattice: Lattice):
-    """Read a map and check it is on ``lattice`` (the ground truth's; InputError if not)."""
+def read_grid_map(path: str | os.PathLike, lattice: Lattice, resample: bool = False):
+    """Read a map and check it is on ``lattice`` (the ground truth's; InputError if not). With
+    ``resample``, a cubic map of another box over the same field of view (a stage trained at a
+    smaller box) is first resampled onto ``lattice`` in Fourier space (zero above its own
+    Nyquist frequency, so it scores what it holds)."""
     m = read_map(path)
+    fov = m.data.shape[0] * m.apix
+    if resample and m.data.shape != lattice.shape and m.data.ndim == 3 and len(set(m.data.shape)) == 1 \
+            and np.isclose(fov, lattice.box * lattice.apix, rtol=1e-3) and m.data.shape[0] % 2 == 0:
+        data = fourier.resample(torch.tensor(m.data, dtype=torch.float32), lattice.box, ndim=3).numpy()
+        m = replace(m, data=data, apix=lattice.apix)
     if m.data.shape != lattice.shape:
         raise InputError(path, "map dimensions", f"{lattice.box}^3 like the ground truth", m.data.shape)
     if not np.isclose(m.apix, lattice.apix, rtol=1e-3):

@@ -3,7 +3,8 @@ every change to it, each announced by a psygnal event.
 
 State: the run (an :class:`~cryospire_core.analysis.explorer.Explorer`), its 2D
 :class:`~cryospire_core.analysis.explorer.Embedding`, the colouring of the particles, the cursor
-(a :class:`Point`: where it is drawn and its latent, whose map is shown), the traversal ends A and
+(a :class:`Point`: where it is drawn and its latent, whose map is shown), the map box (samples
+per side of the maps shown, whatever box the model was trained at), the traversal ends A and
 B, the :class:`~cryospire_core.analysis.explorer.Traversal` and the step of it last shown,
 whether it plays, and the selected particles. The napari dock
 (:mod:`cryospire_napari._explorer_widget`) calls the methods below and redraws on the events; a
@@ -32,6 +33,7 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from cryospire_core.analysis.explorer import (
+    MIN_MAP_BOX,
     ColourMode,
     Embedding,
     Explorer,
@@ -39,6 +41,8 @@ from cryospire_core.analysis.explorer import (
     TraversalKind,
     points_in_polygon,
 )
+from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.ranges import BOX
 
 
 class ActionRefused(Exception):
@@ -75,6 +79,8 @@ class SessionEvents(SignalGroup):
     colouring_changed = Signal(object)
     #: The cursor moved to a new latent (Point).
     cursor_moved = Signal(object)
+    #: The map box changed (int, or None for the model's own); the map is to be drawn again.
+    map_box_changed = Signal(object)
     #: End A or B was set (Point or None, Point or None).
     ends_changed = Signal(object, object)
     #: A new traversal (Traversal), or None when a new run dropped the old one.
@@ -97,6 +103,7 @@ class ExplorerSession:
         self.embedding: Embedding | None = None
         self.colouring = Colouring()
         self.cursor: Point | None = None
+        self.map_box: int | None = None
         self.ends: tuple[Point | None, Point | None] = (None, None)
         self.traversal: Traversal | None = None
         self.step = 0
@@ -169,6 +176,23 @@ class ExplorerSession:
         if c.mode.of_a_part and e.n_parts == 0:
             return "this run has no parts yet"
         return None
+
+    # -- the map box ---------------------------------------------------------------------------------
+
+    def set_map_box(self, box: int | None) -> None:
+        """Show maps ``box`` samples per side (the model's field of view; None: the model's own
+        box), kept for the runs loaded next. ActionRefused unless ``box`` is an even whole number
+        from :data:`~cryospire_core.analysis.explorer.MIN_MAP_BOX` to 1024."""
+        if box is not None and not (BOX.accepts(box) and box >= MIN_MAP_BOX):
+            raise ActionRefused(f"a map box is an even number of samples from {MIN_MAP_BOX} to {BOX.hi}, not {box!r}")
+        if box != self.map_box:
+            self.map_box = box
+            self.events.map_box_changed.emit(box)
+
+    @property
+    def map_lattice(self) -> Lattice | None:
+        """The lattice the maps are shown on (None before a run is loaded)."""
+        return None if self.explorer is None else self.explorer.map_lattice(self.map_box)
 
     # -- the cursor and the traversal ends ----------------------------------------------------------
 

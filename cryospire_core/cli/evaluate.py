@@ -81,7 +81,7 @@ def score_per_state_maps(gt: GroundTruth, paths: list[Path]) -> ScoreTable:
     """Score map k of ``paths`` against ground-truth state k."""
     if len(paths) != len(gt):
         raise InputError(paths[0].parent, "--maps", f"{len(gt)} maps (one per ground-truth state)", len(paths))
-    pairs = ((k, read_grid_map(p, gt.lattice).data, gt[k], None) for k, p in enumerate(paths))
+    pairs = ((k, read_grid_map(p, gt.lattice, resample=True).data, gt[k], None) for k, p in enumerate(paths))
     return score_states(pairs, gt.mask, "per-state maps", gt.lattice.apix)
 
 
@@ -107,9 +107,11 @@ def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) ->
     if len(labels) != len(latents):
         raise InputError(labels_path, "labels", f"one per latent of {source} ({len(latents)})", len(labels))
 
+    lattice = model.lattice.cropped(gt.lattice.box)  # the ground truth's box, whatever box the stage trained at
+
     def render(z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model.volume(torch.as_tensor(z, dtype=torch.float32)).numpy()
+            return model.volume(torch.as_tensor(z, dtype=torch.float32), lattice=lattice).numpy()
 
     table = per_conformation(latents, labels, gt, render, gt.mask, gt.lattice.apix,
                              title=f"per-conformation FSC: {run_dir} at {source}")
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.latents, "--latents", "to be used with --run", "--map/--maps")
     extra = {}
     if args.map is not None:
-        table = homogeneous_floor(read_grid_map(args.map, gt.lattice).data, gt, gt.mask, gt.lattice.apix,
+        table = homogeneous_floor(read_grid_map(args.map, gt.lattice, resample=True).data, gt, gt.mask, gt.lattice.apix,
                                   title=f"homogeneous floor: {args.map} vs every state")
     elif args.run is not None:
         table, extra = score_run(gt, args.run, args.latents)

@@ -62,9 +62,13 @@ def run(args: argparse.Namespace) -> int:
     model = RunFolder(args.run).model()
     ps = particles_from_args(args)
     lattice = model.lattice
+    same_view = np.isclose(ps.box * ps.apix, lattice.box * lattice.apix, rtol=1e-3)
+    if same_view and ps.box > lattice.box and ps.box % 2 == 0 and lattice.box % 2 == 0:  # stage 2 at a smaller box
+        ps = ps.at_box(lattice.box)
     if ps.box != lattice.box or not np.isclose(ps.apix, lattice.apix, rtol=1e-3):
         raise InputError(args.particles, "box and pixel size",
-                         f"{lattice.box} px at {lattice.apix:.4g} Å like the run's particles", f"{ps.box} px at {ps.apix:.4g} Å")
+                         f"{lattice.box} px at {lattice.apix:.4g} Å like the run's particles (or a larger box of the same "
+                         f"{lattice.box * lattice.apix:.4g} Å field of view)", f"{ps.box} px at {ps.apix:.4g} Å")
     device = resolve_device(args.device)
     bar = TerminalProgress(disable=args.quiet)
     t0 = time.perf_counter()

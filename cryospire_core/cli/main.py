@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "traverse": "maps along a traversal of a run's latent space (a PC, or between particles or states)",
     "select": "a subset of a run's particles (k-means states, polygon on PC1/PC2, latent box, index file)",
     "branch": "a new run folder that trains a run's stage 2 on a particle selection",
+    "downsample": "particles Fourier-cropped to a smaller box, written as a new stack and .star (and .cs)",
 }
 
 

@@ -14,7 +14,7 @@ from cryospire_core.errors import InputError
 from cryospire_core.io.load import INVERT_CHOICES, ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
-from cryospire_core.ranges import shown
+from cryospire_core.ranges import BOX, shown
 
 
 def device_name(text: str) -> str:
@@ -70,6 +70,13 @@ def add_overwrite_arg(parser: argparse.ArgumentParser, what: str = "output files
     """The ``--overwrite`` flag every writing command shares."""
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace existing {what} (default: refuse before computing anything)")
+
+
+def add_map_box_arg(parser: argparse.ArgumentParser) -> None:
+    """``--box B``: the samples per side of the maps a command writes from a run (render,
+    traverse, analyze), on the run's field of view."""
+    parser.add_argument("--box", type=BOX, help="maps of B samples per side with the run's field of view (voxel "
+                        "size apix * D / B; default: the box D the model was trained at)")
 
 
 # -- usage errors ---------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""``cryospire render``: maps of a trained run at chosen latents, on the data's lattice.
+"""``cryospire render``: maps of a trained run at chosen latents, on the model's lattice (the box
+its last stage was trained at) or, with ``--box B``, on B samples per side with the same field of
+view (voxel size apix * D / B: the Gaussians are in Å, so a run trained at 64 px renders at 256).
 
 Examples::
 
     cryospire render RUN --z z.txt --out maps/          # one map per row of z.txt (numpy.savetxt)
     cryospire render RUN --particles idx.txt --out maps/  # at those particles' latents (0-based)
+    cryospire render RUN --z z.txt --box 256 --out maps256/  # 256^3 maps, whatever box it trained at
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryospire_core.cli.options import add_overwrite_arg
+from cryospire_core.cli.options import add_map_box_arg, add_overwrite_arg
 from cryospire_core.errors import InputError
 from cryospire_core.io.mrc import write_map
 from cryospire_core.io.outputs import check_new_outputs
@@ -29,6 +32,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--z", help="latents, one per row: text (as numpy.savetxt writes) or .npy")
     which.add_argument("--particles", help="0-based particle indices (text or .npy): render at their latents")
     parser.add_argument("--out", required=True, help="output folder for vol_000.mrc, vol_001.mrc, ...")
+    add_map_box_arg(parser)
     add_overwrite_arg(parser, "maps in --out")
 
 
@@ -87,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     paths = [out / f"vol_{k:03d}.mrc" for k in range(len(z))]
     check_new_outputs(paths, args.overwrite)
     reach = float(np.linalg.norm(latents, axis=1).max())
+    lattice = model.lattice if args.box is None else model.lattice.cropped(args.box)
     with torch.no_grad():
         for k, (path, zk) in enumerate(zip(paths, z)):
-            volume = model.volume(torch.as_tensor(zk, dtype=torch.float32)).numpy()
-            write_map(path, volume, model.lattice.apix)
+            volume = model.volume(torch.as_tensor(zk, dtype=torch.float32), lattice=lattice).numpy()
+            write_map(path, volume, lattice.apix)
             if not np.any(volume):  # e.g. a latent far outside the run's: every Gaussian moved off the box
                 print(f"warning: {path} is empty (all zero) at latent row {k + 1} (|z| = {np.linalg.norm(zk):.3g}; "
                       f"the run's latents reach |z| = {reach:.3g})", file=sys.stderr)
-    print(f"wrote {len(z)} maps to {out}")
+    print(f"wrote {len(z)} maps of {lattice.box}^3 at {lattice.apix:.4g} Å/voxel to {out}")
     return 0

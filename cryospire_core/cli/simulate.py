@@ -20,7 +20,10 @@ from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import APIX, BOX, COUNT, IMAGES, SEED, SNR, Whole
 from cryospire_core.sim.phantoms import PRESETS, phantom_from_structure
 from cryospire_core.sim.simulate import (
+    COLOURED_F0,
+    COLOURED_FLOOR,
     DEFAULT_FOV_A,
+    NOISE_SPECTRA,
     check_output_folder,
     simulate,
     write_simulation,
@@ -49,6 +52,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", help="with --structure: JSON naming moving chains (pivot, axis, angles) and "
                                        "optional chains; see phantoms.phantom_from_structure")
     parser.add_argument("--phantom-seed", type=SEED, default=0, help="seed of the molecule itself (default 0)")
+    parser.add_argument("--noise-spectrum", choices=NOISE_SPECTRA, default="white",
+                        help=f"white (default) or coloured: noise power ∝ 1 / (1 + (f / {COLOURED_F0:g})^2) + "
+                             f"{COLOURED_FLOOR:g} (f in cycles/pixel), at the same variance per pixel (the SNR's)")
+    parser.add_argument("--clutter", type=Whole(0, 8), default=0,
+                        help="neighbouring particles per image (default 0): random copies of the molecule centred "
+                             "just outside the box, overlapping its edges, filtered by the image's CTF")
     parser.add_argument("--batch-size", type=COUNT, default=None, help="images per batch (default: from a memory budget)")
     add_overwrite_arg(parser, "files in --out (an earlier simulation's, or any file of the same name)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             args.preset or "structure", args.box, args.n, args.snr, seed=args.seed, apix=args.apix,
             oversample=args.oversample, contrast=args.contrast, phantom_seed=args.phantom_seed,
             device=resolve_device(args.device), phantom=phantom, progress=bar,
+            noise_spectrum=args.noise_spectrum, clutter=args.clutter,
         )
         out = write_simulation(args.out, result, progress=bar, batch_size=args.batch_size, overwrite=args.overwrite)
     finally:

@@ -24,13 +24,15 @@ from cryospire_core.cli.options import (
     particle_source,
 )
 from cryospire_core.imaging.precision import PRECISIONS
+from cryospire_core.imaging.window import DEFAULT_WINDOW_RADIUS
 from cryospire_core.models.distributed import Distributed, from_environment, shutdown
 from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline.config import PART_SIGNALS, STAGES
+from cryospire_core.pipeline.preprocess import NORMALIZE_CHOICES
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
 from cryospire_core.pipeline.threads import ThreadBudget
 from cryospire_core.progress import TerminalProgress
-from cryospire_core.ranges import COUNT, MINUTES, SEED, OrAuto
+from cryospire_core.ranges import BOX, COUNT, MINUTES, SEED, WINDOW_RADIUS, OrAuto
 from cryospire_core.services.training import TrainOptions, TrainRequest, training_run
 
 PART_COUNT = OrAuto(COUNT)
@@ -62,12 +64,28 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "stage 2)")
     parser.add_argument("--gaussians-1", type=COUNT, help="override the profile's stage-1 Gaussian count")
     parser.add_argument("--gaussians-2", type=COUNT, help="override the profile's stage-2 Gaussian count")
+    for option, which in (("--box-consensus", "the consensus"), ("--box-1", "stage 1"), ("--box-2", "stage 2")):
+        parser.add_argument(option, type=BOX, help=f"the box (px) {which} sees the images at, Fourier-cropped as "
+                            "they are read (default: the profile's, at most the stack's box)")
     parser.add_argument("--batch-size", type=COUNT, help="override the profile's batch size (every stage)")
     parser.add_argument("--seed", type=SEED, help="random seed (default 0)")
     parser.add_argument("--checkpoint-minutes", type=MINUTES, help="minutes between checkpoints (default 5)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto (default: bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPUs), "
                              "fp32, bf16 or fp16: the dtype the MLPs run in; rendering and losses stay fp32")
+    parser.add_argument("--window-radius", type=WINDOW_RADIUS,
+                        help=f"the particle's radius as a fraction of the half box (default "
+                             f"{DEFAULT_WINDOW_RADIUS:g}): the loss sees the images through a window flat inside it "
+                             "and falling (cosine) to 0 at the box edge; the background (normalisation, noise "
+                             "spectrum) is measured outside it")
+    parser.add_argument("--no-window", action="store_true",
+                        help="fit the whole box, corners included (no soft window in the loss)")
+    parser.add_argument("--normalize", choices=NORMALIZE_CHOICES,
+                        help="normalise each image's background to mean 0, std 1 as it is read (RELION's --norm): "
+                             "auto (default) when the stack does not look normalised, yes, no")
+    parser.add_argument("--noise-weighting", action="store_true",
+                        help="weight the loss by the inverse noise power spectrum of each optics group, measured from "
+                             "the image backgrounds (saved as RUN/noise_psd.npz): for coloured noise")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arg(parser)

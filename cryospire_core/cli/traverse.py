@@ -5,6 +5,7 @@ Examples::
     cryospire traverse RUN --pc 1 -n 10 -o pc1/                    # PC1, 5th to 95th percentile
     cryospire traverse RUN --from 12 --to 873 --through-data -o path/  # particle 12 to 873 along the data
     cryospire traverse RUN --from-state 0 --to-state 3 --k 8 -o s0_s3/ # between two k-means states
+    cryospire traverse RUN --pc 1 --box 256 -o pc1_256/             # 256^3 maps (any trained box)
 
 Writes OUT/vol_000.mrc ... (ChimeraX: ``open OUT/vol_*.mrc vseries true``), OUT/latents.npy (the
 steps' latents), OUT/parts.csv (each part's angle, shift and presence at each step, for a run
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cryospire_core.analysis.explorer import Explorer, TraversalKind
-from cryospire_core.cli.options import add_overwrite_arg
+from cryospire_core.cli.options import add_map_box_arg, add_overwrite_arg
 from cryospire_core.errors import InputError
 from cryospire_core.ranges import COUNT, SEED, Whole
 from cryospire_core.services import traverse
@@ -49,6 +50,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="k-means seed (default 0)")
     parser.add_argument("-n", "--steps", type=STEPS, default=10, help="maps along the traversal (default 10)")
     parser.add_argument("-o", "--out", required=True, help="output folder for vol_000.mrc, ...")
+    add_map_box_arg(parser)
     add_overwrite_arg(parser, "files in --out")
 
 
@@ -98,6 +100,6 @@ def run(args: argparse.Namespace) -> int:
         # graph_path: the ends lie in separate clusters of the particles' kNN graph
         raise InputError(None, "--through-data", "ends joined by the particles' 10-nearest-neighbour graph (leave "
                          "out --through-data for a straight line)", "ends in separate clusters") from exc
-    paths = traverse.export_traversal(explorer, traversal, out, args.overwrite)
+    paths = traverse.export_traversal(explorer, traversal, out, args.overwrite, box=args.box)
     print(f"wrote {len(paths)} maps to {out}; ChimeraX: open {out}/vol_*.mrc vseries true")
     return 0

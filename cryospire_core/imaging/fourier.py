@@ -103,3 +103,38 @@ def rfft_centered_crop(x: torch.Tensor, box: int, ndim: int = 2) -> torch.Tensor
     for k in range(ndim):
         parity = parity + f.reshape((box,) + (1,) * (ndim - 1 - k))
     return out * (1.0 - 2.0 * (parity % 2).to(x.dtype))
+
+
+def resample(x: torch.Tensor, box: int, ndim: int = 2) -> torch.Tensor:
+    """Real images (``ndim=2``) or maps (``ndim=3``) of D samples per axis on ``box`` samples over
+    the same field of view: :func:`downsample` for ``box`` < D, zero-padding the centred
+    transform for ``box`` > D (band-limited interpolation: nothing is added above the input's
+    Nyquist frequency). Values keep their real-space scale; D and ``box`` even."""
+    D = x.shape[-1]
+    if box <= D:
+        return downsample(x, box, ndim)
+    if box % 2 or D % 2:
+        raise ValueError(f"resample needs even sizes, got D={D}, box={box}")
+    fft, ifft = (fft2_centered, ifft2_centered) if ndim == 2 else (fft3_centered, ifft3_centered)
+    X = fft(x)
+    s = Lattice.pixels(box).centred_slice(D)
+    out = torch.zeros(X.shape[:-ndim] + (box,) * ndim, dtype=X.dtype, device=X.device)
+    out[(...,) + (s,) * ndim] = X
+    return ifft(out) * (box / D) ** ndim
+
+
+def downsample(x: torch.Tensor, box: int, ndim: int = 2) -> torch.Tensor:
+    """Real images (..., D, D) (``ndim=2``) or maps (``ndim=3``) resampled to ``box`` samples per
+    axis over the same field of view by cropping their centred transform: the band-limited
+    resampling RELION and cryoDRGN downsample with. Values keep their real-space scale (a flat
+    image stays at its level), so the samples land on :meth:`Lattice.cropped`.
+
+    x: (..., D, ..., D) real float, D even; box: even, 2 <= box <= D (``box == D`` returns ``x``).
+    """
+    D = x.shape[-1]
+    if box == D:
+        return x
+    if not (2 <= box < D and box % 2 == 0 and D % 2 == 0):
+        raise ValueError(f"downsample needs even sizes with box <= D, got D={D}, box={box}")
+    ifft = ifft2_centered if ndim == 2 else ifft3_centered
+    return ifft(rfft_centered_crop(x, box, ndim)) * (box / D) ** ndim

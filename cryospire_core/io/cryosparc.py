@@ -316,6 +316,29 @@ def _rows_from_particles(ps: ParticleSet, relative_to: Path) -> np.ndarray:
     return out
 
 
+def _restacked_rows(rows: np.ndarray, ps: ParticleSet, relative_to: Path) -> np.ndarray:
+    """``rows`` (one per particle of ``ps``) describing ``ps``'s images as ``ps.source`` holds
+    them: ``blob/path`` (relative to ``relative_to``), ``blob/idx``, ``blob/shape`` and
+    ``blob/psize_A`` from ``ps``; ``alignments3D/shift`` in pixels of ``ps.apix``, which
+    ``alignments3D/psize_A`` (when present) then states. Every other field is kept."""
+    encoded = np.array([p.encode("utf-8") for p in relative_paths(ps.source.files, relative_to)])
+    # The new paths may be longer than the field's fixed width.
+    width = max(encoded.dtype.itemsize, rows.dtype["blob/path"].itemsize)
+    dtype = [(name, f"S{width}") if name == "blob/path" else (name, rows.dtype[name])
+             for name in rows.dtype.names]
+    out = np.empty(len(rows), dtype=dtype)
+    for name in rows.dtype.names:
+        out[name] = rows[name]
+    out["blob/path"] = encoded[ps.source.file_index]
+    out["blob/idx"] = ps.source.frames
+    out["blob/psize_A"] = ps.apix
+    out["alignments3D/shift"] = ps.shifts / ps.apix
+    for name, value in (("blob/shape", ps.box), ("alignments3D/psize_A", ps.apix)):
+        if name in rows.dtype.names:
+            out[name] = value
+    return out
+
+
 def _unique_uids(n: int) -> np.ndarray:
     """n distinct random 64-bit uids (cryoSPARC identifies particles by them across jobs)."""
     rng = np.random.default_rng()
@@ -325,17 +348,20 @@ def _unique_uids(n: int) -> np.ndarray:
     return rng.permutation(uids).astype(np.uint64)
 
 
-def write_cs(path: str | os.PathLike, ps: ParticleSet) -> None:
+def write_cs(path: str | os.PathLike, ps: ParticleSet, restacked: bool = False) -> None:
     """Atomically write ``ps`` as a cryoSPARC ``.cs`` file.
 
     Particles read from a .cs file are written as their original rows (every field unchanged,
     passthrough fields included); others as a minimal array with stack paths relative to the
-    new file's folder.
+    new file's folder. restacked: ``ps``'s images were written anew into the stacks
+    ``ps.source`` names, at ``ps.apix`` (``cryospire downsample``): original rows then keep
+    every other field, while ``blob/*`` point to the new stacks and ``alignments3D/shift`` is
+    in their pixels (see :func:`_restacked_rows`).
     """
     path = Path(path)
     prov = ps.provenance
     if prov.format == "cryosparc" and prov.rows is not None:
-        rows = prov.rows
+        rows = _restacked_rows(prov.rows, ps, path.parent) if restacked else prov.rows
     else:
         rows = _rows_from_particles(ps, path.parent)
     write_npy(path, rows)

@@ -27,6 +27,8 @@ import numpy as np
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.ctf import CTF_COLUMNS, N_CTF, impossible_ctf, unusual_ctf
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.imaging.noise import normalize_backgrounds
+from cryospire_core.imaging.window import background_mask
 
 #: Pixel sizes in Å a reader accepts: detectors and binning give 0.2-20 Å, so values beyond these
 #: bounds are unit errors (and tiny ones overflow the CTF's |s|^4 term in float32).
@@ -243,7 +245,12 @@ class ParticleSet:
     source: the images; apix: Å/pixel of the stack; rotations: (N, 3, 3) float64 pose matrices A;
     shifts: (N, 2) float64 RELION origins (x, y) in Å; ctf: (N, 9) float64 (``ctf.CTF_COLUMNS``);
     optics_group: (N,) int, 1-based; contrast: +1 or -1, multiplied into every image read so
-    that particles are dark, as the CTF model images them (-1 for white, contrast-inverted stacks).
+    that particles are dark, as the CTF model images them (-1 for white, contrast-inverted stacks);
+    crop_box: when set, every image is Fourier-cropped from the stack's box to this many pixels
+    as it is read (:meth:`at_box`), and ``apix`` is the cropped images' pixel size;
+    normalize_radius: when set, every image is normalised as it is read, before any crop: its
+    background (the pixels beyond this fraction of the half box) brought to mean 0 and standard
+    deviation 1 (:func:`~cryospire_core.imaging.noise.normalize_backgrounds`, RELION's ``--norm``).
     """
 
     source: ImageSource
@@ -254,6 +261,8 @@ class ParticleSet:
     optics_group: np.ndarray
     provenance: Provenance
     contrast: float = 1.0
+    crop_box: int | None = None
+    normalize_radius: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.source)
@@ -312,7 +321,35 @@ class ParticleSet:
 
     @property
     def box(self) -> int:
-        return self.source.box
+        """Pixels per side of the images as :meth:`images` returns them."""
+        return self.crop_box or self.source.box
+
+    def at_box(self, box: int) -> ParticleSet:
+        """These particles read at ``box`` pixels: each image Fourier-cropped from the stack as
+        it is read (no new stack on disk; :func:`~cryospire_core.imaging.fourier.downsample`),
+        over the same field of view, so ``apix`` grows by stack box / ``box`` while poses,
+        shifts (Å) and CTF parameters stay as they are; the CTF is then evaluated at the new
+        pixel size by whoever renders on :attr:`lattice`. Values are scaled by ``box`` / stack
+        box, as the projection of the same density over the larger pixels: images follow the
+        renderer's and the simulator's convention (line integrals in voxel units) at every box,
+        so one mixture of Gaussians (densities, in Å) models the stack at any box. ``box``
+        equal to the stack's gives the stack as it is. ValueError unless ``box`` is even and at
+        most the stack's box."""
+        stack_box = self.source.box
+        if box == stack_box:
+            crop = None
+        elif box % 2 or not 2 <= box < stack_box or stack_box % 2:
+            raise ValueError(f"particles of {stack_box} px can be read at an even box of at most {stack_box} px, "
+                             f"not {box}")
+        else:
+            crop = box
+        stack_apix = self.apix * self.box / stack_box
+        return replace(self, apix=stack_apix * stack_box / box, crop_box=crop)
+
+    def at_most(self, box: int | None) -> ParticleSet:
+        """:meth:`at_box` at ``box``, or at the stack's box when ``box`` is None or larger (a
+        stage configured for 256 px trains a 200 px stack at 200 px)."""
+        return self.at_box(self.source.box if box is None or box >= self.source.box else box)
 
     @property
     def lattice(self) -> Lattice:
@@ -322,6 +359,17 @@ class ParticleSet:
     def images(self, idx) -> np.ndarray:
         """Images (B, D, D) float32 in the dark-particle convention."""
         imgs = self.source.read(idx)
+        if self.normalize_radius is not None:
+            imgs = normalize_backgrounds(imgs, background_mask(self.source.box, self.normalize_radius))
+        if self.crop_box is not None:
+            import torch  # only cropped reads need it; the readers and the GUI's stack view do not
+
+            from cryospire_core.imaging.fourier import downsample
+
+            # A projection is a sum over voxels along the beam (render.project): over voxels
+            # D / crop_box times longer, the same molecule sums to that much more per pixel.
+            scale = self.crop_box / self.source.box
+            imgs = (downsample(torch.from_numpy(imgs), self.crop_box) * scale).numpy()
         if self.contrast != 1.0:
             imgs *= self.contrast
         return imgs
@@ -337,6 +385,8 @@ class ParticleSet:
             optics_group=self.optics_group[idx],
             provenance=self.provenance.subset(idx),
             contrast=self.contrast,
+            crop_box=self.crop_box,
+            normalize_radius=self.normalize_radius,
         )
 
 

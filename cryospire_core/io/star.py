@@ -343,17 +343,23 @@ def write_star(path: str | os.PathLike, ps: ParticleSet, image_paths_relative_to
     folder (or from ``image_paths_relative_to``); RELION 3.0 rows gain ``rlnOpticsGroup`` and
     their pixel origins become ``rlnOriginXAngst/YAngst``. Other particle sets are written from
     their poses and CTFs with one optics group per distinct (voltage, Cs, amplitude contrast).
+    ``rlnImagePixelSize`` and ``rlnImageSize`` are those of the stacks the names point to (a
+    stack ``cryospire downsample`` wrote has its own), whatever box ``ps`` is read at.
     """
     path = Path(path)
     names = image_names(ps, image_paths_relative_to if image_paths_relative_to is not None else path.parent)
     prov = ps.provenance
+    stacks = ps.at_box(ps.source.box)  # the images as the stacks hold them
     if prov.format == "relion3.1" and prov.rows is not None:
         rows = prov.rows.copy()
         rows["rlnImageName"] = names.to_numpy()
-        blocks = {"optics": prov.extra["optics"], "particles": rows}
+        optics = prov.extra["optics"].copy()
+        optics["rlnImagePixelSize"] = stacks.apix
+        optics["rlnImageSize"] = stacks.box
+        blocks = {"optics": optics, "particles": rows}
     else:
         groups, keys = optics_groups(ps.ctf)
-        optics = _optics_table(keys, ps.apix, ps.box)
+        optics = _optics_table(keys, stacks.apix, stacks.box)
         if prov.format == "relion3.0" and prov.rows is not None:
             rows = _relion30_rows_as_31(prov.rows, ps, names, groups)
         else:
@@ -364,14 +370,15 @@ def write_star(path: str | os.PathLike, ps: ParticleSet, image_paths_relative_to
 
 
 def _relion30_rows_as_31(rows: pd.DataFrame, ps: ParticleSet, names: pd.Series, groups: np.ndarray) -> pd.DataFrame:
-    """RELION 3.0 rows with every column kept, origins in Å in place of pixels, optics groups."""
+    """RELION 3.0 rows with every column kept, origins in Å in place of pixels, optics groups;
+    a per-particle pixel size or image size moves to data_optics (as the stacks' values)."""
     out = {}
     for col in rows.columns:
         if col in ("rlnOriginX", "rlnOriginY"):
             out[col + "Angst"] = ps.shifts[:, 0 if col == "rlnOriginX" else 1]
         elif col == "rlnImageName":
             out[col] = names.to_numpy()
-        elif col != "rlnOpticsGroup":
+        elif col not in ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize"):
             out[col] = rows[col].to_numpy()
     out["rlnOpticsGroup"] = groups
     return pd.DataFrame(out)

@@ -18,6 +18,7 @@ from torch import nn
 
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.imaging.misfit import ImageMisfit
 from cryospire_core.imaging.render import project, rasterize
 from cryospire_core.io.atomic import write_json, write_npz
 from cryospire_core.io.mrc import read_map, write_map
@@ -36,7 +37,8 @@ class ConsensusConfig:
     the thresholded map, clipped to [512, 16384]); epochs/batch_size/lr: image fitting (lr is
     Adam's, in units of one pixel for centres); map_fit_steps: 3D pre-fit iterations;
     init_width_px / min_width_px: Gaussian widths in pixels (the minimum keeps maps free of
-    aliasing).
+    aliasing); box: the pixels per side the images are fitted at (Fourier-cropped as they are
+    read; None or a larger value: the stack's box).
     """
 
     n_gaussians: int = 0
@@ -48,6 +50,7 @@ class ConsensusConfig:
     init_width_px: float = 1.2
     min_width_px: float = 0.7
     seed: int = 0
+    box: int | None = None
 
 
 class GaussianMixture(nn.Module):
@@ -56,6 +59,8 @@ class GaussianMixture(nn.Module):
 
     Parameters are stored in pixel units so one learning rate suits every box and pixel size;
     widths are ``min_width + softplus(raw)`` so they never fall below the anti-aliasing floor.
+    ``misfit`` is the data term of :meth:`loss` (plain mean squared error until the pipeline
+    gives it the run's window and noise weights, :mod:`~cryospire_core.imaging.misfit`).
     """
 
     def __init__(self, centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, lattice: Lattice,
@@ -67,6 +72,7 @@ class GaussianMixture(nn.Module):
         self.centres_px = nn.Parameter(torch.as_tensor(np.asarray(centres) / apix, dtype=torch.float32))
         self.width_raw = nn.Parameter(torch.as_tensor(np.log(np.expm1(w_px)), dtype=torch.float32))
         self.amplitudes = nn.Parameter(torch.as_tensor(amplitudes, dtype=torch.float32))
+        self.misfit = ImageMisfit()
 
     @property
     def centres(self) -> torch.Tensor:
@@ -84,7 +90,7 @@ class GaussianMixture(nn.Module):
                        ctf=batch.ctf)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        mse = (self.render_images(batch) - batch.images).pow(2).mean()
+        mse = self.misfit(self.render_images(batch), batch.images, batch.optics_group)
         return mse, {"mse": float(mse.detach())}
 
     def volume(self) -> torch.Tensor:
@@ -214,6 +220,7 @@ def fit_consensus(
     checkpoint_minutes: float = 5.0,
     precision: str = "fp32",
     dist: Distributed = Distributed(),
+    misfit: ImageMisfit | None = None,
 ) -> ConsensusResult:
     """Fit the consensus mixture; writes ``files.checkpoint`` while it runs and, when finished,
     ``files.gaussians``, ``files.map`` and ``files.history`` (their folders must exist).
@@ -221,14 +228,17 @@ def fit_consensus(
     particles: ParticleSet; init_map: (D, D, D) map on the data lattice to seed from (see
     :func:`seed_map`); cfg's epochs, batch_size and seed drive the loop. A checkpoint already at ``files.checkpoint`` is resumed from (the seeding
     and 3D pre-fit are skipped: the checkpoint holds their result). precision: a resolved
-    :mod:`precision` name; dist: in a data-parallel run every rank calls this, rank 0 writes.
+    :mod:`precision` name; dist: in a data-parallel run every rank calls this, rank 0 writes;
+    misfit: the data term the images are fitted with (default: plain mean squared error).
     """
     checkpoint = files.checkpoint
     rng = np.random.default_rng(cfg.seed)
     centres, widths, amps = seed_from_map(init_map, particles.apix, cfg, rng)
     model = GaussianMixture(centres, widths, amps, particles.lattice, cfg.min_width_px).to(device)
+    if misfit is not None:
+        model.misfit = misfit.to(device)
     if not checkpoint.exists() and cfg.map_fit_steps > 0:
-        fit_to_map(model, torch.as_tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
+        fit_to_map(model, torch.tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
     optimizer = make_optimizer(model, cfg.lr)
     loop = LoopConfig.for_stage(cfg, checkpoint_minutes, precision)
     result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop, dist=dist)

@@ -11,7 +11,9 @@ the D^2 pixels plus 0.1 |z_n|^2, for images normalised to unit variance. We comp
 over pixels and images, divided by ``image_var`` (the variance of the observed pixels, so any
 image scale means the same), plus ``prior_weight * mean_n |z_n|^2 / D^2``. That is exactly the
 paper's per-image loss divided by the constant D^2 (Adam is insensitive to a constant factor),
-so ``prior_weight = 0.1`` means what the paper's 0.1 means at every box size.
+so ``prior_weight = 0.1`` means what the paper's 0.1 means at every box size. The squared
+errors are the model's ``misfit`` (:mod:`~cryospire_core.imaging.misfit`): seen through the
+run's soft window and, with noise weighting, whitened; it keeps the scale of the plain mean.
 
 The MLPs (:class:`PairMLP`) split their first layer, ``[z, f] W = z Wz + f Wf``: ``z Wz`` is
 computed once per image and ``f Wf`` once per Gaussian, and only the sum and what follows is per
@@ -201,12 +203,13 @@ class PartDiscoveryModel(StageModel):
 
     @classmethod
     def from_consensus(cls, gaussians: Mapping, n_particles: int, cfg: DiscoveryConfig,
-                       device: torch.device | str = "cpu") -> PartDiscoveryModel:
+                       lattice: Lattice | None = None, device: torch.device | str = "cpu") -> PartDiscoveryModel:
         """Seed from a consensus export (``GaussianMixture.export()`` or gaussians.npz), coarsened
-        to ``cfg.n_gaussians`` by :func:`coarsen` when it has more."""
+        to ``cfg.n_gaussians`` by :func:`coarsen` when it has more, on ``lattice`` (default: the
+        consensus's; the Gaussians are in Å, so they carry over to any box)."""
         g = as_arrays(gaussians)
         c, s, m = coarsen(g["centres"], g["widths"], g["amplitudes"], cfg.n_gaussians, cfg.seed)
-        return cls(c, s, m, n_particles, mixture_lattice(g), cfg).to(device)
+        return cls(c, s, m, n_particles, lattice or mixture_lattice(g), cfg).to(device)
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -237,13 +240,14 @@ class PartDiscoveryModel(StageModel):
         """(G,) Å, shared by every image."""
         return self.base.widths
 
-    def volume(self, z: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
-        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D);
-        ``gates`` (G,) replace the decoded presence when given."""
+    def volume(self, z: torch.Tensor, gates: torch.Tensor | None = None, *,
+               lattice: Lattice | None = None) -> torch.Tensor:
+        """The mixture at one latent z (zdim,) rasterised on ``lattice`` (default: the model's),
+        (B, B, B); ``gates`` (G,) replace the decoded presence when given."""
         if gates is None:
-            return super().volume(z)
+            return super().volume(z, lattice=lattice)
         centres = self.base.centres + self.shifts(z.reshape(1, -1))[0]
-        return rasterize(centres, self.widths, gates * self.base.amplitudes, self.lattice)
+        return rasterize(centres, self.widths, gates * self.base.amplitudes, lattice or self.lattice)
 
     def improved_map(self, latents: torch.Tensor, gates_sample: torch.Tensor) -> torch.Tensor:
         """The map that seeds stage 2, (D, D, D): one sharp conformation (the particle nearest
@@ -259,7 +263,7 @@ class PartDiscoveryModel(StageModel):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Normalised L2 + latent prior (see the module docstring)."""
         z = self.latents(batch.index)
-        data = (self.render_images(batch, z) - batch.images).pow(2).mean() / self.cfg.image_var
+        data = self.data_term(batch, z)
         prior = self.cfg.prior_weight * z.pow(2).sum(1).mean() / self.lattice.box**2
         return data + prior, {"data": float(data.detach()), "prior": float(prior.detach())}
 

@@ -48,7 +48,9 @@ class Batch:
 
     index: (B,) int64 particle indices; images: (B, D, D) float32 (dark-particle convention);
     rotations: (B, 3, 3) float32 pose matrices A; shifts: (B, 2) float32 Å (RELION origins);
-    ctf: (B, 9) float32 rows of ``ctf.CTF_COLUMNS``.
+    ctf: (B, 9) float32 rows of ``ctf.CTF_COLUMNS``; optics_group: (B,) int64 optics group
+    numbers as the particles hold them (the data term's noise weights are per group), or None
+    (a batch made without particles: one group).
     """
 
     index: torch.Tensor
@@ -56,6 +58,7 @@ class Batch:
     rotations: torch.Tensor
     shifts: torch.Tensor
     ctf: torch.Tensor
+    optics_group: torch.Tensor | None = None
 
 
 def read_batch(particles: ParticleSet, idx: np.ndarray, device: torch.device) -> Batch:
@@ -67,6 +70,7 @@ def read_batch(particles: ParticleSet, idx: np.ndarray, device: torch.device) ->
         rotations=as_t(particles.rotations[idx]),
         shifts=as_t(particles.shifts[idx]),
         ctf=as_t(particles.ctf[idx]),
+        optics_group=torch.from_numpy(np.asarray(particles.optics_group[idx], dtype=np.int64)).to(device),
     )
 
 
@@ -114,7 +118,8 @@ def iterate_chunks(
             if isinstance(item, BaseException):
                 raise item
             if device.type != "cpu":
-                item = Batch(*(t.to(device, non_blocking=True) for t in (item.index, item.images, item.rotations, item.shifts, item.ctf)))
+                item = Batch(*(t.to(device, non_blocking=True) for t in (item.index, item.images, item.rotations,
+                                                                          item.shifts, item.ctf, item.optics_group)))
             yield item
     finally:
         stop.set()

@@ -176,7 +176,7 @@ class PartAwareModel(StageModel):
         """Normalised L2 + latent prior + feature-offset penalty (see the module docstring)."""
         cfg = self.cfg
         z = self.latents(batch.index)
-        data = (self.render_images(batch, z) - batch.images).pow(2).mean() / cfg.image_var
+        data = self.data_term(batch, z)
         prior = cfg.prior_weight * z.pow(2).sum(1).mean() / self.lattice.box**2
         offset = cfg.offset_weight * self.feature_offset.pow(2).sum() / self.lattice.box**2
         metrics = {"data": float(data.detach()), "prior": float(prior.detach()), "offset": float(offset.detach())}

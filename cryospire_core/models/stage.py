@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.imaging.misfit import ImageMisfit
 from cryospire_core.imaging.render import project, rasterize
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.latents import LatentTable, MultiOptimizer
@@ -36,7 +37,8 @@ class StageConfig:
     pixels the data term is divided by (:func:`discovery.image_variance`); gate_bias: initial gate
     logit (sigmoid(3) = 0.95; amplitudes are divided by it so the initial model reproduces its
     seed); min_width_px: width floor; epochs, batch_size: the training loop; seed: of the model's
-    random initialisation and of the loop's shuffling.
+    random initialisation and of the loop's shuffling; box: the pixels per side the stage sees
+    the images at (Fourier-cropped as they are read; None or a larger value: the stack's box).
     """
 
     n_gaussians: int
@@ -57,6 +59,7 @@ class StageConfig:
     epochs: int
     batch_size: int = 64
     seed: int = 0
+    box: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,19 @@ class StageModel(nn.Module, ABC):
     by its latent z (B, zdim) from the auto-decoded table ``latents``.
 
     stage: ``"discovery"`` or ``"hierarchical"``; cfg: its config; lattice: the data's, which
-    the images and maps are rendered on.
+    the images and maps are rendered on; misfit: the data term of :meth:`loss` (plain mean
+    squared error until the pipeline gives it the run's window and noise weights,
+    :mod:`~cryospire_core.imaging.misfit`).
     """
 
     stage: ClassVar[str]
     cfg: StageConfig
     lattice: Lattice
     latents: LatentTable
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.misfit = ImageMisfit()
 
     @property
     @abstractmethod
@@ -115,6 +124,10 @@ class StageModel(nn.Module, ABC):
     def make_optimizer(self) -> MultiOptimizer:
         """Adam over the mixture, features and MLPs; SparseAdam over the latents."""
 
+    def data_term(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """The misfit of the batch's images rendered at latents z, divided by ``cfg.image_var``."""
+        return self.misfit(self.render_images(batch, z), batch.images, batch.optics_group) / self.cfg.image_var
+
     def render_images(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted images (B, D, D) of a batch (its poses, shifts and CTFs) at latents z
         (default: the batch's own latents)."""
@@ -122,7 +135,9 @@ class StageModel(nn.Module, ABC):
         return project(d.centres, self.widths, d.amplitudes, batch.rotations, batch.shifts, self.lattice,
                        ctf=batch.ctf)
 
-    def volume(self, z: torch.Tensor) -> torch.Tensor:
-        """The mixture at one latent z (zdim,) rasterised on the data lattice, (D, D, D)."""
+    def volume(self, z: torch.Tensor, *, lattice: Lattice | None = None) -> torch.Tensor:
+        """The mixture at one latent z (zdim,) rasterised on ``lattice`` (default: the model's,
+        the data's at the stage's box), (B, B, B). The Gaussians are in Å, so any lattice of
+        the same field of view (``self.lattice.cropped(B)``) shows the same map, finer or coarser."""
         d = self.decode(z.reshape(1, -1))
-        return rasterize(d.centres[0], self.widths, d.amplitudes[0], self.lattice)
+        return rasterize(d.centres[0], self.widths, d.amplitudes[0], lattice or self.lattice)

@@ -23,22 +23,34 @@ from typing import Any
 
 from cryospire_core import __version__
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.noise import NORMALIZATIONS
 from cryospire_core.imaging.precision import PRECISIONS, resolve_precision
 from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.models.discovery import MLP_FORMS, DiscoveryConfig
 from cryospire_core.models.engine import LoopConfig
 from cryospire_core.models.hierarchical import HierarchicalConfig
+from cryospire_core.pipeline.preprocess import NORMALIZE_CHOICES, PreprocessConfig
 from cryospire_core.pipeline.profiles import STAGE_SECTIONS, profile_names, read_profile
 
 if typing.TYPE_CHECKING:
     import torch
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2
 
-CONFIG_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+def _preprocess_off(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 -> 2: ``train.preprocess`` appeared, its defaults windowing and (``auto``)
+    normalising the images; a format-1 run trained without either, and resumes so."""
+    train = cfg.get("train")
+    if isinstance(train, dict) and "preprocess" not in train:
+        cfg = {**cfg, "train": {**train, "preprocess": {"window": False, "normalize": "no", "noise_weighting": False}}}
+    return cfg
+
+
+CONFIG_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _preprocess_off}
 """``CONFIG_UPGRADES[v]`` turns a format-``v`` config into format ``v + 1``. A change of the
 config's format increments :data:`RUN_FORMAT_VERSION` and adds the upgrade from the previous
-one, so every released run folder keeps opening. (Format 1 is the first: none yet.)"""
+one, so every released run folder keeps opening."""
 
 SECTIONS: dict[str, type | tuple[type, ...]] = {
     "format_version": int, "cryospire": str, "n_particles": int, "train": dict, "train_command": dict,
@@ -135,7 +147,7 @@ def _field_value(hint: Any, value: Any, path: str | os.PathLike, where: str,
     check = FIELD_RANGES.get(f"{section}.{field}", FIELD_RANGES.get(field))
     if check is not None and value is not None and not check.accepts(value):
         raise InputError(path, where, check.what, shown_json(value))
-    if field in choices and value not in choices[field]:
+    if field in choices and value is not None and value not in choices[field]:
         raise InputError(path, where, " or ".join(choices[field]), shown_json(value))
     return value
 
@@ -155,13 +167,15 @@ class TrainConfig:
     or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
     stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage; precision:
     ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`precision`; auto is bf16 or fp16 on CUDA,
-    fp32 on CPUs).
+    fp32 on CPUs); preprocess: how the data term sees the images (window, normalisation, noise
+    weighting: :class:`~cryospire_core.pipeline.preprocess.PreprocessConfig`).
     """
 
     profile: str
     consensus: ConsensusConfig
     discovery: DiscoveryConfig
     hierarchical: HierarchicalConfig
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
     parts_level1: str | int = "auto"
     parts_level2: str | int | None = "auto"
     parts_signal: str = "dynamics"
@@ -198,4 +212,5 @@ class TrainConfig:
 
 def choices() -> dict[str, tuple[str, ...]]:
     """The words each text field of a saved TrainConfig may hold (the profiles: those shipped)."""
-    return {"profile": profile_names(), "parts_signal": PART_SIGNALS, "precision": PRECISIONS, "mlp_form": MLP_FORMS}
+    return {"profile": profile_names(), "parts_signal": PART_SIGNALS, "precision": PRECISIONS, "mlp_form": MLP_FORMS,
+            "normalize": NORMALIZE_CHOICES, "stack_normalization": NORMALIZATIONS}

@@ -10,6 +10,8 @@ and reads the files back, checked)::
     RUN/selection.npy            (M,) int64, only with ``select``: the particles stage 2 kept (indices
                                  into the input); RUN/latents.npy then has their M rows, in input order
     RUN/explorer_selection.txt   particle indices picked in the latent explorer (``select`` names it)
+    RUN/noise_psd.npz            only with noise weighting: each optics group's radial noise power
+                                 spectrum, measured at the stack's box (``pipeline.preprocess``)
     RUN/consensus/backprojection.mrc   the map the consensus is seeded from (cached)
                   checkpoint.pt        the training loop's state (while and after it runs)
                   gaussians.npz        the fitted mixture: centres (G, 3) Å, widths (G,) Å, amplitudes (G,),
@@ -85,6 +87,7 @@ LOCK = "run.lock"
 LATENTS = "latents.npy"
 SELECTION = "selection.npy"
 EXPLORER_SELECTION = "explorer_selection.txt"
+NOISE_PSD = "noise_psd.npz"
 CONSENSUS, DISCOVERY, PARTS, HIERARCHICAL, ANALYSIS = "consensus", "discovery", "parts", "hierarchical", "analysis"
 BACKPROJECTION = "backprojection.mrc"
 CHECKPOINT = "checkpoint.pt"
@@ -112,7 +115,7 @@ STAGE2_SEED = ("part_index", "anchor_centres", "anchor_features", "latents")
 
 RUN_FOLDERS = (CONSENSUS, DISCOVERY, PARTS, HIERARCHICAL, ANALYSIS)
 """The folders a run writes into itself (a symbolic link in their place is refused)."""
-RUN_FILES = (LATENTS, SELECTION)
+RUN_FILES = (LATENTS, SELECTION, NOISE_PSD)
 """The files a run writes at its top level besides config.json and run.lock."""
 
 
@@ -142,6 +145,11 @@ class RunFolder:
     @property
     def selection_path(self) -> Path:
         return self.root / SELECTION
+
+    @property
+    def noise_psd_path(self) -> Path:
+        """RUN/noise_psd.npz (:class:`~cryospire_core.pipeline.preprocess.NoiseSpectrum`)."""
+        return self.root / NOISE_PSD
 
     @property
     def explorer_selection_path(self) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cryospire_core.errors import InputError, require_finite
+from cryospire_core.imaging.misfit import ImageMisfit
 from cryospire_core.io.arrays import read_npz
 from cryospire_core.io.atomic import write_npy, write_npz
 from cryospire_core.io.mrc import read_map, write_map
@@ -50,6 +51,12 @@ from cryospire_core.models.parts import (
     dynamics_signature,
 )
 from cryospire_core.pipeline.config import STAGES, TrainConfig
+from cryospire_core.pipeline.preprocess import (
+    NoiseSpectrum,
+    measure_noise_spectrum,
+    prepared,
+    stage_misfit,
+)
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.progress import ProgressCallback
 
@@ -62,9 +69,11 @@ def _save_state(path: Path, model: torch.nn.Module, stage: str) -> None:
 # The seeds of the latent stages
 
 
-def _write_stage1_seed(run: RunFolder, cfg: DiscoveryConfig, n_particles: int) -> None:
-    """RUN/discovery/seed.npz: the consensus coarsened to stage 1's Gaussian count."""
-    model = PartDiscoveryModel.from_consensus(run.gaussians("consensus"), n_particles, cfg)
+def _write_stage1_seed(run: RunFolder, cfg: DiscoveryConfig, ps: ParticleSet) -> None:
+    """RUN/discovery/seed.npz: the consensus coarsened to stage 1's Gaussian count, on the
+    lattice of stage 1's particles ``ps`` (the Gaussians are in Å: they carry over unchanged
+    when the stages see the images at different boxes)."""
+    model = PartDiscoveryModel.from_consensus(run.gaussians("consensus"), len(ps), cfg, ps.lattice)
     g = model.base.export()
     run.stage_dir("discovery")
     write_npz(run.seed_path("discovery"), **{**g, "amplitudes": g["amplitudes"] * _gate0(cfg.gate_bias)})
@@ -98,7 +107,8 @@ def _on_main(dist: Distributed, write: Callable[[], object]) -> None:
 @dataclass
 class StageContext:
     """What every stage of :func:`train` works with: particles, the input ParticleSet (all of
-    it: stage 2 applies the selection itself); run, the run folder (locked by the caller); cfg,
+    it, at the stack's box: each stage reads it at its own box and stage 2 applies the selection
+    itself); run, the run folder (locked by the caller); cfg,
     the run's config (stages 1 and 2 store the image variance they measure in it); device;
     progress and should_stop, as :func:`train` takes them; dist, this process's place in a
     data-parallel run."""
@@ -111,9 +121,22 @@ class StageContext:
     should_stop: Callable[[], bool] | None
     dist: Distributed
 
+    def misfit(self, ps: ParticleSet) -> ImageMisfit:
+        """The data term of a stage reading ``ps`` (at its box), on the device. With noise
+        weighting, rank 0 measures the noise spectrum once (RUN/noise_psd.npz, at the stack's
+        box) and every stage and resumed run reads it back."""
+        pre, path = self.cfg.preprocess, self.run.noise_psd_path
+        spectrum = None
+        if pre.noise_weighting:
+            _on_main(self.dist, lambda: path.exists() or measure_noise_spectrum(
+                self.particles, pre.window_radius, seed=self.cfg.seed).to_npz(path))
+            spectrum = NoiseSpectrum.from_npz(path, self.particles)
+        return stage_misfit(pre, ps.box, spectrum).to(self.device)
+
 
 def _stage_consensus(ctx: StageContext) -> str:
-    run, cfg, ps, device, dist = ctx.run, ctx.cfg, ctx.particles, ctx.device, ctx.dist
+    run, cfg, device, dist = ctx.run, ctx.cfg, ctx.device, ctx.dist
+    ps = ctx.particles.at_most(cfg.consensus.box)
     if run.stage_done("consensus") and not _more_epochs(run, "consensus", cfg):
         return "finished"
     files = run.consensus_files()
@@ -122,11 +145,12 @@ def _stage_consensus(ctx: StageContext) -> str:
     init_map = seed_map(ps, files.backprojection, device, ctx.progress)
     loop = cfg.loop(cfg.consensus, device)
     return fit_consensus(ps, init_map, files, cfg.consensus, device, ctx.progress, ctx.should_stop,
-                         cfg.checkpoint_minutes, loop.precision, dist).status
+                         cfg.checkpoint_minutes, loop.precision, dist, ctx.misfit(ps)).status
 
 
 def _stage_discovery(ctx: StageContext) -> str:
-    run, cfg, ps, device, dist = ctx.run, ctx.cfg, ctx.particles, ctx.device, ctx.dist
+    run, cfg, device, dist = ctx.run, ctx.cfg, ctx.device, ctx.dist
+    ps = ctx.particles.at_most(cfg.discovery.box)
     if run.stage_done("discovery") and not _more_epochs(run, "discovery", cfg):
         return "finished"
     dcfg = cfg.discovery
@@ -135,8 +159,9 @@ def _stage_discovery(ctx: StageContext) -> str:
         cfg.discovery = dcfg
         _on_main(dist, lambda: run.update_config(train=cfg))
     if not run.seed_path("discovery").exists():  # rank 0 writes the seed, every rank reads it
-        _on_main(dist, lambda: _write_stage1_seed(run, dcfg, len(ps)))
+        _on_main(dist, lambda: _write_stage1_seed(run, dcfg, ps))
     model = run.seeded_model("discovery", dcfg, len(ps)).to(device)
+    model.misfit = ctx.misfit(ps)
     res = run_loop(model, model.make_optimizer(), ps, cfg.loop(dcfg, device), run.checkpoint_path("discovery"),
                    STAGE_NAMES["discovery"], device, ctx.progress, ctx.should_stop, dist=dist)
     if res.status != "finished" or not dist.is_main:
@@ -188,7 +213,8 @@ def _stage_parts(ctx: StageContext) -> str:
         raise InputError(run.outputs_path, "gates_sample, features",
                          f"one column/row per stage-1 Gaussian ({len(centres)})",
                          f"shapes {gates.shape}, {outputs['features'].shape}")
-    dynamics = dynamics_signature(shifts, gates, centres, masses, ps.apix) if cfg.parts_signal == "dynamics" else None
+    apix = model.lattice.apix  # stage 1's pixel
+    dynamics = dynamics_signature(shifts, gates, centres, masses, apix) if cfg.parts_signal == "dynamics" else None
     clustering = discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
                                 cfg.parts_level2, seed=cfg.seed)
     run.stage_dir("parts")
@@ -197,12 +223,16 @@ def _stage_parts(ctx: StageContext) -> str:
 
 
 def _stage_hierarchical(ctx: StageContext) -> str:
-    run, cfg, ps, device, dist = ctx.run, ctx.cfg, ctx.particles, ctx.device, ctx.dist
+    run, cfg, device, dist = ctx.run, ctx.cfg, ctx.device, ctx.dist
     if run.stage_done("hierarchical") and not _more_epochs(run, "hierarchical", cfg):
         return "finished"
     hcfg = cfg.hierarchical
+    ps = ctx.particles.at_most(hcfg.box)
     if hcfg.image_var == 1.0:
-        hcfg = dataclasses.replace(hcfg, image_var=cfg.discovery.image_var)
+        # Cropping averages the noise down, so a stage at another box than stage 1 measures its own.
+        same_box = ps.box == ctx.particles.at_most(cfg.discovery.box).box
+        var = cfg.discovery.image_var if same_box else image_variance(ps, seed=hcfg.seed)
+        hcfg = dataclasses.replace(hcfg, image_var=var)
         cfg.hierarchical = hcfg
         _on_main(dist, lambda: run.update_config(train=cfg))
     _on_main(dist, lambda: stage2_selection(run, cfg, ps))  # written once, read by every rank
@@ -212,6 +242,7 @@ def _stage_hierarchical(ctx: StageContext) -> str:
     if not run.seed_path("hierarchical").exists():
         _on_main(dist, lambda: _write_stage2_seed(ps, run, cfg, device, keep, n_all))
     model = run.seeded_model("hierarchical", hcfg).to(device)
+    model.misfit = ctx.misfit(ps)
     res = run_loop(model, model.make_optimizer(), ps, cfg.loop(hcfg, device), run.checkpoint_path("hierarchical"),
                    STAGE_NAMES["hierarchical"], device, ctx.progress, ctx.should_stop, dist=dist)
     if res.status != "finished":
@@ -227,6 +258,9 @@ STAGE_NAMES = {"consensus": "consensus", "discovery": "stage 1: part discovery",
 
 EPOCH_OPTIONS = {"consensus": "--epochs-consensus", "discovery": "--epochs-1", "hierarchical": "--epochs-2"}
 """The `cryospire train` option that sets each trained stage's epochs."""
+
+BOX_OPTIONS = {"consensus": "--box-consensus", "discovery": "--box-1", "hierarchical": "--box-2"}
+"""The `cryospire train` option that sets the box each trained stage sees the images at."""
 
 
 def _trained_epochs(run: RunFolder, stage: str) -> int:
@@ -308,16 +342,17 @@ def stage2_selection(run: RunFolder, cfg: TrainConfig, ps: ParticleSet) -> np.nd
 
 def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device: torch.device,
                        keep: np.ndarray | None, n_particles: int) -> None:
-    """Stage-2 Gaussians seeded from stage 1's improved map, each assigned the part of its nearest
-    coarse Gaussian; anchors from the clustering; latents from stage 1 (of the kept particles
-    ``keep`` among the ``n_particles`` stage 1 trained on; ``ps`` holds the kept ones)."""
+    """Stage-2 Gaussians seeded from stage 1's improved map (fitted on that map's lattice, then
+    carried in Å onto the lattice of stage 2's particles ``ps``), each assigned the part of its
+    nearest coarse Gaussian; anchors from the clustering; latents from stage 1 (of the kept
+    particles ``keep`` among the ``n_particles`` stage 1 trained on; ``ps`` holds the kept ones)."""
     hcfg = cfg.hierarchical
-    improved = read_map(run.map_path("discovery")).data
+    improved = read_map(run.map_path("discovery"))
     seed_cfg = dataclasses.replace(cfg.consensus, n_gaussians=hcfg.n_gaussians)
-    centres, widths, amps = seed_from_map(improved, ps.apix, seed_cfg, np.random.default_rng(hcfg.seed))
-    mixture = GaussianMixture(centres, widths, amps, ps.lattice, hcfg.min_width_px).to(device)
-    fit_to_map(mixture, torch.tensor(improved, device=device), cfg.consensus.map_fit_steps, lr=0.05)
-    g = mixture.export()
+    centres, widths, amps = seed_from_map(improved.data, improved.apix, seed_cfg, np.random.default_rng(hcfg.seed))
+    mixture = GaussianMixture(centres, widths, amps, improved.lattice, hcfg.min_width_px).to(device)
+    fit_to_map(mixture, torch.tensor(improved.data, device=device), cfg.consensus.map_fit_steps, lr=0.05)
+    g = {**mixture.export(), "box": np.array(ps.box), "apix": np.array(ps.apix)}
     clustering = PartClustering.from_npz(run.clustering_path)  # the parts stage is finished
     coarse = run.gaussians("discovery")["centres"]
     if len(coarse) != len(clustering.part_index):
@@ -357,9 +392,11 @@ def train(
 
     dist: in a data-parallel run (:mod:`distributed`) every rank calls train with the same
     arguments; the ranks share the training steps, rank 0 alone writes files (the others wait
-    for it at barriers) and the run folder must be on a file system every rank sees."""
+    for it at barriers) and the run folder must be on a file system every rank sees. The stages
+    read ``particles`` as ``cfg.preprocess`` says (:func:`~cryospire_core.pipeline.preprocess.prepared`:
+    normalised per image or not)."""
     check_training_inputs(particles, run, cfg, stages)
-    ctx = StageContext(particles, run, cfg, device, progress, should_stop, dist)
+    ctx = StageContext(prepared(particles, cfg.preprocess), run, cfg, device, progress, should_stop, dist)
     for stage in stages:
         dist.barrier()  # every rank sees the files the previous stage wrote
         status = _RUNNERS[stage](ctx)

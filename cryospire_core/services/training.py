@@ -25,15 +25,18 @@ from typing import Any
 import torch
 
 from cryospire_core.errors import InputError
+from cryospire_core.imaging.noise import NormalizationReport
 from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.distributed import Distributed
 from cryospire_core.pipeline.config import STAGES, TrainConfig
+from cryospire_core.pipeline.preprocess import inspect_normalization
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.threads import ThreadBudget, use_threads
 from cryospire_core.pipeline.train import (
+    BOX_OPTIONS,
     EPOCH_OPTIONS,
     check_stage_order,
     check_training_inputs,
@@ -50,7 +53,10 @@ class TrainOptions:
     resumed run keeps its saved config, changed only where a resume may change it
     (:func:`resumed_config`). parts/parts_level2: ``auto`` or a count; select: a particle
     selection file for stage 2; epochs_1/epochs_2, gaussians_1/gaussians_2: stage 1's and
-    stage 2's; batch_size: every stage's; no_anchors: stage 2 without per-part rigid motions.
+    stage 2's; box_consensus/box_1/box_2: the box (px) each stage reads the images at; batch_size:
+    every stage's; no_anchors: stage 2 without per-part rigid motions; window_radius,
+    no_window, normalize, noise_weighting: how the data term sees the images
+    (:class:`~cryospire_core.pipeline.preprocess.PreprocessConfig`).
     """
 
     profile: str | None = None
@@ -65,9 +71,16 @@ class TrainOptions:
     epochs_2: int | None = None
     gaussians_1: int | None = None
     gaussians_2: int | None = None
+    box_consensus: int | None = None
+    box_1: int | None = None
+    box_2: int | None = None
     batch_size: int | None = None
     checkpoint_minutes: float | None = None
     precision: str | None = None
+    window_radius: float | None = None
+    no_window: bool = False
+    normalize: str | None = None
+    noise_weighting: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,8 @@ class TrainingRun:
 
     run: the folder (its lock held by rank 0); particles: the N input particles; config: the
     run's config, as saved in RUN/config.json; stages: what :meth:`train` runs; device, dist:
-    where; threads: the torch threads (None: as they were).
+    where; threads: the torch threads (None: as they were); normalization: what the stack's
+    backgrounds showed when this start inspected them (None: the run's saved verdict was kept).
     """
 
     run: RunFolder
@@ -114,14 +128,19 @@ class TrainingRun:
     device: torch.device
     dist: Distributed
     threads: ThreadBudget | None
+    normalization: NormalizationReport | None = None
 
     def summary(self) -> str:
         """One line: what trains where, with which profile and stages."""
         ps, dist = self.particles, self.dist
         processes = f" x {dist.world_size} processes" if dist.active else ""
         threads = f" with {self.threads}" if self.device.type == "cpu" and self.threads is not None else ""
+        boxes = "/".join(str(ps.at_most(getattr(self.config, s).box).box) for s in BOX_OPTIONS)
+        pre = self.config.preprocess
+        looks = self.normalization.describe() if self.normalization is not None else pre.stack_normalization
         return (f"{len(ps)} particles of {ps.box} px at {ps.apix:.4g} Å/px on {self.device}{processes}{threads}; "
-                f"profile {self.config.profile}; stages: {', '.join(self.stages)}")
+                f"profile {self.config.profile}; boxes {boxes} px (consensus/stage 1/stage 2); "
+                f"stages: {', '.join(self.stages)}; images look {looks}; {pre.describe()}")
 
     def train(self, progress: ProgressCallback | None = None,
               should_stop: Callable[[], bool] | None = None) -> str:
@@ -161,6 +180,10 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
     # Everything a stage will need is checked before the folder is locked (made) and its config
     # written: a refused request leaves the folder as it was.
     check_training_inputs(ps, run, cfg, request.stages)
+    report = None
+    if cfg.preprocess.stack_normalization is None:  # inspected once, at the run's first start
+        report = inspect_normalization(ps, cfg.preprocess.window_radius, seed=cfg.seed)
+        cfg.preprocess = dataclasses.replace(cfg.preprocess, stack_normalization=report.verdict)
     device = resolve_device(request.device) if device is None else device
     with run if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
@@ -170,7 +193,7 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
             if request.recluster:  # clustering is instant: an explicit request redoes it
                 run.clustering_path.unlink(missing_ok=True)
         dist.barrier()
-        yield TrainingRun(run, ps, cfg, request.stages, device, dist, request.threads)
+        yield TrainingRun(run, ps, cfg, request.stages, device, dist, request.threads, report)
 
 
 # -- configs ----------------------------------------------------------------------------------------
@@ -197,7 +220,8 @@ def new_config(options: TrainOptions) -> TrainConfig:
     cfg = TrainConfig.for_profile(_given(options.profile, DEFAULT_PROFILE),
                                   seed=_given(options.seed, _DEFAULTS["seed"]), select=_absolute(options.select),
                                   **given)
-    _set_epochs(cfg, options)
+    _set_per_stage(cfg, options, "epochs", EPOCH_OPTIONS)
+    _set_per_stage(cfg, options, "box", BOX_OPTIONS)
     rep = dataclasses.replace
     if options.gaussians_1 is not None:
         cfg.discovery = rep(cfg.discovery, n_gaussians=options.gaussians_1)
@@ -209,34 +233,61 @@ def new_config(options: TrainOptions) -> TrainConfig:
         cfg.consensus = rep(cfg.consensus, batch_size=options.batch_size)
         cfg.discovery = rep(cfg.discovery, batch_size=options.batch_size)
         cfg.hierarchical = rep(cfg.hierarchical, batch_size=options.batch_size)
+    cfg.preprocess = rep(cfg.preprocess, **_preprocess_changes(options))
     return cfg
 
 
-def _set_epochs(cfg: TrainConfig, options: TrainOptions) -> None:
-    """Each stage's epochs from epochs_consensus/epochs_1/epochs_2 where given."""
-    for section, option in EPOCH_OPTIONS.items():
-        epochs = getattr(options, option[2:].replace("-", "_"))
-        if epochs is not None:
-            setattr(cfg, section, dataclasses.replace(getattr(cfg, section), epochs=epochs))
+def _preprocess_changes(options: TrainOptions) -> dict[str, Any]:
+    """The :class:`~cryospire_core.pipeline.preprocess.PreprocessConfig` fields the options set."""
+    given = {"window": False if options.no_window else None, "window_radius": options.window_radius,
+             "normalize": options.normalize, "noise_weighting": True if options.noise_weighting else None}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _option_value(options: TrainOptions, option: str):
+    """The value of the command-line option ``option`` (``--epochs-1``) in ``options``."""
+    return getattr(options, option[2:].replace("-", "_"))
+
+
+def _set_per_stage(cfg: TrainConfig, options: TrainOptions, field_name: str, stage_options: dict[str, str]) -> None:
+    """``field_name`` of each stage section from its option in ``stage_options`` (section ->
+    option, e.g. :data:`EPOCH_OPTIONS`) where given."""
+    for section, option in stage_options.items():
+        value = _option_value(options, option)
+        if value is not None:
+            setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{field_name: value}))
 
 
 def resumed_config(options: TrainOptions, saved: dict, run: RunFolder, recluster: bool = False) -> TrainConfig:
     """The saved config of ``run`` (``saved``: its config.json) with what a resume may change:
     epochs (a finished stage continues to more), checkpoint minutes, precision, the part counts
-    (before the clustering, or with ``recluster``) and the selection (before stage 2 starts).
-    An option that would change the trained models (profile, sizes, batch size, seed, anchors)
-    and differs from the run's is refused rather than ignored."""
+    (before the clustering, or with ``recluster``), the selection (before stage 2 starts) and
+    a stage's box (before that stage starts).
+    An option that would change the trained models (profile, sizes, batch size, seed, anchors,
+    window, normalisation, noise weighting) and differs from the run's is refused rather than
+    ignored."""
     cfg = TrainConfig.from_dict(saved["train"], run.config_path)
     fixed = {"--profile": (options.profile, cfg.profile), "--seed": (options.seed, cfg.seed),
              "--gaussians-1": (options.gaussians_1, cfg.discovery.n_gaussians),
              "--gaussians-2": (options.gaussians_2, cfg.hierarchical.n_gaussians),
              "--batch-size": (options.batch_size, cfg.hierarchical.batch_size),
              "--no-anchors": (True if options.no_anchors else None, not cfg.hierarchical.anchors)}
+    pre = cfg.preprocess  # the data term: what a trained stage was fitted with
+    fixed |= {"--no-window": (True if options.no_window else None, not pre.window),
+              "--window-radius": (options.window_radius, pre.window_radius),
+              "--normalize": (options.normalize, pre.normalize),
+              "--noise-weighting": (True if options.noise_weighting else None, pre.noise_weighting)}
     for option, (given, value) in fixed.items():
         if given is not None and given != value:
             raise InputError(run.config_path, option, f"the run's {value} with --resume (start a new run folder to "
                              "change it)", given)
-    _set_epochs(cfg, options)
+    for stage, option in BOX_OPTIONS.items():
+        given, value = _option_value(options, option), getattr(cfg, stage).box
+        if given is not None and given != value and run.stage_path(stage).exists():
+            raise InputError(run.config_path, option, f"the run's {value or 'stack box'} with --resume once "
+                             f"{stage} has started (start a new run folder to change it)", given)
+    _set_per_stage(cfg, options, "epochs", EPOCH_OPTIONS)
+    _set_per_stage(cfg, options, "box", BOX_OPTIONS)
     cfg.checkpoint_minutes = _given(options.checkpoint_minutes, cfg.checkpoint_minutes)
     cfg.precision = _given(options.precision, cfg.precision)
     for option, field_name in _PART_FIELDS.items():

@@ -101,15 +101,17 @@ def write_map_series(folder: str | os.PathLike, volumes: Sequence[np.ndarray], a
 
 
 def export_traversal(explorer: Explorer, traversal: Traversal, folder: str | os.PathLike,
-                     overwrite: bool = False, remedy: str = "--overwrite") -> list[Path]:
+                     overwrite: bool = False, remedy: str = "--overwrite", box: int | None = None) -> list[Path]:
     """The map (float32, exact decode: never the live bfloat16 one) at every latent of
-    ``traversal`` (of ``explorer``'s run), written by :func:`write_map_series` with its latents
-    and readouts. Existing files are refused (InputError) before any map is computed unless
-    ``overwrite``."""
+    ``traversal`` (of ``explorer``'s run), ``box`` samples per side
+    (:meth:`~cryospire_core.analysis.explorer.Explorer.map_lattice`; None: the model's box),
+    written by :func:`write_map_series` with its latents and readouts. Existing files are refused
+    (InputError) before any map is computed unless ``overwrite``."""
     zs, rs = traversal.latents, traversal.readouts
+    lattice = explorer.map_lattice(box)
     check_map_series(folder, len(zs), True, bool(rs), overwrite, remedy)
-    volumes = [explorer.map_at(z) for z in zs]
-    return write_map_series(folder, volumes, explorer.lattice.apix, latents=zs, readouts=rs, overwrite=overwrite,
+    volumes = [explorer.map_at(z, box) for z in zs]
+    return write_map_series(folder, volumes, lattice.apix, latents=zs, readouts=rs, overwrite=overwrite,
                             remedy=remedy)
 
 

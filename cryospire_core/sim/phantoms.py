@@ -623,7 +623,10 @@ def rasterise(
     w = torch.as_tensor(np.asarray(weights), dtype=torch.float64, device=dev)
     keep = w != 0
     c, s, w = c[keep], s[keep], w[keep]
-    ex, ey, ez = (_gaussian_factors(coords, c[:, j], s).to(torch.float32) for j in range(3))  # (G, P)
+    # Factors under 1e-19 of a bead's peak are set to 0: in float32 they and their products are
+    # denormal numbers (a GEMM over them runs many times slower) that no map can show.
+    ex, ey, ez = (torch.nn.functional.threshold(_gaussian_factors(coords, c[:, j], s).to(torch.float32), 1e-19, 0.0)
+                  for j in range(3))  # (G, P)
     ey_w = ey * w.to(torch.float32)[:, None]
     vol = torch.empty((P, P, P), dtype=torch.float32, device=dev)
     slab = max(1, chunk_bytes // max(1, 4 * P * len(w)))

@@ -10,6 +10,17 @@ applied in Fourier space; white Gaussian noise at SNR = mean over images of the 
 variance over the whole box / noise variance. Shift and CTF multiply Fourier samples one by
 one, so applying them after the crop equals applying them at the fine lattice and cropping.
 
+Two options make the images more like real ones (both off by default; the default images are
+unchanged). ``noise_spectrum="coloured"``: the noise has the power spectrum
+``1 / (1 + (f / COLOURED_F0)^2) + COLOURED_FLOOR`` (f in cycles/pixel; strong low frequencies
+over a white floor, about 9x from the zero frequency to Nyquist), scaled so its variance per
+pixel is the white noise's: the SNR keeps its definition against the total noise variance.
+``clutter=K``: K neighbouring particles per image, each a copy of the molecule in a random state
+and orientation, centred ``CLUTTER_DISTANCE`` boxes from the image centre in a random direction
+(outside the box: only their near side overlaps the box edges and corners), projected exactly
+and filtered by the image's CTF; they are not part of the clean image and count as noise in the
+measured SNR (their parameters come from their own random stream, so the rest is unchanged).
+
 Images come out in the CTF model's dark convention; by default they are written white
 (multiplied by -1, as RELION extraction with contrast inversion does), and metadata.json says
 which. Ground-truth maps are rendered by :func:`cryospire_core.sim.phantoms.rasterise` with the same
@@ -58,6 +69,11 @@ DEFOCUS_RANGE_A = (10000.0, 30000.0)
 ASTIGMATISM_MAX_A = 400.0
 VOLTAGE_KV, CS_MM, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.1
 PILOT_IMAGES = 1024  # clean images used to set the noise level
+NOISE_SPECTRA = ("white", "coloured")
+#: Coloured noise: power ∝ 1 / (1 + (f / COLOURED_F0)^2) + COLOURED_FLOOR, f in cycles/pixel.
+COLOURED_F0, COLOURED_FLOOR = 0.1, 0.1
+#: Distance of a neighbouring particle's centre from the image centre, in boxes (uniform in this range).
+CLUTTER_DISTANCE = (0.6, 0.8)
 #: Budget for the per-batch 1D Gaussian factor arrays; sets the default batch size.
 BATCH_BYTES = 192 << 20
 
@@ -71,7 +87,8 @@ class SimulationResult:
     signal_var: mean clean-image variance measured on the first ``PILOT_IMAGES`` images;
     noise_std: standard deviation of the added noise; contrast: ``white`` (written inverted) or
     ``dark``; noise_seed: seed of the noise stream (consumed in image order, so the images do
-    not depend on the batch size); options: the arguments of :func:`simulate`.
+    not depend on the batch size); options: the arguments of :func:`simulate`; noise_spectrum:
+    ``white`` or ``coloured``; clutter: the neighbouring particles of each image, or None.
     """
 
     phantom: Phantom
@@ -87,6 +104,8 @@ class SimulationResult:
     noise_seed: int
     device: torch.device
     options: dict[str, Any] = field(default_factory=dict)
+    noise_spectrum: str = "white"
+    clutter: Clutter | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,9 +149,32 @@ class SimulationResult:
             idx = np.arange(start, min(len(self), start + bs))
             clean = self.clean_images(idx)
             images = self.sign * clean
+            if self.clutter is not None:
+                images += self.sign * self.clutter_images(idx)
             if self.noise_std > 0:
-                images += self.noise_std * noise.standard_normal((len(idx), D, D), dtype=np.float32)
+                white = noise.standard_normal((len(idx), D, D), dtype=np.float32)
+                images += self.noise_std * (coloured(white) if self.noise_spectrum == "coloured" else white)
             yield start, clean, images.astype(np.float32, copy=False)
+
+    def clutter_images(self, idx: np.ndarray) -> np.ndarray:
+        """The neighbouring particles (B, D, D) float32 of images ``idx`` (dark convention, each
+        image's CTF): zeros without clutter."""
+        idx = np.asarray(idx)
+        out = torch.zeros((len(idx), self.box, self.box), device=self.device)
+        if self.clutter is None:
+            return out.cpu().numpy()
+        ph, cl, dev = self.phantom, self.clutter, self.device
+        ctf = compute_ctf(freq_grid_2d(self.box, device=dev) / self.apix,
+                          torch.as_tensor(self.ctf[idx], dtype=torch.float32, device=dev))
+        for k in range(cl.labels.shape[1]):
+            lab, rot = cl.labels[idx, k], cl.rotations[idx, k]
+            # A centre c + A^T t lands at A c + t: the neighbour's projection moved by t in the image plane.
+            t = np.concatenate([cl.offsets[idx, k], np.zeros((len(idx), 1))], 1)
+            centres = ph.centres[lab] + np.einsum("bji,bj->bi", rot, t)[:, None, :]
+            fine = project_beads(centres, ph.sigmas, ph.amplitudes[None] * ph.presence[lab], rot, ph.lattice,
+                                 self.oversample, dev)
+            out += ifft2_centered(rfft_centered_crop(fine, self.box) / self.oversample**2 * ctf)
+        return out.cpu().numpy()
 
     def particle_set(self, stack: str | os.PathLike) -> ParticleSet:
         """The particles as a ParticleSet reading ``stack`` (the written .mrcs)."""
@@ -170,6 +212,43 @@ class SimulationResult:
         return ifft2_centered(spectra * shift_phase(freqs, -shifts_px) * ctf)
 
 
+@dataclass(frozen=True)
+class Clutter:
+    """K neighbouring particles of each of N images: labels (N, K) int, their states;
+    rotations (N, K, 3, 3) pose matrices A; offsets (N, K, 2) Å, where their centres sit in the
+    image plane (x, y) from the image centre."""
+
+    labels: np.ndarray
+    rotations: np.ndarray
+    offsets: np.ndarray
+
+
+def draw_clutter(phantom: Phantom, n: int, k: int, box: int, apix: float, rng: np.random.Generator) -> Clutter:
+    """``k`` neighbours for each of ``n`` images: states drawn from the phantom's populations,
+    uniform random orientations, centres :data:`CLUTTER_DISTANCE` boxes away in a random direction."""
+    labels = rng.choice(phantom.n_states, size=(n, k), p=phantom.populations)
+    rotations = random_rotations(n * k, rng).reshape(n, k, 3, 3)
+    angle = rng.uniform(0.0, 2.0 * np.pi, size=(n, k))
+    distance = rng.uniform(*CLUTTER_DISTANCE, size=(n, k)) * box * apix
+    return Clutter(labels, rotations, np.stack([distance * np.cos(angle), distance * np.sin(angle)], -1))
+
+
+def coloured_spectrum(box: int) -> np.ndarray:
+    """(D, D // 2 + 1) float64 noise power of the half spectrum (``np.fft.rfft2`` layout):
+    ``1 / (1 + (f / COLOURED_F0)^2) + COLOURED_FLOOR``, scaled to mean 1 over the full spectrum."""
+    f = np.fft.fftfreq(box)
+    full = 1.0 / (1.0 + (np.hypot(f[None, :], f[:, None]) / COLOURED_F0) ** 2) + COLOURED_FLOOR
+    return full[:, : box // 2 + 1] / full.mean()  # |f| is symmetric: column D/2 (-0.5) is rfft's +0.5
+
+
+def coloured(white: np.ndarray) -> np.ndarray:
+    """White noise (B, D, D) of unit variance filtered to :func:`coloured_spectrum`: float32,
+    still unit variance per pixel on average."""
+    box = white.shape[-1]
+    spectrum = np.fft.rfft2(white.astype(np.float64)) * np.sqrt(coloured_spectrum(box))
+    return np.fft.irfft2(spectrum, s=(box, box)).astype(np.float32)
+
+
 def project_beads(
     centres: np.ndarray,
     sigmas: np.ndarray,
@@ -200,7 +279,11 @@ def project_beads(
 
     def factor(u: torch.Tensor) -> torch.Tensor:  # (B, G) -> (B, G, P); in place: memory-bound
         d = coords - u[..., None]
-        return d.square_().mul_(inv).exp_()
+        # exp below -88 underflows float32 through a slow path (15-40x slower on x86), and
+        # products of tiny factors in the GEMM would be denormal (slow too): factors under 1e-19
+        # of a bead's peak, nothing a float32 image can show, are set to 0.
+        f = d.square_().mul_(inv).clamp_(min=-80.0).exp_()
+        return torch.nn.functional.threshold_(f, 1e-19, 0.0)
 
     ex, ey = factor(xy[..., 0]), factor(xy[..., 1])
     peak = w * (np.sqrt(2.0 * np.pi) / lattice.apix) * s  # (B, G)
@@ -229,6 +312,8 @@ def simulate(
     device: str | torch.device = "cpu",
     phantom: Phantom | None = None,
     progress: ProgressCallback | None = None,
+    noise_spectrum: str = "white",
+    clutter: int = 0,
 ) -> SimulationResult:
     """Draw a data set of ``n`` images of ``preset`` at ``box`` px (images are made lazily).
 
@@ -238,7 +323,8 @@ def simulate(
     replaces the preset's molecule (its box and apix must match; ``preset`` is then only the
     name recorded). contrast: ``white`` or ``dark``.
     The noise level is set from the first ``PILOT_IMAGES`` clean images (reported to
-    ``progress`` as stage ``noise level``).
+    ``progress`` as stage ``noise level``). noise_spectrum: ``white`` or ``coloured``; clutter:
+    neighbouring particles per image (see the module docstring).
     """
     if contrast not in ("white", "dark"):
         raise InputError(None, "--contrast", "white or dark", contrast)
@@ -248,6 +334,10 @@ def simulate(
         raise InputError(None, "--n", "at least 1 image", n)
     if not snr > 0:
         raise InputError(None, "--snr", "a positive number (inf for no noise)", snr)
+    if noise_spectrum not in NOISE_SPECTRA:
+        raise InputError(None, "--noise-spectrum", " or ".join(NOISE_SPECTRA), noise_spectrum)
+    if clutter < 0:
+        raise InputError(None, "--clutter", "a whole number >= 0", clutter)
     if oversample not in (1, 2, 3, 4):
         raise InputError(None, "--oversample", "1, 2, 3 or 4", oversample)
     apix = float(apix) if apix is not None else DEFAULT_FOV_A / box
@@ -258,7 +348,7 @@ def simulate(
     elif phantom.box != box or not np.isclose(phantom.apix, apix):
         raise ValueError(f"phantom built for {phantom.box} px at {phantom.apix} Å, asked for {box} px at {apix} Å")
 
-    params_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
+    params_seed, noise_seed, clutter_seed = np.random.SeedSequence(seed).generate_state(3)
     rng = np.random.default_rng(params_seed)
     labels = rng.permutation(np.repeat(np.arange(phantom.n_states), exact_counts(phantom.populations, n)))
     rotations = random_rotations(n, rng)
@@ -274,7 +364,10 @@ def simulate(
         noise_seed=int(noise_seed), device=torch.device(device),
         options={"preset": preset, "box": int(box), "n": int(n), "snr": float(snr), "seed": int(seed),
                  "apix": apix, "oversample": int(oversample), "contrast": contrast,
-                 "phantom_seed": int(phantom_seed), "device": str(device)},
+                 "phantom_seed": int(phantom_seed), "device": str(device), "noise_spectrum": noise_spectrum,
+                 "clutter": int(clutter)},
+        noise_spectrum=noise_spectrum,
+        clutter=draw_clutter(phantom, n, clutter, box, apix, np.random.default_rng(clutter_seed)) if clutter else None,
     )
     pilot = np.arange(min(n, PILOT_IMAGES))
     bs = result.default_batch_size()
@@ -368,7 +461,9 @@ def write_simulation(
 
     # Ground truth first: it is cheap, and a folder with GT but no metadata.json is incomplete.
     union = np.zeros((ph.box,) * 3, dtype=np.float32)
-    for k, vol in enumerate(state_volumes(ph, oversample=2, device=dev)):
+    # Sampled as the images are (point samples with --oversample 1, else band-limited from 2x):
+    # a 256 px state at 2x is a 512^3 GEMM, ~40 s each, where 1x takes a few.
+    for k, vol in enumerate(state_volumes(ph, oversample=min(result.oversample, 2), device=dev)):
         mrc.write_map(gt / f"vol_{k:03d}.mrc", vol, ph.apix)
         np.maximum(union, vol, out=union)
         if progress is not None:
@@ -446,7 +541,14 @@ def _metadata(result: SimulationResult, signal_var: float, noise_var: float, sec
             "projection": "exact line integrals of the Gaussian beads (amplitude x sqrt(2 pi) sigma / apix), "
                           f"sampled at {result.oversample}x and Fourier-cropped to the box",
             "order": "project, crop, shift and CTF (Fourier space), contrast sign, noise",
-            "noise": "white Gaussian; snr = mean over images of var(clean image over the whole box) / noise variance",
+            "noise": f"{result.noise_spectrum} Gaussian; snr = mean over images of var(clean image over the whole box) "
+                     "/ noise variance (per pixel, all frequencies)",
+            "noise_spectrum": ("white" if result.noise_spectrum == "white" else
+                               f"power ∝ 1 / (1 + (f / {COLOURED_F0:g})^2) + {COLOURED_FLOOR:g}, f in cycles/pixel, "
+                               "mean 1 over the spectrum"),
+            "clutter": (f"{result.clutter.labels.shape[1]} neighbouring particles per image (random state and "
+                        f"orientation, centred {CLUTTER_DISTANCE[0]:g}-{CLUTTER_DISTANCE[1]:g} boxes from the image "
+                        "centre, the image's CTF); counted in noise_var" if result.clutter is not None else "none"),
             "gt_maps": "density sampled at 2x and Fourier-cropped (same band limit as the images); "
                        "voxel values are densities, projection = sum over z in voxel units",
             "mask": "union of all states above 20% of the median bead peak, dilated and cosine-edged",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cryospire_core.io.mrc import read_map
+from cryospire_core.pipeline.config import RUN_FORMAT_VERSION
 
 from .hostile_cli import Case, error, ok, run_cli, sound_map, steps
 
@@ -149,7 +150,7 @@ CASES += [
          error(_CFG + r'n_particles: expected a JSON whole number, found "300"$'),
          setup=steps(_idx, _config(lambda c: c.update(n_particles="300")))),
     Case("run folder", "config.json from a newer cryospire", _render,
-         error(_CFG + r"format_version: expected at most 1 .*upgrade to open it\), found 99$"),
+         error(_CFG + rf"format_version: expected at most {RUN_FORMAT_VERSION} .*upgrade to open it\), found 99$"),
          setup=steps(_idx, _config(lambda c: c.update(format_version=99, cryospire="9.0")))),
     Case("run folder", "config.json with a text format version", _render,
          error(_CFG + r'format_version: expected an integer run-format version, found "1"$'),

@@ -191,7 +191,7 @@ def test_cli_writes_the_files_and_refuses_incomplete_runs(tmp_path, monkeypatch,
     run = _run_folder(tmp_path)
     with pytest.raises(InputError, match="config.json: train"):  # not trained by `cryospire train`
         cli_analyze.run(_cli_args(run))
-    monkeypatch.setattr(cli_analyze, "load_renderer", lambda run_dir, latents: (_fake_render, APIX))
+    monkeypatch.setattr(cli_analyze, "load_renderer", lambda run_dir, latents, box: (_fake_render, APIX))
     assert cli_analyze.run(_cli_args(run, "--ksample", "2", "--pc-steps", "3", "--out", str(tmp_path / "a"))) == 0
     assert (tmp_path / "a" / "state_001.mrc").is_file() and (tmp_path / "a" / "pc1" / "vol_002.mrc").is_file()
     assert (tmp_path / "a" / "parts" / "mask_part_02.mrc").is_file()

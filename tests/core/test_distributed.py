@@ -1,5 +1,6 @@
 """Two processes started by torchrun (gloo, CPU) train the same run as one process with the same
-seed and global batch size, and rank 0 alone writes it."""
+seed and global batch size, and rank 0 alone writes it. ``CRYOSPIRE_TEST_BACKEND=nccl`` runs the
+same tests on CUDA (nccl), which needs two GPUs: NCCL refuses two ranks on one GPU."""
 
 from __future__ import annotations
 
@@ -19,8 +20,16 @@ from cryospire_core.models.distributed import Distributed
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.sim.simulate import simulate, write_simulation
 
+#: The backend under test, chosen by the device every process trains on (see models/distributed.py).
+BACKEND = os.environ.get("CRYOSPIRE_TEST_BACKEND", "gloo")
+DEVICE = {"gloo": "cpu", "nccl": "cuda"}[BACKEND]
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and torch.cuda.device_count() < 2,
+                                reason=f"nccl needs one CUDA GPU per process (it refuses two ranks on one GPU): "
+                                       f"2 needed, {torch.cuda.device_count()} found")
+
 STAGES = ["--stage", "consensus", "--stage", "discovery"]
-SMALL = ["--epochs-consensus", "1", "--epochs-1", "2", "--gaussians-1", "64", "--batch-size", "16", "--quiet"]
+SMALL = ["--epochs-consensus", "1", "--epochs-1", "2", "--gaussians-1", "64", "--batch-size", "16", "--quiet",
+         "--device", DEVICE, "--precision", "fp32"]
 
 #: Largest difference allowed between the one- and two-process results, relative to the largest
 #: value: only the order of floating-point sums differs (measured ~1e-5 on the latents).
@@ -44,7 +53,7 @@ def _one_process(particles: Path, run: Path, seed: int) -> None:
 
 
 def _start_two_processes(particles: Path, run: Path) -> subprocess.Popen:
-    """torchrun --standalone (a free local rendezvous port) with 2 gloo processes, seed 0."""
+    """torchrun --standalone (a free local rendezvous port) with 2 processes, seed 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "cryospire_core.cli.main", "train", str(particles), "--out", str(run), "--seed", "0", *STAGES, *SMALL]

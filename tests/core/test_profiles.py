@@ -36,7 +36,10 @@ def test_the_profiles_differ_where_the_cpu_one_is_smaller():
     cpu, paper = TrainConfig.for_profile("cpu"), TrainConfig.for_profile("paper")
     assert cpu.hierarchical.n_gaussians < paper.hierarchical.n_gaussians
     assert cpu.discovery.epochs < paper.discovery.epochs
-    assert dataclasses.asdict(cpu.consensus) == dataclasses.asdict(paper.consensus)
+    for stage in ("consensus", "discovery", "hierarchical"):  # the paper's boxes are twice the cpu one's
+        assert getattr(paper, stage).box == 2 * getattr(cpu, stage).box
+    assert paper.hierarchical.box == 256 and paper.discovery.box == paper.consensus.box == 128
+    assert dataclasses.replace(cpu.consensus, box=None) == dataclasses.replace(paper.consensus, box=None)
 
 
 def test_an_unknown_profile_names_the_ones_there_are():

@@ -14,6 +14,7 @@ from cryospire_core.io.arrays import read_npy, read_npz
 from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.pipeline import config as run_config
 from cryospire_core.pipeline.config import (
+    RUN_FORMAT_VERSION,
     TrainConfig,
     migrate_config,
     section_from_dict,
@@ -88,7 +89,7 @@ def test_the_consensus_zero_gaussians_means_from_the_map_but_stage_counts_are_at
     ({"format_version": 1, "n_particles": "300"}, 'n_particles: expected a JSON whole number, found "300"'),
     ({"format_version": 1, "n_particles": 0}, "n_particles: expected a whole number >= 1, found 0"),
     ({"format_version": True}, "format_version: expected an integer run-format version, found true"),
-    ({"format_version": 0, "train": {}}, "format_version: expected 1 to 1 (older formats predate"),
+    ({"format_version": 0, "train": {}}, f"format_version: expected 1 to {RUN_FORMAT_VERSION} (older formats predate"),
 ])
 def test_a_wrong_config_names_the_key(tmp_path, config, message):
     (tmp_path / "config.json").write_text(json.dumps(config))
