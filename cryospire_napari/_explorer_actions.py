@@ -19,10 +19,10 @@ from qtpy.QtWidgets import QFileDialog
 from cryospire_core.errors import InputError
 from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.services import branch, select, traverse
+from cryospire_core.services import branch, inputs, select, traverse
 
 from ._notify import notify_error
-from ._workers import TrainJob, default_torch_threads, dock_request
+from ._workers import TrainJob, default_torch_threads, dock_request, progress_text
 
 if TYPE_CHECKING:
     from ._explorer_widget import ExplorerWidget
@@ -105,7 +105,7 @@ class ExplorerActions:
             notifications.show_warning("select particles first (lasso or a state)")
             return None
         if e.particles is None:
-            notifications.show_warning("the run's particle file was not found (see RUN/config.json)")
+            notifications.show_warning("the run's particle file was not found: choose it at the top of the dock")
             return None
         try:
             out = select.write_selection(path, self.session.selected_particles(), e.particles, overwrite=overwrite)
@@ -132,12 +132,12 @@ class ExplorerActions:
             return None
         rows = self.session.selected_particles()
         try:
-            out = branch.continue_with_selection(e.root, rows)
+            out = branch.continue_with_selection(e.root, rows, e.particles)
         except Exception as exc:
             notify_error(exc, "preparing training on the selection")
             return None
-        request = dock_request(RunFolder(e.root).particle_source(), out, resume=True, gui="napari latent explorer",
-                               torch_threads=default_torch_threads())
+        request = dock_request(RunFolder(e.root).particle_source(e.particles), out, resume=True,
+                               gui="napari latent explorer", torch_threads=default_torch_threads())
         self.train_job = TrainJob(request, self._trained, self._train_failed)
         self.train_job.start()
         dock.progress.setVisible(True)
@@ -152,7 +152,7 @@ class ExplorerActions:
         for ev in self.train_job.monitor.drain():
             progress.setMaximum(max(1, ev.total))
             progress.setValue(ev.done)
-            progress.setFormat(f"{ev.stage} epoch {ev.epoch}/{ev.epochs} %p%")
+            progress.setFormat(f"{progress_text(ev)} %p%")
 
     def _trained(self, status: str) -> None:
         out = self.train_job.request.out
@@ -168,6 +168,28 @@ class ExplorerActions:
         self.train_job = None
         self.dock.progress.setVisible(False)
         notify_error(exc, "training on the selection")
+
+    # -- the run's particle file ---------------------------------------------------------------------
+
+    def use_particle_file(self, path: str | Path) -> None:
+        """Use ``path`` as the loaded run's particle file (the run or its data moved): checked
+        against the run and remembered in its config.json in the background
+        (:func:`~cryospire_core.services.inputs.use_particle_file`; for this session only when the
+        folder cannot be written), then the run is reloaded with it."""
+        e = self.session.explorer
+        if e is None or e.root is None:
+            notifications.show_warning("load a run first")
+            return
+        root, path = e.root, Path(path)
+
+        def checked(not_remembered: InputError | None) -> None:
+            if not_remembered is not None:
+                notifications.show_warning(f"using {path} for this session only: {not_remembered}")
+            self.dock.load_run(root, path)
+
+        self.dock.status.setText(f"checking {path}...")
+        self.dock.side_job.submit(lambda: inputs.use_particle_file(root, path), checked,
+                                  f"using the particle file {path}")
 
     # -- dialogs ------------------------------------------------------------------------------------
 

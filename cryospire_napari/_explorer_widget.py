@@ -60,9 +60,11 @@ from cryospire_core.analysis.session import (
 
 from ._explorer_actions import ExplorerActions
 from ._notify import status_text
+from ._particle_file_row import ParticleFileRow
 from ._parts_widget import part_colours
 from ._readout_plot import ReadoutPlot, ReadoutTable
 from ._run_row import RunFolderRow
+from ._run_tracking import RunFollower, has_latents, hide_run_maps
 from ._scatter import ScatterCanvas, ScatterView, point_colours
 from ._workers import CloseWatcher, LatestJob, default_torch_threads
 
@@ -232,6 +234,7 @@ class ExplorerWidget(QWidget):
         self.status.setWordWrap(True)
 
         self.actions = ExplorerActions(self)
+        self.particle_row = ParticleFileRow(self.actions.use_particle_file)  # shown when the run's file moved
         self.export_series_button.clicked.connect(self.actions.export_series_dialog)
         self.export_movie_button.clicked.connect(self.actions.export_movie_dialog)
         self.write_button.clicked.connect(self.actions.write_dialog)
@@ -239,6 +242,7 @@ class ExplorerWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(run_row)
+        layout.addWidget(self.particle_row)
         layout.addWidget(self.scatter.canvas.native, 3)
         layout.addLayout(grid)
         layout.addWidget(self.readout)
@@ -266,6 +270,7 @@ class ExplorerWidget(QWidget):
         ev.selection_changed.connect(self._on_selection)
         self._mode_changed(self.mode.currentData())
         self._close_watcher = CloseWatcher(self, self.shutdown)
+        self._follower = RunFollower(self, self.viewer, self.load_run, self.run_edit.text, has_latents)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -292,8 +297,9 @@ class ExplorerWidget(QWidget):
         if self.session.embedding is not None:
             _show_quietly(self.method, self.session.embedding.method)
 
-    def load_run(self, root: str | Path) -> None:
-        """Explore the run folder ``root`` (asynchronous; errors become notifications)."""
+    def load_run(self, root: str | Path, particles: str | Path | None = None) -> None:
+        """Explore the run folder ``root`` (asynchronous; errors become notifications);
+        ``particles``: its particle file, when not where the run recorded it."""
         root = Path(root)
         self.run_edit.setText(str(root))
         self.status.setText(f"loading {root.name}...")
@@ -305,7 +311,7 @@ class ExplorerWidget(QWidget):
             # One core fewer than the machine has, as the training worker: the GUI thread keeps a
             # core, and 2 threads on 2 busy cores were 6-30x slower (benchmarks/explorer.py).
             use_threads(ThreadBudget(default_torch_threads(), "the explorer's decoding thread"))
-            e = core.Explorer.from_run(root)
+            e = core.Explorer.from_run(root, particles)
             e.states(k)  # cached for the first colouring
             return e, e.embedding(EmbeddingMethod.PCA)
 
@@ -317,6 +323,7 @@ class ExplorerWidget(QWidget):
         self.part.blockSignals(False)
         _show_quietly(self.view_kind, ScatterView.DENSITY if e.n_particles > DENSITY_ABOVE else ScatterView.POINTS)
         self._fill_map_boxes(e)
+        self.particle_row.show_missing(e.particles_missing)
         stage = "stage 2" if e.stage == "hierarchical" else "stage 1 (stage 2 not trained yet)"
         self.status.setText(f"{e.n_particles} particles, {e.zdim}-D latents, {e.n_parts} parts, {stage}; "
                             f"trained at {e.lattice.box} px, {e.lattice.apix:.3g} Å/px")
@@ -533,6 +540,7 @@ class ExplorerWidget(QWidget):
             from ._layers import map_layer
 
             data, kwargs, _ = map_layer(frame.volume, lattice.apix, MAP_NAME)
+            hide_run_maps(self.viewer, e.root)  # this live map of the run takes their place
             self.viewer.add_image(data, **kwargs)
         if frame.labels is not None:
             if LABELS_NAME in self.viewer.layers:

@@ -10,8 +10,9 @@ box D sits at (i - D // 2) * apix Å, the convention of :mod:`cryospire_core.ima
 :class:`~cryospire_core.imaging.lattice.Lattice`, and model coordinates (Gaussian centres, Å, (x, y, z)) become points at ``centres[:, ::-1]`` with no
 transform. Call :func:`set_chimerax_view` on a viewer so a map looks as it does in ChimeraX.
 
-A run folder is shown by one function per artefact (:func:`consensus_layers`, ...), each
-returning no layers when its files are not there yet; :func:`run_layers` strings them together.
+A run folder opens as at most three layers (:func:`run_layers`): its best map on top, the part
+labels, the Gaussians hidden; :mod:`._run_tracking` then shows them (3D, camera on the molecule)
+and lets the docks follow the run.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ STACK_CHUNK = 16
 CHIMERAX_ORIENTATION = ("towards", "up", "right")
 
 
+#: Metadata of the layers a run folder opens as (:func:`run_layers`): ``RUN_KEY``: the run
+#: folder (absolute path, str), which the docks follow (:mod:`._run_tracking`); ``ROLE_KEY``:
+#: what the layer shows, :data:`MAIN_MAP` for the map the view is fitted to.
+RUN_KEY = "cryospire_run"
+ROLE_KEY = "cryospire_role"
+MAIN_MAP = "main map"
+
+#: Opacity of the part label map over the map (enough to tell the parts apart, not to hide the map).
+PARTS_OPACITY = 0.45
+
 #: Axis names napari shows beside the sliders: a map's, and a particle stack's.
 MAP_AXES = ("z", "y", "x")
 STACK_AXES = ("image", "y", "x")
@@ -65,6 +76,44 @@ def set_chimerax_view(viewer: Any, ndisplay: int | None = 3) -> None:
     camera.angles = (0.0, 0.0, 0.0)
 
 
+#: Fraction of the canvas the molecule's bounding box fills after :func:`show_molecule`.
+MOLECULE_FILL = 0.85
+
+
+def molecule_bounds(layer: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """World (z, y, x) Å corners (low, high) of the box around the voxels of a map layer above
+    its iso threshold (voxel edges included), or None when no voxel is above it."""
+    inside = np.argwhere(np.asarray(layer.data) > layer.iso_threshold)
+    if not len(inside):
+        return None
+    scale, translate = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
+    return (inside.min(0) - 0.5) * scale + translate, (inside.max(0) + 0.5) * scale + translate
+
+
+def show_molecule(viewer: Any, layer: Any, ndisplay: int = 3) -> None:
+    """Show the map ``layer`` as a user expects on opening it: ChimeraX's view
+    (:func:`set_chimerax_view`, ``ndisplay`` dimensions), the camera centred on the molecule (the
+    voxels above the layer's iso threshold, :func:`molecule_bounds`) and zoomed so its bounding
+    box fills :data:`MOLECULE_FILL` of the canvas (not the whole box: a particle usually fills
+    half of it); in 2D the slice through the molecule's centre. The layer becomes the selected one."""
+    set_chimerax_view(viewer, ndisplay)
+    viewer.layers.selection.active = layer
+    bounds = molecule_bounds(layer)
+    if bounds is None:
+        return
+    lo, hi = bounds
+    centre, size = (lo + hi) / 2, np.maximum(hi - lo, 1e-6)
+    camera = viewer_camera(viewer)
+    if ndisplay == 3:
+        camera.center = tuple(float(c) for c in centre)
+    else:
+        viewer.dims.set_point(viewer.dims.not_displayed[-1], float(centre[0]))
+        camera.center = (0.0, float(centre[1]), float(centre[2]))
+    # Looking down z (angles 0) the canvas shows y (rows) and x (columns) in pixels per Å.
+    canvas = np.asarray(viewer.canvas.viewbox_size(viewer.layers), float)
+    camera.zoom = MOLECULE_FILL * float(np.min(canvas / size[-2:]))
+
+
 def viewer_camera(viewer: Any) -> Any:
     """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
     scene = getattr(viewer, "scene", None)
@@ -80,7 +129,11 @@ def display_levels(data: np.ndarray) -> tuple[tuple[float, float], float]:
     Limits run from 0 (or the minimum when the map has no negative values or no positive ones)
     to the maximum, so solvent noise below zero stays black in MIP. The iso level is the
     consensus stage's molecule/solvent threshold (Otsu on the positive voxels), or the middle of
-    the limits when the map has too little positive density for it.
+    the limits when the map has too little positive density for it. Otsu needs neither the
+    molecule's mass nor a noise model and encloses about the molecule's volume: on the demo's
+    hinge (5,000 images, 64 px) the consensus map's level encloses 1,172 voxels, the ground
+    truth's own level 1,283, where a level at 5% of the maximum would enclose 3,460 and one
+    enclosing 90% of the positive density 4,556.
     """
     from cryospire_core.models.consensus import (
         density_threshold,  # imports torch: only when a map is shown
@@ -126,7 +179,9 @@ def map_layer(
         "iso_threshold": level,
         "rendering": rendering,
         "colormap": colormap,
-        "blending": "translucent" if rendering == "iso" else "additive",
+        # Additive, iso too: over black it looks the same as translucent, and a part label map
+        # below it shows as a tint of the surface (3D) or of the slice (2D) instead of being hidden.
+        "blending": "additive",
         "visible": visible,
         "axis_labels": MAP_AXES[-data.ndim:],
         "metadata": meta,
@@ -271,55 +326,108 @@ def read_particles_layer(path: str | os.PathLike) -> LayerDataTuple:
 # -- run folders --------------------------------------------------------------------------------
 
 
-def gaussians_layer(path: str | os.PathLike, name: str = "gaussians") -> LayerDataTuple:
-    """A ``gaussians.npz`` (centres (G, 3) Å (x, y, z), widths (G,) Å, amplitudes (G,)) as a
-    Points layer in world Å (z, y, x), diameter 2 x width, coloured by amplitude."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            centres, widths, amps = (np.asarray(z[k], dtype=np.float32) for k in ("centres", "widths", "amplitudes"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(path, "Gaussians", "an .npz with centres, widths and amplitudes", exc) from exc
-    g = len(centres)
-    if centres.shape != (g, 3) or widths.shape != (g,) or amps.shape != (g,):
-        raise InputError(path, "Gaussians", "centres (G, 3), widths (G,), amplitudes (G,)",
-                         f"{centres.shape}, {widths.shape}, {amps.shape}")
+def gaussian_points(centres: np.ndarray, widths: np.ndarray, lattice: Lattice) -> tuple[np.ndarray, np.ndarray]:
+    """Points data (G, 3) and sizes (G,) of Gaussians with ``centres`` (G, 3) Å (x, y, z) and
+    ``widths`` (G,) Å (the standard deviation s of ``exp(-r^2 / 2 s^2)``), in the voxel frame of
+    ``lattice``: with the lattice's napari scale and translate the points sit at ``centres`` in
+    world Å and each disc's diameter is 2 s Å. Points get the map's scale (not 1) so that the
+    dims sliders step one voxel, not one Å."""
+    return lattice.index(np.asarray(centres, np.float64)[:, ::-1]), 2.0 * np.asarray(widths, np.float64) / lattice.apix
+
+
+def points_layer(centres: np.ndarray, widths: np.ndarray, lattice: Lattice, name: str,
+                 metadata: dict[str, Any], **style: Any) -> LayerDataTuple:
+    """A hidden Points layer of Gaussians (:func:`gaussian_points`) on ``lattice``; ``style``:
+    colours, features."""
+    data, size = gaussian_points(centres, widths, lattice)
     kwargs = {
         "name": name,
-        "size": 2.0 * widths,
-        "features": {"amplitude": amps, "width": widths},
-        "face_color": "amplitude",
-        "face_colormap": "viridis",
+        "size": size,
+        "scale": lattice.napari_scale(),
+        "translate": lattice.napari_translate(),
         "border_width": 0,
         "opacity": 0.8,
-        "metadata": {"source": str(path), "n_gaussians": g},
+        # Hidden: in 3D the discs hide the surface they sit in; the layer list's eye shows them.
+        "visible": False,
+        "axis_labels": MAP_AXES,
+        "metadata": metadata,
+        **style,
     }
-    return centres[:, ::-1].copy(), kwargs, "points"
+    return data, kwargs, "points"
 
 
-def consensus_layers(run: RunFolder) -> list[LayerDataTuple]:
-    """The consensus stage: its map, its Gaussians and (hidden) the backprojection it started from."""
-    layers = []
-    if run.map_path("consensus").is_file():
-        layers.append(read_map_layer(run.map_path("consensus"), name="consensus map"))
-    if run.backprojection_path.is_file():
-        layers.append(read_map_layer(run.backprojection_path, name="backprojection", rendering="mip", visible=False))
-    if run.gaussians_path.is_file():
-        layers.append(gaussians_layer(run.gaussians_path, name="consensus gaussians"))
-    return layers
+def gaussians_layer(run: RunFolder, name: str = "consensus gaussians") -> LayerDataTuple:
+    """The consensus Gaussians (RUN/consensus/gaussians.npz: centres (G, 3) Å (x, y, z), widths
+    (G,) Å, amplitudes (G,), box, apix) as a hidden Points layer coloured by amplitude."""
+    from cryospire_core.io.mixture import mixture_lattice
+
+    g = run.gaussians("consensus")
+    amps = np.asarray(g["amplitudes"], np.float32)
+    meta = {"source": str(run.gaussians_path), "n_gaussians": len(amps), RUN_KEY: str(run.root), ROLE_KEY: "gaussians"}
+    return points_layer(g["centres"], g["widths"], mixture_lattice(g), name, meta,
+                        features={"amplitude": amps, "width": np.asarray(g["widths"], np.float32)},
+                        face_color="amplitude", face_colormap="viridis")
 
 
-#: One function per artefact of a run, in display order; later stages add theirs here.
-RUN_ARTEFACTS: tuple[Callable[[RunFolder], list[LayerDataTuple]], ...] = (consensus_layers,)
+def part_layers(run: RunFolder) -> list[LayerDataTuple]:
+    """The parts (RUN/parts/clustering.npz over the stage-1 Gaussians,
+    :func:`cryospire_core.services.parts.load_parts`): the stage-1 Gaussians coloured by part
+    (hidden) and the part label map, under the names the Parts dock uses, so a docked Parts
+    dock updates these layers instead of adding its own. The labels are drawn translucent over
+    the map: in 2D the slice shows through the part colours, in 3D they tint the surface."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from cryospire_core.services.parts import load_parts
+
+    from ._parts_widget import LABELS_NAME, POINTS_NAME, part_colours
+
+    state = load_parts(run.root)
+    colours = part_colours(state.n_parts)
+    lattice = state.lattice
+    meta = {RUN_KEY: str(run.root), "apix": lattice.apix}
+    points = points_layer(state.clustering.inputs.centres, state.widths, lattice, POINTS_NAME,
+                          {**meta, ROLE_KEY: "gaussians"}, face_color=colours[state.clustering.part_index],
+                          features={"part": state.clustering.part_index + 1})
+    colour_dict = {None: np.zeros(4), 0: np.zeros(4), **{k + 1: colours[k] for k in range(state.n_parts)}}
+    labels = (state.labels, {
+        "name": LABELS_NAME,
+        "scale": lattice.napari_scale(),
+        "translate": lattice.napari_translate(),
+        "colormap": DirectLabelColormap(color_dict=colour_dict),
+        "opacity": PARTS_OPACITY,
+        "blending": "translucent_no_depth",
+        "axis_labels": MAP_AXES,
+        "metadata": {**meta, ROLE_KEY: "parts"},
+    }, "labels")
+    return [points, labels]
+
+
+def main_map_layer(run: RunFolder) -> LayerDataTuple | None:
+    """The run's most refined map on disk: stage 1's (RUN/discovery/map.mrc, the map stage 2
+    starts from) else the consensus map; None before the consensus has finished. Stage 2 has no
+    map file (its maps depend on the latent: the Latent explorer renders them)."""
+    for stage, name in (("discovery", "stage-1 map"), ("consensus", "consensus map")):
+        if run.map_path(stage).is_file():
+            data, kwargs, kind = read_map_layer(run.map_path(stage), name=name)
+            kwargs["metadata"].update({RUN_KEY: str(run.root), ROLE_KEY: MAIN_MAP})
+            return data, kwargs, kind
+    return None
 
 
 def run_layers(path: str | os.PathLike) -> list[LayerDataTuple]:
-    """Every finished artefact of the run folder ``path``; InputError when there is none yet."""
-    run = RunFolder(path)
+    """What a run folder opens as, bottom to top: its Gaussians (hidden: the stage-1 Gaussians
+    coloured by part once the parts exist, else the consensus's), the part label map (once the
+    parts exist) and its best map (:func:`main_map_layer`), which napari then selects. Every
+    layer's metadata holds the run folder (:data:`RUN_KEY`) and its role (:data:`ROLE_KEY`).
+    Other maps of the run (the backprojection, the consensus map beside stage 1's) are not
+    added: they are one File > Open away. InputError when the run has no map yet."""
+    run = RunFolder(Path(path).absolute())
     cfg = run.config()
     if "format_version" not in cfg:
         raise InputError(run.config_path, "format_version", "a cryospire run config", "no format_version")
-    layers = [layer for artefact in RUN_ARTEFACTS for layer in artefact(run)]
-    if not layers:
+    main = main_map_layer(run)
+    if main is None:
         raise InputError(run.root, "run folder", "at least one finished stage (e.g. consensus/map.mrc)", "none yet")
-    return layers
+    if run.stage_done("parts"):
+        return [*part_layers(run), main]
+    return [gaussians_layer(run), main] if run.gaussians_path.is_file() else [main]

@@ -42,8 +42,10 @@ from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.services import parts as run_parts
 from cryospire_core.services.parts import RunParts, load_parts
 
+from ._layers import PARTS_OPACITY, gaussian_points
 from ._notify import notify_error, status_text
 from ._run_row import RunFolderRow
+from ._run_tracking import RunFollower, has_parts
 from ._workers import CloseWatcher, LatestJob, warm_up
 
 LABELS_NAME = "parts"
@@ -67,7 +69,9 @@ class PartsWidget(QWidget):
 
     COLUMNS = ("colour", "name", "Gaussians", "visible")
 
-    def __init__(self, napari_viewer) -> None:
+    def __init__(self, napari_viewer, follow: bool = True) -> None:
+        """``follow``: load the run the viewer shows by itself (:class:`._run_tracking.RunFollower`;
+        the Train dock's Parts review shows the run it trains instead)."""
         super().__init__()
         self.viewer = napari_viewer
         self.state: RunParts | None = None
@@ -124,6 +128,8 @@ class PartsWidget(QWidget):
         layout.addWidget(self.status)
         self._enable()
         self._close_watcher = CloseWatcher(self, self.shutdown)
+        if follow:
+            self._follower = RunFollower(self, self.viewer, self.load_run, self.run_edit.text, has_parts)
 
     def shutdown(self) -> None:
         """Drop pending work (the viewer or the dock is closing)."""
@@ -210,15 +216,15 @@ class PartsWidget(QWidget):
         K = state.n_parts
         self.visible = np.ones(K, bool)
         colours = part_colours(K)
-        centres = state.clustering.inputs.centres[:, ::-1]  # (x, y, z) Å -> napari (z, y, x)
+        centres, sizes = gaussian_points(state.clustering.inputs.centres, state.widths, state.lattice)
         point_colours = colours[state.clustering.part_index]
-        sizes = 2.0 * state.widths
         features = {"part": state.clustering.part_index + 1}
         labels = self.viewer.layers[LABELS_NAME]
         labels.data = state.labels
         labels.scale, labels.translate = state.lattice.napari_scale(), state.lattice.napari_translate()
         labels.metadata["apix"] = state.lattice.apix
         points = self.viewer.layers[POINTS_NAME]
+        points.scale, points.translate = state.lattice.napari_scale(), state.lattice.napari_translate()
         points.data = centres
         points.size = sizes
         points.features = features
@@ -244,11 +250,12 @@ class PartsWidget(QWidget):
         """Add the first missing one of the two layers (filled in by :meth:`_show`)."""
         if LABELS_NAME not in self.viewer.layers:
             self.viewer.add_labels(state.labels, name=LABELS_NAME, scale=state.lattice.napari_scale(),
-                                   translate=state.lattice.napari_translate(), opacity=0.6,
+                                   translate=state.lattice.napari_translate(), opacity=PARTS_OPACITY,
                                    blending="translucent_no_depth")
-        else:
-            self.viewer.add_points(state.clustering.inputs.centres[:, ::-1], size=2.0 * state.widths, border_width=0,
-                                   name=POINTS_NAME, opacity=0.9)
+        else:  # hidden, as a run opens (its discs would hide the map in 3D)
+            centres, sizes = gaussian_points(state.clustering.inputs.centres, state.widths, state.lattice)
+            self.viewer.add_points(centres, size=sizes, border_width=0, name=POINTS_NAME, opacity=0.8, visible=False,
+                                   scale=state.lattice.napari_scale(), translate=state.lattice.napari_translate())
 
     def _apply_visibility(self) -> None:
         state = self.state

@@ -9,16 +9,27 @@ no layers" value ``[(None,)]``. Raising instead would reach the user wrapped in 
 ``ReaderPluginError`` ("Tried to read ... with plugin cryospire-napari, because ...") with our
 sentence at its end, and the File > Open path would offer other plugins in a dialog.
 
-A run folder opens through its ``config.json`` (File > Open, or drag and drop): npe2 matches
-every folder to every reader that accepts folders, so a folder reader would make napari ask
-"which plugin?" in a dialog for each folder anyone opens, run or not.
+A run folder opens through its ``config.json`` (File > Open, drag and drop, or
+``viewer.open(RUN/config.json)``), and a run *folder* dropped on a viewer where the plugin has
+run opens the same way (:mod:`._run_tracking`). There is no folder reader: npe2 0.10 offers a
+folder to every reader with ``accepts_directories`` whatever its ``filename_patterns``
+(``_ContributionsIndex.iter_compatible_readers``: for a directory it yields the readers indexed
+under the pattern ""; npe2 issue #155, open), napari's own reader accepts folders, and
+napari 0.9 raises ``MultipleReaderError`` for two readers without a saved preference
+(``ViewerModel._open_or_raise_error``), which File > Open and drag and drop answer with the
+modal "Choose reader" dialog (``QtViewer._qt_open`` -> ``handle_gui_reading``), for every
+folder anyone opens, run or not. Without a folder reader napari's own reader alone is asked
+about a folder, as if the plugin were not installed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from cryospire_core.pipeline.runfolder import RunFolder
 
 from ._layers import (
     LayerDataTuple,
@@ -95,10 +106,31 @@ def get_particles_reader(path: str | list[str]) -> ReaderFunction | None:
 
 
 def get_run_reader(path: str | list[str]) -> ReaderFunction | None:
-    """A run folder's ``config.json``: every finished artefact of the run. Every file of that
-    name is taken (napari has no other reader for it): one that is not a cryospire run's is
-    reported as such (its ``format_version``)."""
+    """A run folder's ``config.json``: the run's map, parts and Gaussians
+    (:func:`._layers.run_layers`), shown as :mod:`._run_tracking` shows a run in napari's current
+    viewer. Every file of that name is taken (napari has no other reader for it): one that is
+    not a cryospire run's is reported as such (its ``format_version``)."""
     p = _single(path)
     if p is None or p.name != "config.json" or _is_dir(p):
         return None
-    return _reporting(p, lambda config: run_layers(config.parent))
+
+    def read(config: Path) -> list[LayerDataTuple]:
+        import napari
+
+        from ._run_tracking import attach
+
+        layers = run_layers(config.parent)
+        attach(napari.current_viewer())  # before napari adds the layers: it shows the molecule
+        return layers
+
+    return _reporting(p, read)
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a cryospire run's ``config.json`` (one with a
+    ``format_version``); read quickly, any problem is a no."""
+    config = RunFolder(path).config_path
+    try:
+        return Path(path).is_dir() and config.is_file() and "format_version" in json.loads(config.read_text())
+    except (OSError, ValueError, TypeError):
+        return False

@@ -1,11 +1,14 @@
 """The train dock: choose particles and an output folder, then train in a worker thread while
-the dock shows progress, a live loss curve, the current map and (once discovered) the parts.
+the dock shows what it does (the phase, e.g. "stage 2: fitting the seed to stage 1's map (step
+120/300)", and its progress bar), the loss of each stage on its own axes, the current map (stage
+2's from its newest checkpoint) and (once discovered) the parts.
 
 Buttons: Start (a new run; an existing run is refused, as ``cryospire train`` without
-``--resume`` does, with a notification pointing to Resume), Pause (the loop checkpoints and
-stops at its next step), Resume (trains the same run again: finished stages are skipped, the
-unfinished one continues from its checkpoint), Cancel (stops like Pause and returns the dock
-to idle; the run folder stays resumable).
+``--resume`` does, with a notification pointing to Resume), Pause (stops within a second in any
+phase, leaving a checkpoint or redoing the interrupted seeding on resume), Resume (trains the
+same run again: finished stages are skipped, the unfinished one continues from its checkpoint),
+Cancel (stops like Pause and returns the dock to idle; the run folder stays resumable). Errors
+are one notification in the dock's words (:mod:`._notify`: "the Resume button", not "--resume").
 "Stop after part discovery for review" ends the first run after the ``parts`` stage: the Parts
 tab then shows the proposed parts for re-clustering, merging and splitting, and "Continue to
 stage 2" trains the part-aware model on the edited parts.
@@ -41,7 +44,6 @@ from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.load import ParticleSource
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.progress import ProgressEvent
 
 from ._layers import display_levels
 from ._notify import notify_error, status_text
@@ -53,6 +55,7 @@ from ._workers import (
     default_torch_threads,
     disconnect_all,
     dock_request,
+    progress_text,
     warm_up,
     warm_up_viewer,
 )
@@ -75,54 +78,56 @@ REVIEW_STAGES = ("consensus", "discovery", "parts")
 def _watched(root: Path) -> list[Path]:
     """Files whose change means a newer map to show, most advanced first."""
     run = RunFolder(root)
-    return [run.map_path("discovery"), run.checkpoint_path("discovery"), run.map_path("consensus"),
-            run.checkpoint_path("consensus"), run.backprojection_path]
+    return [run.checkpoint_path("hierarchical"), run.map_path("discovery"), run.checkpoint_path("discovery"),
+            run.map_path("consensus"), run.checkpoint_path("consensus"), run.backprojection_path]
+
+
+#: What the preview of each stage's newest checkpoint is called.
+CHECKPOINT_PREVIEWS = {"hierarchical": "stage 2 (latest checkpoint)", "discovery": "stage 1 (training)",
+                       "consensus": "consensus (training)"}
 
 
 def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
     """(what, map (D, D, D) float32, apix Å) of the most advanced state of a run in progress:
-    stage 1's map, else stage 1's checkpoint at the mean latent (z = 0), else the consensus map
-    or checkpoint, else the backprojection; None before any of them exists."""
+    stage 2's newest checkpoint at the mean of its latents (written every epoch and every few
+    minutes), else stage 1's map, else stage 1's checkpoint at the mean latent (z = 0), else the
+    consensus map or checkpoint, else the backprojection; None before any of them exists."""
     import torch
 
     from cryospire_core.io.mrc import read_map
 
     run = RunFolder(root)
-    training = {run.checkpoint_path("discovery"): "discovery", run.checkpoint_path("consensus"): "consensus"}
+    training = {run.checkpoint_path(stage): stage for stage in CHECKPOINT_PREVIEWS}
     for path in _watched(run.root):
         if not path.is_file():
             continue
         if path not in training:
             m = read_map(path)
             return f"{path.parent.name} {path.stem}", m.data.astype(np.float32), m.apix
-        model = run.latest_checkpoint_model(training[path])
+        stage = training[path]
+        model = run.latest_checkpoint_model(stage)
         with torch.no_grad():
-            if training[path] == "discovery":
+            if stage == "hierarchical":
+                vol = model.volume(model.latents.weight.mean(0))
+            elif stage == "discovery":
                 vol = model.volume(torch.zeros(model.cfg.zdim))
-                return "stage 1 (training)", vol.numpy().astype(np.float32), model.lattice.apix
-            return "consensus (training)", model.volume().numpy().astype(np.float32), model.lattice.apix
+            else:
+                vol = model.volume()
+        return CHECKPOINT_PREVIEWS[stage], vol.numpy().astype(np.float32), model.lattice.apix
     return None
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def progress_text(event: ProgressEvent) -> str:
-    """One line above the progress bar: stage, epoch and time left."""
-    epoch = f", epoch {event.epoch}/{event.epochs}" if event.epochs else ""
-    return f"{event.stage}{epoch}, {_clock(event.eta)} left"
+#: The loss plot's colours: napari's dark theme.
+PLOT_COLOURS = {"figure": "#262930", "axes": "#1e1f24", "text": "#e6e6e6", "muted": "#8a8d93"}
 
 
 class LossPlot(QWidget):
-    """The training loss per step, one line per stage (matplotlib in Qt), redrawn on request.
+    """The training loss per step, one axes per stage stacked top to bottom, each with its own
+    y-axis and a legend naming the stage and its latest loss (matplotlib in Qt): the consensus's
+    loss (~7.6 on the demo) and the latent stages' (~0.93) differ too much to share one axis.
 
     Lines are updated in place (re-plotting the axes each time cost up to 0.3 s on a busy
-    machine); the legend is rebuilt only when a stage starts.
+    machine); the axes are rebuilt only when a stage starts.
     """
 
     def __init__(self) -> None:
@@ -130,43 +135,63 @@ class LossPlot(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, layout="constrained")
+        self.figure = Figure(figsize=(3.2, 2.6), dpi=90, layout="constrained", facecolor=PLOT_COLOURS["figure"])
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.axes = self.figure.add_subplot()
-        self.axes.set_xlabel("step", fontsize=8)
-        self.axes.set_ylabel("loss", fontsize=8)
-        self.axes.tick_params(labelsize=7)
+        self.canvas.setMinimumHeight(220)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.losses: dict[str, list[float]] = {}
+        self.axes: dict[str, object] = {}
         self._lines: dict = {}
+        self._legends: dict = {}
+        self._empty()
+
+    def _empty(self) -> None:
+        ax = self.figure.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "the loss of each stage appears here", ha="center", va="center", fontsize=8,
+                color=PLOT_COLOURS["muted"])
 
     def clear(self) -> None:
         self.losses = {}
-        for line in self._lines.values():
-            line.remove()
-        self._lines = {}
-        legend = self.axes.get_legend()
-        if legend is not None:
-            legend.remove()
+        self._rebuild()
         self.canvas.draw_idle()
 
     def add(self, stage: str, loss: float) -> None:
         self.losses.setdefault(stage, []).append(loss)
 
+    def _rebuild(self) -> None:
+        """One axes per stage in :attr:`losses` (in the order they started), colours by order."""
+        self.figure.clear()
+        self.axes, self._lines, self._legends = {}, {}, {}
+        if not self.losses:
+            self._empty()
+            return
+        axes = self.figure.subplots(len(self.losses), 1, squeeze=False)[:, 0]
+        text = PLOT_COLOURS["text"]
+        for k, (stage, ax) in enumerate(zip(self.losses, axes)):
+            (self._lines[stage],) = ax.plot([], [], lw=1, color=f"C{k}", label=stage)
+            ax.set_facecolor(PLOT_COLOURS["axes"])
+            ax.set_ylabel("loss", fontsize=7, color=text)
+            ax.tick_params(labelsize=6, colors=text)
+            for spine in ax.spines.values():
+                spine.set_color(PLOT_COLOURS["muted"])
+            legend = ax.legend(fontsize=7, loc="upper right", handlelength=1.2, borderaxespad=0.2,
+                               facecolor=PLOT_COLOURS["figure"], edgecolor=PLOT_COLOURS["muted"], labelcolor=text)
+            self._legends[stage], self.axes[stage] = legend, ax
+        axes[-1].set_xlabel("step of the stage", fontsize=7, color=text)
+
     def redraw(self) -> None:
-        start, new_stage = 0, False
+        if list(self.losses) != list(self.axes):
+            self._rebuild()
         for stage, values in self.losses.items():
-            if stage not in self._lines:
-                (self._lines[stage],) = self.axes.plot([], [], lw=1, label=stage)
-                new_stage = True
-            self._lines[stage].set_data(np.arange(start, start + len(values)), values)
-            start += len(values)
-        if new_stage:
-            self.axes.legend(fontsize=7, loc="upper right")
-        self.axes.relim()
-        self.axes.autoscale_view()
+            self._lines[stage].set_data(np.arange(1, len(values) + 1), values)
+            if values:
+                self._legends[stage].get_texts()[0].set_text(f"{stage}: {values[-1]:.4g}")
+            ax = self.axes[stage]
+            ax.relim()
+            ax.autoscale_view()
         self.canvas.draw_idle()
 
 
@@ -248,7 +273,7 @@ class TrainWidget(QWidget):
         t.addWidget(self.bar)
         t.addWidget(self.status)
         t.addWidget(self.plot, 1)  # the plot takes the spare height
-        self.parts = PartsWidget(napari_viewer)
+        self.parts = PartsWidget(napari_viewer, follow=False)  # the run it trains, not the one opened
         parts_tab = QWidget()
         p = QVBoxLayout(parts_tab)
         p.addWidget(self.parts)
@@ -348,13 +373,13 @@ class TrainWidget(QWidget):
         if self.job is not None:
             self._paused = True
             self.job.stop()
-            self.status.setText("pausing at the next step...")
+            self.status.setText("pausing (within a second)...")
 
     def cancel(self) -> None:
         if self.job is not None:
             self._paused = False
             self.job.stop()
-            self.status.setText("cancelling at the next step...")
+            self.status.setText("cancelling (within a second)...")
 
     def _stages(self, resume: bool) -> tuple[str, ...]:
         from cryospire_core.pipeline.config import STAGES
@@ -395,7 +420,10 @@ class TrainWidget(QWidget):
         job = self.job
         if status == "cancelled":
             what = "paused" if self._paused else "cancelled"
-            self.status.setText(f"{what}: the run in {job.request.out} resumes with Resume")
+            if RunFolder(job.request.out).config_path.is_file():
+                self.status.setText(f"{what}: the run in {job.request.out} resumes with Resume")
+            else:  # stopped while the particles were read and checked
+                self.status.setText(f"{what} before the run started: nothing was written to {job.request.out}")
             self.stage_label.setText(what)
         elif job.request.stages == REVIEW_STAGES:
             self.status.setText("part discovery finished: review the parts, then Continue to stage 2")

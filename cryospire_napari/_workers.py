@@ -30,7 +30,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QObject
 
 from cryospire_core.pipeline.threads import ThreadBudget, thread_budget
-from cryospire_core.progress import ProgressEvent
+from cryospire_core.progress import Cancelled, ProgressEvent
 
 from ._notify import notify_error
 
@@ -134,6 +134,27 @@ def dock_request(source: ParticleSource, out: str | Path, *, resume: bool, gui: 
                         threads=threads, command=command, **fields)
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def progress_text(event: ProgressEvent) -> str:
+    """One line saying what the training does now: the phase, its epoch or step, and the time
+    left, e.g. ``stage 2: fitting the seed to stage 1's map (step 120/400), 01:10 left`` or
+    ``stage 1: part discovery, epoch 3/10, 04:12 left``; a phase of one piece of work
+    (``parts: clustering the Gaussians into parts...``) has no count and no time."""
+    if event.epochs:
+        return f"{event.stage}, epoch {event.epoch}/{event.epochs}, {_clock(event.eta)} left"
+    if event.total <= 1:
+        return f"{event.stage}..."
+    count = f"{event.unit} {event.done}/{event.total}" if event.unit else f"{event.done}/{event.total}"
+    return f"{event.stage} ({count}), {_clock(event.eta)} left"
+
+
 @dataclass
 class TrainMonitor:
     """Shared between the training thread (writes) and the GUI (reads, on a timer)."""
@@ -161,13 +182,17 @@ def run_training(request: TrainRequest, monitor: TrainMonitor) -> str:
     """Train ``request.stages`` into ``request.out`` exactly as ``cryospire train`` does (the same
     start-up checks, run layout, config sections, lock and resume rules:
     :func:`~cryospire_core.services.training.training_run`); returns ``finished`` or
-    ``cancelled``. Runs in the worker thread; stops at the next step once ``monitor.stop`` is
-    set, leaving a checkpoint that a later request with ``resume=True`` continues from."""
+    ``cancelled``. Runs in the worker thread; once ``monitor.stop`` is set it stops within about
+    a second whatever it is doing (reading the particles, seeding, clustering, a training step:
+    :mod:`cryospire_core.progress`), leaving what a later request with ``resume=True``
+    continues from."""
     from cryospire_core.services.training import training_run
 
     try:
-        with training_run(request) as prepared:
+        with training_run(request, progress=monitor, should_stop=monitor.should_stop) as prepared:
             return prepared.train(progress=monitor, should_stop=monitor.should_stop)
+    except Cancelled:  # before the run's stages started (reading and checking the particles)
+        return "cancelled"
     finally:
         monitor.done.set()
 

@@ -1,9 +1,11 @@
 """Open a run folder in napari with the cryospire docks: ``python -m cryospire_napari.open RUN``.
 
-The run's layers (maps, Gaussians, parts) are opened with the plugin's reader, the Parts dock
-shows the run's parts, the Latent explorer its latents (once a latent stage has run) and the
-Train dock is docked beside them, and the camera takes ChimeraX's
-view. ``--screenshot PNG`` writes a screenshot of the whole window instead of staying open (for
+The Train, Parts and Latent explorer docks are docked first, then the run is opened with the
+plugin's reader, as File > Open of RUN/config.json does: the run's best map on top, in 3D and
+ChimeraX's hand, the camera on the molecule, its parts as a translucent label map and its
+Gaussians as a hidden points layer; the Parts dock then shows the run's parts and the Latent
+explorer its latents (once a latent stage has run), by themselves (:mod:`._run_tracking`).
+``--screenshot PNG`` writes a screenshot of the whole window instead of staying open (for
 machines without a display: run it under ``xvfb-run -a``). ``cryospire demo`` calls this.
 """
 
@@ -22,24 +24,19 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     from cryospire_core.pipeline.runfolder import RunFolder
 
     from ._explorer_widget import ExplorerWidget
-    from ._layers import set_chimerax_view
     from ._parts_widget import PartsWidget
+    from ._run_tracking import attach
     from ._train_widget import TrainWidget
 
     viewer = napari.Viewer(title=f"cryospire: {run.name}", show=True)
     viewer.window.resize(1500, 950)
-    folder = RunFolder(run)
-    viewer.open(str(folder.config_path), plugin="cryospire-napari")
-    parts = PartsWidget(viewer)
+    attach(viewer)
+    parts, explorer = PartsWidget(viewer), ExplorerWidget(viewer)
     viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
     viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
-    explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Latent explorer (cryospire)", area="right", tabify=True)
-    if folder.stage_done("parts"):
-        parts.load_run(run)
-    if folder.latents_path.is_file():
-        explorer.load_run(run)
-    set_chimerax_view(viewer)
+    QApplication.instance().processEvents()  # the canvas takes its size beside the docks: the view fits it
+    viewer.open(str(RunFolder(run).config_path), plugin="cryospire-napari")
     if screenshot is None:
         napari.run()
         return 0

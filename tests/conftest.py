@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,23 @@ def tiny_run(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root / "run"
+
+
+def project_run(trained: Path, project: Path, monkeypatch) -> Path:
+    """``project``/data and ``project``/runs/run: a copy of the run ``trained`` and of its data
+    (``trained``/../data), the run restarted from ``project`` with a relative particle path
+    (``cryospire train data/particles.star --out runs/run --resume``, nothing left to train), as a
+    user who trains in a project directory records it. Returns ``project``."""
+    import torch
+
+    from cryospire_core.cli.main import main
+
+    shutil.copytree(trained.parent / "data", project / "data")
+    shutil.copytree(trained, project / "runs" / "run")
+    monkeypatch.chdir(project)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "data/particles.star", "--out", "runs/run", "--resume", "--quiet", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return project

@@ -103,7 +103,6 @@ def test_every_third_party_import_is_declared():
 
 #: Declared dependencies no module imports by name, and why they are needed.
 NOT_IMPORTED = {
-    "pyqt5": "the Qt binding qtpy loads (PyQt6 works too)",
     "npe2": "napari reads the plugin manifest napari.yaml with it",
 }
 

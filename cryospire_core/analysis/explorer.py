@@ -260,7 +260,9 @@ class Explorer:
     None; root: the run folder (None for a model built in memory); particles: the input particle
     file the run was trained on (None when unknown); selection: (N,) indices of the explored
     particles into that file (None: all of it, in order); gt_labels: (N,) ground-truth state
-    of each explored particle (simulations) or None; gt_dir: the ground-truth folder.
+    of each explored particle (simulations) or None; gt_dir: the ground-truth folder;
+    particles_missing: why ``particles`` is None for a run's explorer (the error naming
+    config.json and every place tried), else None.
     ``lattice`` is the model's (the box it was trained at); maps may be drawn on any other of the
     same field of view (:meth:`map_lattice`).
     """
@@ -273,6 +275,7 @@ class Explorer:
         self.part_index = None if part_index is None else np.asarray(part_index, np.int64)
         self.root, self.particles, self.selection = root, particles, selection
         self.gt_labels, self.gt_dir = gt_labels, gt_dir
+        self.particles_missing: InputError | None = None
         self.stage = model.stage
         self.lattice = model.lattice
         with torch.no_grad():
@@ -283,9 +286,10 @@ class Explorer:
         self._bf16_faster: bool | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike) -> Explorer:
+    def from_run(cls, run_dir: str | os.PathLike, particles: str | os.PathLike | None = None) -> Explorer:
         """The most advanced model of a run folder, its latents (RUN/latents.npy), its parts, and
-        where its particles and (for simulations) ground truth are."""
+        where its particles (``particles``: the user's particle file instead of the run's) and
+        (for simulations) ground truth are."""
         from cryospire_core.pipeline.runfolder import RunFolder
         from cryospire_core.pipeline.train import check_run_latents
 
@@ -303,9 +307,12 @@ class Explorer:
         else:
             clustering = run.clustering()
             part_index = None if clustering is None else clustering.part_index
-        particles = run.particles_path()
+        particles = Path(particles).resolve() if particles is not None else run.particles_path()
         gt_labels, gt_dir = _ground_truth_labels(particles, selection, len(latents))
-        return cls(model, latents, part_index, run.root, particles, selection, gt_labels, gt_dir)
+        explorer = cls(model, latents, part_index, run.root, particles, selection, gt_labels, gt_dir)
+        if particles is None:
+            explorer.particles_missing = run.missing_input("particles")
+        return explorer
 
     # -- sizes --------------------------------------------------------------------------------
 

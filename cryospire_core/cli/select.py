@@ -17,7 +17,6 @@ them; PC1/PC2 are the explorer's PCA axes (and those of ``analyze``'s latent_pca
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -61,11 +60,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     select.check_selection_file(args.out, args.overwrite, "--overwrite")  # before anything is read
-    explorer = Explorer.from_run(args.run)
-    particles = Path(args.particles) if args.particles else explorer.particles
+    explorer = Explorer.from_run(args.run, particles=args.particles)
+    particles = explorer.particles
     if particles is None:
-        raise InputError(RunFolder(args.run).config_path, "train_command.particles",
-                         "the particle file the run was trained on (or give it with --particles)", "no such file")
+        raise RunFolder(args.run).missing_input("particles", "give it with --particles")
     if args.indices is not None:
         rows = read_selection(args.indices, load_particles(particles, invert=False))
     else:

@@ -8,19 +8,31 @@ points in all. AUC is the trapezoid rule over that curve; its maximum is (D/2 - 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from cryospire_core.imaging.lattice import Lattice
 
+@functools.lru_cache(maxsize=4)
+def _half_shells(D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shells of the real-input half transform (``rfftn``) of a D^3 map, cached per D.
 
-def _shells(D: int) -> np.ndarray:
-    """(D, D, D) int: shell number floor(radius) + 1 of each voxel of a centred D^3 transform.
-
-    A voxel at radius r (Fourier pixels) belongs to shell i when i - 1 <= r < i.
+    Returns (index, shell, weight) over the voxels with shell < D/2: flat indices into the
+    (D, D, D//2 + 1) half transform, the shell number floor(radius) + 1 (radius in Fourier pixels:
+    a voxel at radius r belongs to shell i when i - 1 <= r < i) and the weight that turns a sum over
+    the half transform into the sum over the full one: 1 on the planes that are their own mirror
+    image (k_z = 0, and k_z = D/2 for even D), 2 elsewhere, since F(-k) = conj(F(k)).
     """
-    f = Lattice.pixels(D).axis()
-    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2)
-    return np.floor(r).astype(np.int64) + 1
+    k = np.fft.fftfreq(D, 1.0 / D)
+    kz = np.fft.rfftfreq(D, 1.0 / D)
+    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kz[None, None, :] ** 2)
+    shell = (np.floor(r).astype(np.int64) + 1).ravel()
+    weight = np.full((D, D, len(kz)), 2.0)
+    weight[..., 0] = 1.0
+    if D % 2 == 0:
+        weight[..., -1] = 1.0
+    index = np.flatnonzero(shell < D // 2)
+    return index, shell[index], weight.ravel()[index]
 
 
 def fsc(vol1: np.ndarray, vol2: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +41,9 @@ def fsc(vol1: np.ndarray, vol2: np.ndarray, mask: np.ndarray | None = None) -> t
     Returns (freqs, curve), each (D/2,): freqs i / D cycles/pixel (0 first); curve[0] = 1 and
     curve[i] the correlation over shell [i - 1, i). A shell where either map has no power
     scores 0.
+
+    The sums run over the half transform of the real maps, without centring shifts: a shift
+    multiplies both transforms by the same phase, which cancels in every product summed here.
     """
     v1 = np.asarray(vol1, dtype=np.float64)
     v2 = np.asarray(vol2, dtype=np.float64)
@@ -38,15 +53,13 @@ def fsc(vol1: np.ndarray, vol2: np.ndarray, mask: np.ndarray | None = None) -> t
         v1 = v1 * mask
         v2 = v2 * mask
     D = v1.shape[0]
-    F1 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v1)))
-    F2 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(v2)))
+    index, shell, weight = _half_shells(D)
+    F1 = np.fft.rfftn(v1).ravel()[index]
+    F2 = np.fft.rfftn(v2).ravel()[index]
     n_shells = D // 2
-    shells = _shells(D).ravel()
-    keep = shells < n_shells
-    shells = shells[keep]
-    cross = np.bincount(shells, (F1 * F2.conj()).real.ravel()[keep], minlength=n_shells)
-    p1 = np.bincount(shells, (np.abs(F1) ** 2).ravel()[keep], minlength=n_shells)
-    p2 = np.bincount(shells, (np.abs(F2) ** 2).ravel()[keep], minlength=n_shells)
+    cross = np.bincount(shell, weight * (F1.real * F2.real + F1.imag * F2.imag), minlength=n_shells)
+    p1 = np.bincount(shell, weight * (F1.real ** 2 + F1.imag ** 2), minlength=n_shells)
+    p2 = np.bincount(shell, weight * (F2.real ** 2 + F2.imag ** 2), minlength=n_shells)
     denom = np.sqrt(p1 * p2)
     curve = np.divide(cross, denom, out=np.zeros(n_shells), where=denom > 0)
     curve[0] = 1.0

@@ -32,7 +32,12 @@ from cryospire_core.imaging.fourier import ifft3_centered, shift_phase
 from cryospire_core.imaging.fsc import fsc
 from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.io.particles import ParticleSet
-from cryospire_core.progress import ProgressCallback, ProgressEvent
+from cryospire_core.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    StopCheck,
+    check_stop,
+)
 
 #: Fourier samples inserted per batch by default (bounds the per-batch temporaries to ~200 MB).
 SAMPLES_PER_BATCH = 1 << 21
@@ -180,6 +185,7 @@ def backproject(
     wiener: float = 0.01,
     pad: float = 2.0,
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> Reconstruction:
     """Reconstruct a map from particles with known poses and CTFs.
 
@@ -191,6 +197,8 @@ def backproject(
     sphere (0 is plain inversion; larger values trade bias for less noise where data are scarce).
     pad: real-space zero-padding factor of the images before insertion.
     progress: receives ``ProgressEvent("backproject", done, total)`` after each batch.
+    should_stop: asked after each batch (~0.1-0.5 s of work); :class:`~cryospire_core.progress.Cancelled`
+    when it answers True.
     """
     if pad < 1 or wiener < 0:
         raise ValueError(f"backproject needs pad >= 1 and wiener >= 0, got pad={pad}, wiener={wiener}")
@@ -223,7 +231,9 @@ def backproject(
         acc.insert(coords.reshape(-1, 3), values, sets.repeat_interleave(len(section.pixels)))
         if progress is not None:
             done, elapsed = int(idx[-1]) + 1, time.perf_counter() - t0
-            progress(ProgressEvent("backproject", done, N, elapsed=elapsed, eta=elapsed * (N - done) / done))
+            progress(ProgressEvent("backproject", done, N, elapsed=elapsed, eta=elapsed * (N - done) / done,
+                                   unit="image"))
+        check_stop(should_stop)
 
     if not halves:
         num, w = acc.grids(0)

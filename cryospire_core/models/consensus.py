@@ -26,7 +26,7 @@ from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.backproject import backproject
 from cryospire_core.models.distributed import Distributed
 from cryospire_core.models.engine import Batch, LoopConfig, run_loop
-from cryospire_core.progress import ProgressCallback
+from cryospire_core.progress import Cancelled, Phase, ProgressCallback, StopCheck
 
 
 @dataclass
@@ -142,16 +142,27 @@ def seed_from_map(volume: np.ndarray, apix: float, cfg: ConsensusConfig, rng: np
     return xyz_px * apix, widths, amplitudes.astype(np.float64)
 
 
-def fit_to_map(model: GaussianMixture, volume: torch.Tensor, steps: int, lr: float) -> list[float]:
-    """Least-squares fit of the mixture's rasterised volume to ``volume`` (D, D, D); returns the loss curve."""
+def fit_to_map(model: GaussianMixture, volume: torch.Tensor, steps: int, lr: float,
+               progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
+               stage: str = "fitting the mixture to the map") -> list[float]:
+    """Least-squares fit of the mixture's rasterised volume to ``volume`` (D, D, D); returns the loss curve.
+
+    progress gets ``stage`` with the steps done (:class:`~cryospire_core.progress.Phase`) at the
+    start and after every step; should_stop is asked as often (one step: one rasterisation of the
+    mixture and its gradient, ~0.6 s for 4,096 Gaussians on a busy 2-core CPU) and raises
+    :class:`~cryospire_core.progress.Cancelled`, the model left part-fitted.
+    """
+    phase = Phase(stage, steps, progress, should_stop)
+    phase.step(0)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
+    for k in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = (model.volume() - volume).pow(2).mean()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        phase.step(k + 1)
     return losses
 
 
@@ -191,10 +202,11 @@ class ConsensusFiles:
 
 
 def seed_map(particles: ParticleSet, cache: Path, device: torch.device, progress: ProgressCallback | None = None,
-             user_map: str | None = None) -> np.ndarray:
+             user_map: str | None = None, should_stop: StopCheck | None = None) -> np.ndarray:
     """The (D, D, D) map the consensus is seeded from: ``user_map`` (checked to lie on the
     particles' lattice), else the particles' backprojection, computed once and cached as
-    ``cache`` (an .mrc) so a resumed run does not redo it."""
+    ``cache`` (an .mrc) so a resumed run does not redo it. should_stop: asked after every batch
+    of the backprojection (:class:`~cryospire_core.progress.Cancelled`, nothing cached)."""
     if user_map is not None:
         m = read_map(user_map)
         if m.data.shape != (particles.box,) * 3 or not np.isclose(m.apix, particles.apix, rtol=1e-3):
@@ -204,7 +216,7 @@ def seed_map(particles: ParticleSet, cache: Path, device: torch.device, progress
     cached = Path(cache)
     if cached.exists():
         return read_map(cached).data
-    volume = backproject(particles, device=device, progress=progress).volume
+    volume = backproject(particles, device=device, progress=progress, should_stop=should_stop).volume
     write_map(cached, volume, particles.apix)
     return volume
 
@@ -216,7 +228,7 @@ def fit_consensus(
     cfg: ConsensusConfig,
     device: torch.device,
     progress: ProgressCallback | None = None,
-    should_stop=None,
+    should_stop: StopCheck | None = None,
     checkpoint_minutes: float = 5.0,
     precision: str = "fp32",
     dist: Distributed = Distributed(),
@@ -230,6 +242,8 @@ def fit_consensus(
     and 3D pre-fit are skipped: the checkpoint holds their result). precision: a resolved
     :mod:`precision` name; dist: in a data-parallel run every rank calls this, rank 0 writes;
     misfit: the data term the images are fitted with (default: plain mean squared error).
+    should_stop is asked between the steps of the 3D pre-fit too (``cancelled`` then, with no
+    checkpoint: a resumed fit starts over) and of the image fit.
     """
     checkpoint = files.checkpoint
     rng = np.random.default_rng(cfg.seed)
@@ -238,7 +252,12 @@ def fit_consensus(
     if misfit is not None:
         model.misfit = misfit.to(device)
     if not checkpoint.exists() and cfg.map_fit_steps > 0:
-        fit_to_map(model, torch.tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05)
+        try:
+            fit_to_map(model, torch.tensor(init_map, dtype=torch.float32, device=device), cfg.map_fit_steps, lr=0.05,
+                       progress=progress, should_stop=None if dist.active else should_stop,  # ranks stop together in the loop
+                       stage="consensus: fitting the seed to the map")
+        except Cancelled:
+            return ConsensusResult("cancelled", model, [])
     optimizer = make_optimizer(model, cfg.lr)
     loop = LoopConfig.for_stage(cfg, checkpoint_minutes, precision)
     result = run_loop(model, optimizer, particles, loop, checkpoint, "consensus", device, progress, should_stop, dist=dist)

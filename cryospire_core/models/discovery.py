@@ -43,6 +43,7 @@ from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
 from cryospire_core.models.stage import Decoded, StageConfig, StageModel
+from cryospire_core.progress import StopCheck, check_stop
 
 MLP_FORMS = ("dense", "lowrank")
 
@@ -169,10 +170,22 @@ def coarsen(centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n: 
     return centre, width, signed / width**3
 
 
-def image_variance(particles: ParticleSet, n: int = 1024, seed: int = 0) -> float:
-    """Variance of the pixels of up to ``n`` randomly chosen images (the data term's scale)."""
+def image_variance(particles: ParticleSet, n: int = 1024, seed: int = 0, should_stop: StopCheck | None = None) -> float:
+    """Variance of the pixels of up to ``n`` randomly chosen images (the data term's scale).
+
+    The images are read ``VARIANCE_CHUNK`` at a time (each image is read alone: the same
+    numbers as one read), with ``should_stop`` asked between reads
+    (:class:`~cryospire_core.progress.Cancelled`)."""
     idx = np.sort(np.random.default_rng(seed).choice(len(particles), size=min(n, len(particles)), replace=False))
-    return float(particles.images(idx).astype(np.float64).var())
+    chunks = []
+    for i in range(0, len(idx), VARIANCE_CHUNK):
+        check_stop(should_stop)
+        chunks.append(particles.images(idx[i : i + VARIANCE_CHUNK]))
+    return float(np.concatenate(chunks).astype(np.float64).var())
+
+
+VARIANCE_CHUNK = 128
+"""Images :func:`image_variance` reads at once (~0.1 s at 128 px cropped from 256 px)."""
 
 
 def as_arrays(gaussians: Mapping) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from cryospire_core import __version__
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.noise import NORMALIZATIONS
 from cryospire_core.imaging.precision import PRECISIONS, resolve_precision
+from cryospire_core.io.load import ParticleSource
 from cryospire_core.models.consensus import ConsensusConfig
 from cryospire_core.models.discovery import MLP_FORMS, DiscoveryConfig
 from cryospire_core.models.engine import LoopConfig
@@ -35,7 +36,7 @@ from cryospire_core.pipeline.profiles import STAGE_SECTIONS, profile_names, read
 if typing.TYPE_CHECKING:
     import torch
 
-RUN_FORMAT_VERSION = 2
+RUN_FORMAT_VERSION = 3
 
 
 def _preprocess_off(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -47,17 +48,66 @@ def _preprocess_off(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-CONFIG_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _preprocess_off}
+def _inputs_unrecorded(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 -> 3: ``inputs`` appeared (where the input files are, relative to the run folder
+    and absolute). A format-2 run has none: its files are found the legacy ways, from
+    ``train_command`` (:meth:`~cryospire_core.pipeline.runfolder.RunFolder.input_candidates`)."""
+    return cfg
+
+
+CONFIG_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _preprocess_off, 2: _inputs_unrecorded}
 """``CONFIG_UPGRADES[v]`` turns a format-``v`` config into format ``v + 1``. A change of the
 config's format increments :data:`RUN_FORMAT_VERSION` and adds the upgrade from the previous
 one, so every released run folder keeps opening."""
 
 SECTIONS: dict[str, type | tuple[type, ...]] = {
     "format_version": int, "cryospire": str, "n_particles": int, "train": dict, "train_command": dict,
-    "consensus": dict, "consensus_command": dict, "branched_from": str,
+    "consensus": dict, "consensus_command": dict, "branched_from": str, "inputs": dict,
 }
-"""Every top-level key of config.json and its JSON type. The contents of ``train`` and
-``consensus`` are checked where they become configs (:func:`section_from_dict`)."""
+"""Every top-level key of config.json and its JSON type. The contents of ``train``,
+``consensus`` and ``inputs`` are checked where they become configs (:func:`section_from_dict`,
+:func:`inputs_from_dict`)."""
+
+INPUTS = ("particles", "poses", "ctf", "datadir")
+"""The input files (and the data folder) of a run, as ``train_command`` names their options; each
+one given is recorded in config.json ``inputs`` (:func:`recorded_inputs`)."""
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """Where one input of a run was when it was recorded: ``relative`` to the run folder and
+    ``absolute``, both as spelled (symbolic links kept), so a run moved together with its data
+    finds it by the first and a run moved alone by the second."""
+
+    relative: str
+    absolute: str
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, run_root: str | os.PathLike) -> InputPath:
+        """``path`` (absolute, or relative to the current directory) recorded for the run folder ``run_root``."""
+        absolute = os.path.abspath(path)
+        return cls(os.path.relpath(absolute, os.path.abspath(run_root)), absolute)
+
+    def candidates(self, run_root: str | os.PathLike) -> tuple[str, str]:
+        """Where to look, in order: relative to ``run_root`` (normalised), then the absolute path."""
+        return os.path.normpath(os.path.join(os.path.abspath(run_root), self.relative)), self.absolute
+
+
+def recorded_inputs(source: ParticleSource, run_root: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """config.json ``inputs`` for a run in ``run_root`` reading ``source``: each input given
+    (:data:`INPUTS`) as an :class:`InputPath`."""
+    given = {name: getattr(source, name) for name in INPUTS}
+    return {name: dataclasses.asdict(InputPath.of(path, run_root)) for name, path in given.items() if path is not None}
+
+
+def inputs_from_dict(data: dict[str, Any], path: str | os.PathLike) -> dict[str, InputPath]:
+    """config.json ``inputs`` (in the config file ``path``) checked: keys of :data:`INPUTS`, each
+    an object with the text fields ``relative`` and ``absolute``; InputError naming the key."""
+    unknown = sorted(set(data) - set(INPUTS))
+    if unknown:
+        raise InputError(path, f"inputs.{unknown[0]}", f"an input of the run ({', '.join(INPUTS)})", "an unknown key")
+    return {name: section_from_dict(InputPath, value, path, f"inputs.{name}", required=("relative", "absolute"))
+            for name, value in data.items()}
 
 
 def migrate_config(cfg: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:

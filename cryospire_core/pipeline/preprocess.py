@@ -43,6 +43,7 @@ from cryospire_core.imaging.window import (
 from cryospire_core.io.arrays import read_npz
 from cryospire_core.io.atomic import write_npz
 from cryospire_core.io.particles import ParticleSet
+from cryospire_core.progress import Phase, ProgressCallback, StopCheck, check_stop
 
 NORMALIZE_CHOICES = ("auto", "yes", "no")
 #: Images whose backgrounds decide whether a stack is normalised.
@@ -90,13 +91,18 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def inspect_normalization(particles: ParticleSet, radius: float, n: int = INSPECT_IMAGES,
-                          seed: int = 0) -> NormalizationReport:
+                          seed: int = 0, progress: ProgressCallback | None = None,
+                          should_stop: StopCheck | None = None) -> NormalizationReport:
     """The backgrounds (beyond ``radius`` half boxes) of up to ``n`` randomly chosen images of
     ``particles``, read at the stack's box as they are on disk, and the verdict on them
-    (:func:`~cryospire_core.imaging.noise.classify_backgrounds`)."""
+    (:func:`~cryospire_core.imaging.noise.classify_backgrounds`). progress: the images read, after
+    each chunk of ``READ_CHUNK``; should_stop: asked as often
+    (:class:`~cryospire_core.progress.Cancelled`)."""
     stack = dataclasses.replace(particles.at_box(particles.source.box), normalize_radius=None)
     mask = background_mask(stack.box, radius)
     idx = _sample(len(stack), n, seed)
+    phase = Phase("checking the image backgrounds", len(idx), progress, should_stop, unit="image")
+    phase.step(0)
     means, stds, image_stds = [], [], []
     for i in range(0, len(idx), READ_CHUNK):
         images = stack.images(idx[i : i + READ_CHUNK])
@@ -104,6 +110,7 @@ def inspect_normalization(particles: ParticleSet, radius: float, n: int = INSPEC
         means.append(m)
         stds.append(s)
         image_stds.append(images.std(axis=(1, 2), dtype=np.float64))
+        phase.step(min(i + READ_CHUNK, len(idx)))
     return classify_backgrounds(np.concatenate(means), np.concatenate(stds), np.concatenate(image_stds))
 
 
@@ -152,10 +159,12 @@ class NoiseSpectrum:
 
 
 def measure_noise_spectrum(particles: ParticleSet, radius: float, n_per_group: int = PSD_IMAGES,
-                           seed: int = 0) -> NoiseSpectrum:
+                           seed: int = 0, should_stop: StopCheck | None = None) -> NoiseSpectrum:
     """The noise spectrum of each optics group of ``particles`` (read at the stack's box, as the
     stages read them otherwise: normalised when they are), from the backgrounds beyond
-    ``radius`` half boxes of up to ``n_per_group`` randomly chosen images per group."""
+    ``radius`` half boxes of up to ``n_per_group`` randomly chosen images per group.
+    should_stop: asked before each chunk of ``READ_CHUNK`` images
+    (:class:`~cryospire_core.progress.Cancelled`)."""
     stack = particles.at_box(particles.source.box)
     taper = background_taper(stack.box, radius)
     groups = np.unique(stack.optics_group)
@@ -164,8 +173,10 @@ def measure_noise_spectrum(particles: ParticleSet, radius: float, n_per_group: i
     for g in groups:
         members = np.flatnonzero(stack.optics_group == g)
         idx = np.sort(rng.choice(members, size=min(n_per_group, len(members)), replace=False))
-        total = sum(background_power(stack.images(idx[i : i + READ_CHUNK]), taper)
-                    for i in range(0, len(idx), READ_CHUNK))
+        total = 0
+        for i in range(0, len(idx), READ_CHUNK):
+            check_stop(should_stop)
+            total = total + background_power(stack.images(idx[i : i + READ_CHUNK]), taper)
         psd.append(finish_spectrum(total / len(idx)))
         counts.append(len(idx))
     return NoiseSpectrum(groups.astype(np.int64), np.stack(psd), stack.box, stack.apix, np.asarray(counts))

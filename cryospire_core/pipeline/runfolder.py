@@ -3,7 +3,8 @@
 Layout (every name below is spelled once, in this module: :class:`RunFolder` hands out the paths
 and reads the files back, checked)::
 
-    RUN/config.json              every option of every stage, the input particles, versions
+    RUN/config.json              every option of every stage, the input particles (where they
+                                 are: relative to RUN and absolute, ``inputs``), versions
     RUN/run.lock                 held while a process trains into the folder
     RUN/latents.npy              (N, zdim) float32, rows in input particle order (the last finished
                                  latent stage's)
@@ -76,7 +77,9 @@ from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareMode
 from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline.config import (
     RUN_FORMAT_VERSION,
+    InputPath,
     TrainConfig,
+    inputs_from_dict,
     migrate_config,
     shown_json,
 )
@@ -117,6 +120,9 @@ RUN_FOLDERS = (CONSENSUS, DISCOVERY, PARTS, HIERARCHICAL, ANALYSIS)
 """The folders a run writes into itself (a symbolic link in their place is refused)."""
 RUN_FILES = (LATENTS, SELECTION, NOISE_PSD)
 """The files a run writes at its top level besides config.json and run.lock."""
+_INPUT_WORDS = {"particles": "the particle file", "poses": "the poses file", "ctf": "the CTF file",
+                "datadir": "the data folder"}
+"""How an error names each input of config.json ``inputs``."""
 
 
 class RunFolder:
@@ -354,38 +360,77 @@ class RunFolder:
                              len(g["centres"]))
         return g, clustering.part_index, stage1
 
-    def particles_path(self) -> Path | None:
-        """The particle file the run was trained on (config.json ``train_command.particles``, as
-        given, or relative to the run folder or beside it), None when unknown or gone."""
-        return self._command_file("particles")
+    def inputs(self) -> dict[str, InputPath]:
+        """config.json ``inputs``, checked: where each input file was when the run last started
+        (relative to the run folder and absolute); {} for a run that recorded none (format 2)."""
+        return inputs_from_dict(self.config().get("inputs") or {}, self.config_path)
 
-    def _command_file(self, key: str) -> Path | None:
-        name = (self.config().get("train_command") or {}).get(key)
-        if not name or not isinstance(name, str):
-            return None
-        for candidate in (Path(name), self.root / name, self.root.parent / name):
-            if candidate.is_file():
-                return candidate.resolve()
-        return None
+    def input_field(self, name: str) -> str:
+        """The config.json key that records input ``name`` (:data:`~cryospire_core.pipeline.config.INPUTS`):
+        ``inputs.<name>``, or ``train_command.<name>`` for a run that recorded no inputs."""
+        return f"inputs.{name}" if name in self.inputs() else f"train_command.{name}"
+
+    def input_candidates(self, name: str) -> list[Path]:
+        """Where input ``name`` (particles, poses, ctf, datadir) is looked for, in order, without
+        repeats: relative to the run folder and absolute, as config.json ``inputs`` records them;
+        then the legacy ways, from ``train_command`` as given: relative to the current directory,
+        to the run folder and beside it."""
+        recorded = self.inputs().get(name)
+        found = list(recorded.candidates(self.root)) if recorded is not None else []
+        given = (self.config().get("train_command") or {}).get(name)
+        if given and isinstance(given, str):
+            found += [os.path.abspath(given), os.path.abspath(self.root / given), os.path.abspath(self.root.parent / given)]
+        return [Path(p) for p in dict.fromkeys(found)]
+
+    def input_path(self, name: str) -> Path | None:
+        """Input ``name`` (a file; ``datadir``: a folder) at the first of :meth:`input_candidates`
+        that has it, resolved; None when none has."""
+        exists = Path.is_dir if name == "datadir" else Path.is_file
+        return next((p.resolve() for p in self.input_candidates(name) if exists(p)), None)
+
+    def missing_input(self, name: str, remedy: str | None = None) -> InputError:
+        """The error for input ``name`` found nowhere: one line naming config.json, the key that
+        records it, every place tried and ``remedy`` (e.g. ``give it with --particles``)."""
+        expected = f"{_INPUT_WORDS[name]} the run was trained on" + (f" ({remedy})" if remedy else "")
+        tried = self.input_candidates(name)
+        found = "none of " + ", ".join(map(str, tried)) if tried else "no path recorded"
+        return InputError(self.config_path, self.input_field(name), expected, found)
+
+    def particles_path(self) -> Path | None:
+        """The particle file the run was trained on (:meth:`input_path`), None when unknown or gone."""
+        return self.input_path("particles")
 
     def particles(self) -> ParticleSet:
         """The run's particles, read as its training command read them (:meth:`particle_source`)."""
         return self.particle_source().load()
 
-    def particle_source(self) -> ParticleSource:
+    def particle_source(self, particles: str | os.PathLike | None = None,
+                        remedy: str = "give it with --particles") -> ParticleSource:
         """Where the run's particles come from, as its training command recorded it (particle
-        file, poses and CTF files, data folder, contrast, pixel size)."""
+        file, poses and CTF files, data folder, contrast, pixel size), each file found by
+        :meth:`input_path`; ``particles`` names the particle file instead (the user's, for a run
+        whose file moved). InputError naming config.json (:meth:`missing_input`, with ``remedy``)
+        when the particle file is found nowhere."""
         command = self.config().get("train_command") or {}
-        path = self.particles_path()
+        path = Path(particles) if particles is not None else self.particles_path()
         if path is None:
-            raise InputError(self.config_path, "train_command.particles", "the particle file the run was trained on "
-                             "(an existing file)", shown_json(command.get("particles")))
+            raise self.missing_input("particles", remedy)
         invert = command.get("invert", "auto")
         if invert not in INVERT_CHOICES:
             raise InputError(self.config_path, "train_command.invert", " or ".join(INVERT_CHOICES), shown_json(invert))
-        return ParticleSource(path, poses=self._command_file("poses") or command.get("poses"),
-                              ctf=self._command_file("ctf") or command.get("ctf"), datadir=command.get("datadir"),
-                              invert=INVERT_CHOICES[invert], apix=command.get("apix"))
+        # A file found nowhere stays as recorded: reading it names it.
+        poses, ctf, datadir = (self.input_path(name) or command.get(name) for name in ("poses", "ctf", "datadir"))
+        return ParticleSource(path, poses=poses, ctf=ctf, datadir=datadir, invert=INVERT_CHOICES[invert],
+                              apix=command.get("apix"))
+
+    def record_input(self, name: str, path: str | os.PathLike) -> None:
+        """Record ``path`` as input ``name`` of the run (config.json ``inputs``, written
+        atomically under the run's lock): a particle file the user pointed at after the run or
+        its data moved is found from then on. ``train_command`` keeps what training was given."""
+        with self:
+            inputs = {key: dataclasses.asdict(value) for key, value in self.inputs().items()}
+            inputs[name] = dataclasses.asdict(InputPath.of(path, self.root))
+            self.update_config(inputs=inputs)
 
     # -- models ---------------------------------------------------------------------------------
 

@@ -58,7 +58,13 @@ from cryospire_core.pipeline.preprocess import (
     stage_misfit,
 )
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.progress import ProgressCallback
+from cryospire_core.progress import (
+    Cancelled,
+    Phase,
+    ProgressCallback,
+    StopCheck,
+    interruptible,
+)
 
 
 def _save_state(path: Path, model: torch.nn.Module, stage: str) -> None:
@@ -69,11 +75,13 @@ def _save_state(path: Path, model: torch.nn.Module, stage: str) -> None:
 # The seeds of the latent stages
 
 
-def _write_stage1_seed(run: RunFolder, cfg: DiscoveryConfig, ps: ParticleSet) -> None:
+def _write_stage1_seed(run: RunFolder, cfg: DiscoveryConfig, ps: ParticleSet, should_stop: StopCheck | None) -> None:
     """RUN/discovery/seed.npz: the consensus coarsened to stage 1's Gaussian count, on the
     lattice of stage 1's particles ``ps`` (the Gaussians are in Å: they carry over unchanged
-    when the stages see the images at different boxes)."""
-    model = PartDiscoveryModel.from_consensus(run.gaussians("consensus"), len(ps), cfg, ps.lattice)
+    when the stages see the images at different boxes). The coarsening (one k-means, seconds
+    for 16,384 Gaussians) is :func:`~cryospire_core.progress.interruptible` by ``should_stop``."""
+    gaussians = run.gaussians("consensus")
+    model = interruptible(lambda: PartDiscoveryModel.from_consensus(gaussians, len(ps), cfg, ps.lattice), should_stop)
     g = model.base.export()
     run.stage_dir("discovery")
     write_npz(run.seed_path("discovery"), **{**g, "amplitudes": g["amplitudes"] * _gate0(cfg.gate_bias)})
@@ -121,6 +129,17 @@ class StageContext:
     should_stop: Callable[[], bool] | None
     dist: Distributed
 
+    @property
+    def stop(self) -> StopCheck | None:
+        """should_stop for the work outside the training loop: None in a data-parallel run (the
+        ranks would part ways; the loop stops them together at its next step)."""
+        return None if self.dist.active else self.should_stop
+
+    def phase(self, stage: str, total: int = 1, unit: str = "") -> Phase:
+        """A :class:`~cryospire_core.progress.Phase` reporting to this run's progress and
+        stopped by :attr:`stop`."""
+        return Phase(stage, total, self.progress, self.stop, unit)
+
     def misfit(self, ps: ParticleSet) -> ImageMisfit:
         """The data term of a stage reading ``ps`` (at its box), on the device. With noise
         weighting, rank 0 measures the noise spectrum once (RUN/noise_psd.npz, at the stack's
@@ -128,8 +147,10 @@ class StageContext:
         pre, path = self.cfg.preprocess, self.run.noise_psd_path
         spectrum = None
         if pre.noise_weighting:
+            if not path.exists():
+                self.phase("measuring the noise spectrum").step(0)
             _on_main(self.dist, lambda: path.exists() or measure_noise_spectrum(
-                self.particles, pre.window_radius, seed=self.cfg.seed).to_npz(path))
+                self.particles, pre.window_radius, seed=self.cfg.seed, should_stop=self.stop).to_npz(path))
             spectrum = NoiseSpectrum.from_npz(path, self.particles)
         return stage_misfit(pre, ps.box, spectrum).to(self.device)
 
@@ -140,9 +161,10 @@ def _stage_consensus(ctx: StageContext) -> str:
     if run.stage_done("consensus") and not _more_epochs(run, "consensus", cfg):
         return "finished"
     files = run.consensus_files()
+    progress = _named(ctx.progress, "consensus: backprojecting the particles")
     if dist.active:  # rank 0 computes and caches the map; the others read it
-        _on_main(dist, lambda: seed_map(ps, files.backprojection, device, ctx.progress))
-    init_map = seed_map(ps, files.backprojection, device, ctx.progress)
+        _on_main(dist, lambda: seed_map(ps, files.backprojection, device, progress))
+    init_map = seed_map(ps, files.backprojection, device, progress, should_stop=ctx.stop)
     loop = cfg.loop(cfg.consensus, device)
     return fit_consensus(ps, init_map, files, cfg.consensus, device, ctx.progress, ctx.should_stop,
                          cfg.checkpoint_minutes, loop.precision, dist, ctx.misfit(ps)).status
@@ -155,11 +177,13 @@ def _stage_discovery(ctx: StageContext) -> str:
         return "finished"
     dcfg = cfg.discovery
     if dcfg.image_var == 1.0:  # scale the data term once, from the data, and remember it
-        dcfg = dataclasses.replace(dcfg, image_var=image_variance(ps, seed=dcfg.seed))
+        ctx.phase("stage 1: measuring the image variance").step(0)
+        dcfg = dataclasses.replace(dcfg, image_var=image_variance(ps, seed=dcfg.seed, should_stop=ctx.stop))
         cfg.discovery = dcfg
         _on_main(dist, lambda: run.update_config(train=cfg))
     if not run.seed_path("discovery").exists():  # rank 0 writes the seed, every rank reads it
-        _on_main(dist, lambda: _write_stage1_seed(run, dcfg, ps))
+        ctx.phase("stage 1: seeding from the consensus").step(0)
+        _on_main(dist, lambda: _write_stage1_seed(run, dcfg, ps, ctx.stop))
     model = run.seeded_model("discovery", dcfg, len(ps)).to(device)
     model.misfit = ctx.misfit(ps)
     res = run_loop(model, model.make_optimizer(), ps, cfg.loop(dcfg, device), run.checkpoint_path("discovery"),
@@ -202,6 +226,7 @@ def _stage_parts(ctx: StageContext) -> str:
     run, cfg, ps = ctx.run, ctx.cfg, ctx.particles
     if run.stage_done("parts") or not ctx.dist.is_main:  # quick: rank 0 alone clusters
         return "finished"
+    ctx.phase("parts: clustering the Gaussians into parts").step(0)
     model = run.model("discovery")
     outputs = _stage1_outputs(run, len(ps), cfg.discovery.zdim)
     with torch.no_grad():
@@ -214,9 +239,13 @@ def _stage_parts(ctx: StageContext) -> str:
                          f"one column/row per stage-1 Gaussian ({len(centres)})",
                          f"shapes {gates.shape}, {outputs['features'].shape}")
     apix = model.lattice.apix  # stage 1's pixel
-    dynamics = dynamics_signature(shifts, gates, centres, masses, apix) if cfg.parts_signal == "dynamics" else None
-    clustering = discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
-                                cfg.parts_level2, seed=cfg.seed)
+
+    def cluster() -> PartClustering:  # an SVD and k-means: seconds that cannot ask should_stop themselves
+        dynamics = dynamics_signature(shifts, gates, centres, masses, apix) if cfg.parts_signal == "dynamics" else None
+        return discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
+                              cfg.parts_level2, seed=cfg.seed)
+
+    clustering = interruptible(cluster, ctx.stop)
     run.stage_dir("parts")
     clustering.to_npz(run.clustering_path)
     return "finished"
@@ -231,7 +260,9 @@ def _stage_hierarchical(ctx: StageContext) -> str:
     if hcfg.image_var == 1.0:
         # Cropping averages the noise down, so a stage at another box than stage 1 measures its own.
         same_box = ps.box == ctx.particles.at_most(cfg.discovery.box).box
-        var = cfg.discovery.image_var if same_box else image_variance(ps, seed=hcfg.seed)
+        if not same_box:
+            ctx.phase("stage 2: measuring the image variance").step(0)
+        var = cfg.discovery.image_var if same_box else image_variance(ps, seed=hcfg.seed, should_stop=ctx.stop)
         hcfg = dataclasses.replace(hcfg, image_var=var)
         cfg.hierarchical = hcfg
         _on_main(dist, lambda: run.update_config(train=cfg))
@@ -240,7 +271,7 @@ def _stage_hierarchical(ctx: StageContext) -> str:
     if keep is not None:
         ps = ps.subset(keep)
     if not run.seed_path("hierarchical").exists():
-        _on_main(dist, lambda: _write_stage2_seed(ps, run, cfg, device, keep, n_all))
+        _on_main(dist, lambda: _write_stage2_seed(ps, run, cfg, device, keep, n_all, ctx.progress, ctx.stop))
     model = run.seeded_model("hierarchical", hcfg).to(device)
     model.misfit = ctx.misfit(ps)
     res = run_loop(model, model.make_optimizer(), ps, cfg.loop(hcfg, device), run.checkpoint_path("hierarchical"),
@@ -340,18 +371,26 @@ def stage2_selection(run: RunFolder, cfg: TrainConfig, ps: ParticleSet) -> np.nd
     return keep
 
 
+SEED_FIT_STAGE = "stage 2: fitting the seed to stage 1's map"
+"""How progress names the fit of stage 2's seed mixture to stage 1's improved map."""
+
+
 def _write_stage2_seed(ps: ParticleSet, run: RunFolder, cfg: TrainConfig, device: torch.device,
-                       keep: np.ndarray | None, n_particles: int) -> None:
+                       keep: np.ndarray | None, n_particles: int, progress: ProgressCallback | None = None,
+                       should_stop: StopCheck | None = None) -> None:
     """Stage-2 Gaussians seeded from stage 1's improved map (fitted on that map's lattice, then
     carried in Å onto the lattice of stage 2's particles ``ps``), each assigned the part of its
     nearest coarse Gaussian; anchors from the clustering; latents from stage 1 (of the kept
-    particles ``keep`` among the ``n_particles`` stage 1 trained on; ``ps`` holds the kept ones)."""
+    particles ``keep`` among the ``n_particles`` stage 1 trained on; ``ps`` holds the kept ones).
+    The fit reports each step to ``progress`` as :data:`SEED_FIT_STAGE` and asks ``should_stop``
+    after each (:class:`~cryospire_core.progress.Cancelled`: no seed written)."""
     hcfg = cfg.hierarchical
     improved = read_map(run.map_path("discovery"))
     seed_cfg = dataclasses.replace(cfg.consensus, n_gaussians=hcfg.n_gaussians)
     centres, widths, amps = seed_from_map(improved.data, improved.apix, seed_cfg, np.random.default_rng(hcfg.seed))
     mixture = GaussianMixture(centres, widths, amps, improved.lattice, hcfg.min_width_px).to(device)
-    fit_to_map(mixture, torch.tensor(improved.data, device=device), cfg.consensus.map_fit_steps, lr=0.05)
+    fit_to_map(mixture, torch.tensor(improved.data, device=device), cfg.consensus.map_fit_steps, lr=0.05,
+               progress=progress, should_stop=should_stop, stage=SEED_FIT_STAGE)
     g = {**mixture.export(), "box": np.array(ps.box), "apix": np.array(ps.apix)}
     clustering = PartClustering.from_npz(run.clustering_path)  # the parts stage is finished
     coarse = run.gaussians("discovery")["centres"]
@@ -394,16 +433,30 @@ def train(
     arguments; the ranks share the training steps, rank 0 alone writes files (the others wait
     for it at barriers) and the run folder must be on a file system every rank sees. The stages
     read ``particles`` as ``cfg.preprocess`` says (:func:`~cryospire_core.pipeline.preprocess.prepared`:
-    normalised per image or not)."""
+    normalised per image or not).
+
+    Every phase reports to ``progress`` under its own name (e.g. :data:`SEED_FIT_STAGE`, step by
+    step) and asks ``should_stop`` at least every ~0.6 s of work on a busy 2-core CPU (the training
+    loop between steps; the seeding, clustering, backprojection and image sampling too: see
+    :mod:`cryospire_core.progress`); a phase cancelled before its end wrote nothing, so a resumed
+    run redoes it."""
     check_training_inputs(particles, run, cfg, stages)
     ctx = StageContext(prepared(particles, cfg.preprocess), run, cfg, device, progress, should_stop, dist)
     for stage in stages:
         dist.barrier()  # every rank sees the files the previous stage wrote
-        status = _RUNNERS[stage](ctx)
+        try:
+            status = _RUNNERS[stage](ctx)
+        except Cancelled:
+            return "cancelled"
         if status != "finished":
             return status
         _on_main(dist, lambda: _publish_latents(run))
     return "finished"
+
+
+def _named(progress: ProgressCallback | None, stage: str) -> ProgressCallback | None:
+    """``progress`` receiving events renamed ``stage`` (a step of a stage, in the user's words)."""
+    return None if progress is None else lambda e: progress(dataclasses.replace(e, stage=stage))
 
 
 def _publish_latents(run: RunFolder) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from cryospire_core.errors import InputError
 from cryospire_core.io.atomic import TEMP_GLOB, write_json
 from cryospire_core.io.outputs import check_new_outputs, check_writable_folder, describe
+from cryospire_core.pipeline.config import INPUTS, InputPath
 from cryospire_core.pipeline.runfolder import CHECKPOINT, RunFolder
 from cryospire_core.services.select import write_indices
 
@@ -40,11 +41,14 @@ def check_new_run_folder(dest: str | os.PathLike) -> None:
     check_writable_folder(dst, "new run folder")
 
 
-def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str | os.PathLike) -> Path:
+def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str | os.PathLike,
+               particles: str | os.PathLike | None = None) -> Path:
     """A new run folder ``dest`` that reuses ``source``'s consensus, stage-1 and parts outputs
     (without their checkpoints) and will train stage 2 on the particles listed in ``select``:
-    its config is ``source``'s with ``train.select`` (absolute) and ``branched_from`` set. For a
-    run whose stage 2 has started, where :func:`apply_selection` is refused. Returns dest."""
+    its config is ``source``'s with ``train.select`` (absolute), ``branched_from`` and
+    ``inputs`` set, the latter recorded for ``dest`` from where ``source``'s input files are
+    found (``particles``: the particle file instead of the run's). For a run whose stage 2 has
+    started, where :func:`apply_selection` is refused. Returns dest."""
     src, dst = RunFolder(source), RunFolder(dest)
     check_new_run_folder(dst.root)
     for stage in SHARED_STAGES:
@@ -58,9 +62,25 @@ def branch_run(source: str | os.PathLike, dest: str | os.PathLike, select: str |
     saved = src.config()
     saved["train"]["select"] = str(Path(select).resolve())
     saved["branched_from"] = str(src.root.resolve())
+    saved["inputs"] = _inputs_for(src, dst.root, particles)
     write_json(dst.config_path, saved)
     dst.config()  # the copy is a valid run
     return dst.root
+
+
+def _inputs_for(src: RunFolder, root: Path, particles: str | os.PathLike | None) -> dict[str, dict[str, str]]:
+    """config.json ``inputs`` of a run folder ``root`` reading ``src``'s input files: where
+    they are found now (``particles`` instead of the particle file), else where ``src``
+    recorded them."""
+    recorded = src.inputs()
+    inputs = {}
+    for name in INPUTS:
+        path = particles if name == "particles" and particles is not None else src.input_path(name)
+        if path is None and name in recorded:
+            path = recorded[name].absolute
+        if path is not None:
+            inputs[name] = dataclasses.asdict(InputPath.of(path, root))
+    return inputs
 
 
 def apply_selection(run: str | os.PathLike, select: str | os.PathLike) -> Path:
@@ -82,12 +102,14 @@ def apply_selection(run: str | os.PathLike, select: str | os.PathLike) -> Path:
     return folder.root
 
 
-def continue_with_selection(run: str | os.PathLike, rows: np.ndarray) -> Path:
+def continue_with_selection(run: str | os.PathLike, rows: np.ndarray,
+                            particles: str | os.PathLike | None = None) -> Path:
     """The run folder whose stage 2 will train on the particles ``rows`` (0-based indices into
     the run's particle file), made ready: before stage 2 starts the run itself (index file
     RUN/explorer_selection.txt, :func:`apply_selection`); after, a new folder
     ``<run>_subset<M>`` beside it with its index file ``<run>_subset<M>_indices.txt``
-    (:func:`branch_run`; both refused, before either is written, when they exist)."""
+    (:func:`branch_run`, reading ``particles`` when given; both refused, before either is
+    written, when they exist)."""
     root, folder = Path(run), RunFolder(run)
     if not folder.stage2_started():
         index = folder.explorer_selection_path
@@ -99,32 +121,35 @@ def continue_with_selection(run: str | os.PathLike, rows: np.ndarray) -> Path:
     check_new_run_folder(out)
     check_new_outputs([index], False, "selection file", remedy="removing the old branch first")
     write_indices(index, rows)
-    return branch_run(root, out, index)
+    return branch_run(root, out, index, particles)
 
 
-def selection_size(run: str | os.PathLike, select: str | os.PathLike) -> int | None:
-    """How many of the run's particles ``select`` lists, read as stage 2 will read it (InputError
-    naming ``select`` for an unreadable, empty or out-of-range one); None when the run's
-    particle file is not found here (stage 2 checks it when it starts)."""
+def selection_size(run: str | os.PathLike, select: str | os.PathLike,
+                   particles: str | os.PathLike | None = None) -> int | None:
+    """How many of the run's particles (``particles``: the particle file instead of the run's)
+    ``select`` lists, read as stage 2 will read it (InputError naming ``select`` for an
+    unreadable, empty or out-of-range one); None when the run's particle file is not found here
+    (stage 2 checks it when it starts)."""
     from cryospire_core.io.selection import read_selection
 
     folder = RunFolder(run)
-    if folder.particles_path() is None:
+    if particles is None and folder.particles_path() is None:
         return None
     # The rows are all a selection needs: the contrast is not detected (a pass over the images).
-    source = dataclasses.replace(folder.particle_source(), invert=False)
+    source = dataclasses.replace(folder.particle_source(particles), invert=False)
     return len(read_selection(select, source.load(), datadir=source.datadir))
 
 
 def train_command(run: str | os.PathLike) -> list[str]:
-    """The ``cryospire train`` command line that continues ``run`` (its particle file, found as
-    the explorer finds it, else as recorded, and the particle options its training was given)."""
+    """The ``cryospire train`` command line that continues ``run`` (its particle file, poses,
+    CTF and data folder found as the explorer finds them, else as recorded, and the other
+    particle options its training was given)."""
     folder = RunFolder(run)
     command = folder.config().get("train_command") or {}
     particles = folder.particles_path() or command.get("particles") or "PARTICLES"
     argv = ["cryospire", "train", str(particles), "--out", str(folder.root), "--resume"]
     for option in PARTICLE_OPTIONS:
-        value = command.get(option)
+        value = (folder.input_path(option) if option in INPUTS else None) or command.get(option)
         if value is not None and not (option == "invert" and value == "auto"):
             argv += [f"--{option}", str(value)]
     return argv

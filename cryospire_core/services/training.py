@@ -30,7 +30,7 @@ from cryospire_core.io.load import ParticleSource
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.device import resolve_device
 from cryospire_core.models.distributed import Distributed
-from cryospire_core.pipeline.config import STAGES, TrainConfig
+from cryospire_core.pipeline.config import STAGES, TrainConfig, recorded_inputs
 from cryospire_core.pipeline.preprocess import inspect_normalization
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE
 from cryospire_core.pipeline.runfolder import RunFolder
@@ -42,7 +42,7 @@ from cryospire_core.pipeline.train import (
     check_training_inputs,
     train,
 )
-from cryospire_core.progress import ProgressCallback
+from cryospire_core.progress import ProgressCallback, ProgressEvent, interruptible
 
 
 @dataclass(frozen=True)
@@ -155,13 +155,16 @@ class TrainingRun:
 
 @contextlib.contextmanager
 def training_run(request: TrainRequest, dist: Distributed = Distributed(),
-                 device: torch.device | None = None) -> Iterator[TrainingRun]:
+                 device: torch.device | None = None, progress: ProgressCallback | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[TrainingRun]:
     """The run of ``request``, checked and locked for the ``with`` block (see the module
     docstring); InputError, with nothing written, for anything a stage would refuse.
 
     dist: this process's place in a data-parallel run (every rank calls this with the same
     request; rank 0 alone locks the folder and writes). device: where to train (default:
-    ``request.device`` resolved on this machine).
+    ``request.device`` resolved on this machine). progress and should_stop: for reading the
+    particles and inspecting their backgrounds (:class:`~cryospire_core.progress.Cancelled`,
+    nothing written, when it answers True; ignored in a data-parallel run).
     """
     if request.threads is not None:
         use_threads(request.threads)
@@ -173,7 +176,9 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
     else:
         cfg = request.config if request.config is not None else new_config(request.options)
     check_stage_order(run, request.stages)  # cheap, before the particles are read
-    ps = request.source.load()
+    if progress is not None:
+        progress(ProgressEvent("reading the particles", 0, 1))
+    ps = interruptible(request.source.load, None if dist.active else should_stop)
     if "train" in saved and saved.get("n_particles") != len(ps):
         raise InputError(request.source.particles, "particles", f"the {saved.get('n_particles')} particles the run was "
                          "trained on", len(ps))
@@ -182,14 +187,16 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
     check_training_inputs(ps, run, cfg, request.stages)
     report = None
     if cfg.preprocess.stack_normalization is None:  # inspected once, at the run's first start
-        report = inspect_normalization(ps, cfg.preprocess.window_radius, seed=cfg.seed)
+        report = inspect_normalization(ps, cfg.preprocess.window_radius, seed=cfg.seed, progress=progress,
+                                       should_stop=None if dist.active else should_stop)
         cfg.preprocess = dataclasses.replace(cfg.preprocess, stack_normalization=report.verdict)
     device = resolve_device(request.device) if device is None else device
     with run if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
             if request.options.select is not None:  # a selection saved by an earlier one gives way to the new one
                 run.selection_path.unlink(missing_ok=True)
-            run.update_config(train=cfg, n_particles=len(ps), train_command=request.command)
+            run.update_config(train=cfg, n_particles=len(ps), train_command=request.command,
+                              inputs=recorded_inputs(request.source, run.root))
             if request.recluster:  # clustering is instant: an explicit request redoes it
                 run.clustering_path.unlink(missing_ok=True)
         dist.barrier()

@@ -132,10 +132,12 @@ def test_select_refuses_bad_options_before_writing(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run, run)
     star = RunFolder(tiny_run).particles_path()
     saved = json.loads((run / "config.json").read_text())
-    saved["train_command"]["particles"] = str(tmp_path / "moved.star")
+    saved["train_command"]["particles"] = saved["inputs"]["particles"]["absolute"] = str(tmp_path / "moved.star")
+    saved["inputs"]["particles"]["relative"] = "moved.star"
     (run / "config.json").write_text(json.dumps(saved))
     assert main(["select", str(run), "--states", "1", "-o", str(tmp_path / "k.star")]) == 1
-    assert "config.json: train_command.particles: expected the particle file" in _error(capsys, "select")
+    assert "config.json: inputs.particles: expected the particle file the run was trained on (give it with " \
+           "--particles), found none of" in _error(capsys, "select")
     assert main(["select", str(run), "--states", "1", "--particles", str(star), "-o", str(tmp_path / "k.star")]) == 0
 
 

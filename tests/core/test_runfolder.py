@@ -156,7 +156,8 @@ def test_the_particle_source_a_run_records_is_the_one_it_reads_back(copy):
     star = Path(copy.particle_source().particles)
     source = ParticleSource(star, datadir=str(star.parent), invert=True, apix=12.0)
     copy.update_config(train_command={"gui": "test", **source.command()})
-    assert copy.particle_source() == ParticleSource(star.resolve(), datadir=str(star.parent), invert=True, apix=12.0)
+    assert copy.particle_source() == ParticleSource(star.resolve(), datadir=star.parent.resolve(), invert=True,
+                                                    apix=12.0)
     assert copy.particles().apix == 12.0
     copy.update_config(train_command={**source.command(), "invert": "sometimes"})
     with pytest.raises(InputError, match="train_command.invert"):

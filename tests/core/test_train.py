@@ -14,7 +14,7 @@ from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
 from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
-from cryospire_core.pipeline.train import train
+from cryospire_core.pipeline.train import STAGE_NAMES, train
 
 SMALL = ["--epochs-consensus", "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128",
          "--gaussians-2", "256", "--quiet"]
@@ -74,13 +74,16 @@ def test_cancelled_training_resumes_to_finish(homogeneous_32, tmp_path):
     cfg.consensus.epochs = 1
     run = RunFolder(tmp_path / "run")
     run.update_config(train=cfg, n_particles=len(ps))
-    calls = {"n": 0}
+    stage_1_steps = []
 
     def stop_in_stage_1():
-        calls["n"] += 1
-        return (tmp_path / "run" / "discovery" / "checkpoint.pt").exists() or calls["n"] > 60
+        return (tmp_path / "run" / "discovery" / "checkpoint.pt").exists() or len(stage_1_steps) > 3
 
-    assert train(ps, run, cfg, torch.device("cpu"), progress=None, should_stop=stop_in_stage_1) == "cancelled"
+    def progress(event):
+        if event.stage == STAGE_NAMES["discovery"]:
+            stage_1_steps.append(event)
+
+    assert train(ps, run, cfg, torch.device("cpu"), progress=progress, should_stop=stop_in_stage_1) == "cancelled"
     assert (tmp_path / "run" / "consensus" / "gaussians.npz").exists()
     assert not (tmp_path / "run" / "hierarchical" / "model.pt").exists()
     assert train(ps, run, cfg, torch.device("cpu")) == "finished"

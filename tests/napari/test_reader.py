@@ -146,9 +146,11 @@ def test_run_reader_points_sit_on_the_density(tmp_path):
     assert set(by_name) == {"consensus map", "consensus gaussians"}
     img = Layer.create(*by_name["consensus map"])
     pts = Layer.create(*by_name["consensus gaussians"])
-    assert pts._type_string == "points" and pts.data.shape == (2, 3)
+    assert pts._type_string == "points" and pts.data.shape == (2, 3) and not pts.visible
     np.testing.assert_allclose(pts.data_to_world(pts.data[0]), img.data_to_world(at))
-    np.testing.assert_allclose(pts.size, [3.0, 6.0])  # diameter 2 x width
+    # On the map's lattice (sliders step one voxel), each disc 2 x width across in Å.
+    assert tuple(pts.scale) == tuple(img.scale) == (2.0,) * 3 and tuple(pts.translate) == tuple(img.translate)
+    np.testing.assert_allclose(pts.size * pts.scale[0], [3.0, 6.0])
     np.testing.assert_allclose(pts.features["amplitude"], [2.0, 1.0])
 
 
@@ -172,8 +174,8 @@ def test_viewer_opens_run_and_reports_broken_files(make_napari_viewer, tmp_path,
     run = tmp_path / "run"
     make_run(run)
     layers = viewer.open(run / "config.json", plugin=PLUGIN)
-    assert [layer.name for layer in layers] == ["consensus map", "consensus gaussians"]
-    assert layers[0].rendering == "iso" and layers[0].data.dtype == np.float32
+    assert [layer.name for layer in layers] == ["consensus gaussians", "consensus map"]
+    assert layers[1].rendering == "iso" and layers[1].data.dtype == np.float32
 
     bad = tmp_path / "broken.star"
     bad.write_text("data_particles\nloop_\n_rlnImageName #1\n1@missing.mrcs\n")

@@ -41,11 +41,11 @@ def test_samples_are_made_once_and_return_layers(monkeypatch, tmp_path):
     assert (root / "data" / "metadata.json").is_file() and not (root / "run").exists()
 
     run = consensus_sample(SMALL)
-    assert [kw["name"] for _, kw, _ in run] == ["consensus map", "consensus gaussians", "ground truth vol_050"]
-    points = Layer.create(*run[1])
+    assert [kw["name"] for _, kw, _ in run] == ["consensus gaussians", "consensus map", "ground truth vol_050"]
+    points = Layer.create(*run[0])
     assert points.data.shape[1] == 3 and len(points.data) >= 512
     # Gaussians lie inside the box (world Å about the centre).
-    assert np.all(np.abs(points.data) <= 16 * 12.0)
+    assert np.all(np.abs(points.data * points.scale + points.translate) <= 16 * 12.0)
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"sample data remade: {args}")
