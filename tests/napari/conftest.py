@@ -16,6 +16,21 @@ from tests.conftest import tiny_config
 
 
 @pytest.fixture
+def dialogs(monkeypatch) -> list:
+    """Reader dialogs napari would have shown (each answered "cancel", so none stays open)."""
+    from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
+
+    shown = []
+
+    def record(dialog):
+        shown.append(dialog)
+        return "", False
+
+    monkeypatch.setattr(QtReaderDialog, "get_user_choices", record)
+    return shown
+
+
+@pytest.fixture
 def notes():
     """The napari notifications shown during a test."""
     from napari.utils.notifications import notification_manager

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
 from napari.utils.notifications import ErrorNotification
 from numpy.lib import recfunctions
 from qtpy.QtWidgets import QApplication
@@ -159,19 +158,6 @@ def open_with(viewer, path: Path, how: str):
     if how == "gui":
         return viewer.window._qt_viewer._qt_open([str(path)], stack=False)
     return viewer.open(path, plugin=PLUGIN if how == "plugin" else None)
-
-
-@pytest.fixture
-def dialogs(monkeypatch) -> list:
-    """Reader dialogs napari would have shown (none is: each is answered "cancel")."""
-    shown = []
-
-    def record(dialog):
-        shown.append(dialog)
-        return "", False
-
-    monkeypatch.setattr(QtReaderDialog, "get_user_choices", record)
-    return shown
 
 
 def errors(notes) -> list:

@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-from napari._qt.dialogs.qt_reader_dialog import QtReaderDialog
 from qtpy.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from qtpy.QtGui import QDragEnterEvent, QDropEvent
 from qtpy.QtWidgets import QApplication
@@ -38,19 +37,6 @@ WAIT_MS = 60_000
 def run(parts_run, tmp_path):
     """A private copy of a run trained up to the parts (stage-1 map, latents, clustering)."""
     return shutil.copytree(parts_run, tmp_path / "run")
-
-
-@pytest.fixture
-def dialogs(monkeypatch) -> list:
-    """Reader dialogs napari would have shown (each answered "cancel")."""
-    shown = []
-
-    def record(dialog):
-        shown.append(dialog)
-        return "", False
-
-    monkeypatch.setattr(QtReaderDialog, "get_user_choices", record)
-    return shown
 
 
 def open_run(viewer, root):
