@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils import notifications
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractButton,
     QCheckBox,
@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -73,6 +74,8 @@ LABELS_NAME = "explorer parts"
 
 #: Above this many particles the scatter starts in the density view.
 DENSITY_ABOVE = 200_000
+#: The least height of the scatter (px): the splitter's handles give it more.
+SCATTER_MIN_PX = 160
 
 
 class MouseMode(Enum):
@@ -148,7 +151,7 @@ class ExplorerWidget(QWidget):
         self.scatter.canvas.events.mouse_move.connect(self._on_move)
         self.scatter.canvas.events.mouse_release.connect(self._on_release)
         self.scatter.canvas.events.mouse_wheel.connect(self._on_wheel)
-        self.scatter.canvas.native.setMinimumHeight(300)
+        self.scatter.canvas.native.setMinimumHeight(SCATTER_MIN_PX)
 
         self.mode = _choices(MOUSE_LABELS)
         self.mode.currentIndexChanged.connect(lambda _: self._mode_changed(self.mode.currentData()))
@@ -243,12 +246,23 @@ class ExplorerWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(run_row)
         layout.addWidget(self.particle_row)
-        layout.addWidget(self.scatter.canvas.native, 3)
-        layout.addLayout(grid)
-        layout.addWidget(self.readout)
-        layout.addLayout(trav1)
-        layout.addLayout(trav2)
-        layout.addWidget(self.plot.canvas, 1)
+        # The scatter, the part table and the traversal plot share the height the user gives them.
+        controls, traversal = QWidget(), QWidget()
+        top = QVBoxLayout(controls)
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addLayout(grid)
+        top.addWidget(self.readout, 1)
+        bottom = QVBoxLayout(traversal)
+        bottom.setContentsMargins(0, 0, 0, 0)
+        bottom.addLayout(trav1)
+        bottom.addLayout(trav2)
+        bottom.addWidget(self.plot.canvas, 1)
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        for w, stretch in ((self.scatter.canvas.native, 3), (controls, 2), (traversal, 1)):
+            self.splitter.addWidget(w)
+            self.splitter.setStretchFactor(self.splitter.count() - 1, stretch)
+        layout.addWidget(self.splitter, 1)
         layout.addLayout(trav3)
         layout.addWidget(self.sel_label)
         layout.addLayout(sel1)
@@ -324,9 +338,16 @@ class ExplorerWidget(QWidget):
         _show_quietly(self.view_kind, ScatterView.DENSITY if e.n_particles > DENSITY_ABOVE else ScatterView.POINTS)
         self._fill_map_boxes(e)
         self.particle_row.show_missing(e.particles_missing)
+        self._describe_run()
+
+    def _describe_run(self) -> None:
+        """The status line: the run, the lattice it was trained at, and the maps' when another."""
+        e = self.session.explorer
         stage = "stage 2" if e.stage == "hierarchical" else "stage 1 (stage 2 not trained yet)"
+        maps = e.map_lattice(self.session.map_box)
+        shown = "" if maps.box == e.lattice.box else f"; maps at {maps.box}^3, {maps.apix:.3g} Å/px"
         self.status.setText(f"{e.n_particles} particles, {e.zdim}-D latents, {e.n_parts} parts, {stage}; "
-                            f"trained at {e.lattice.box} px, {e.lattice.apix:.3g} Å/px")
+                            f"trained at {e.lattice.box} px, {e.lattice.apix:.3g} Å/px{shown}")
 
     def compute_embedding(self, method: EmbeddingMethod) -> None:
         """Switch the scatter to the PCA or UMAP embedding (computed in the background)."""
@@ -501,6 +522,8 @@ class ExplorerWidget(QWidget):
 
     def _on_map_box(self, box: int | None) -> None:
         self._show_map_box(box)
+        if self.session.explorer is not None:
+            self._describe_run()
         self._rerender()
 
     # -- the live map ------------------------------------------------------------------------------
@@ -556,10 +579,19 @@ class ExplorerWidget(QWidget):
             self.viewer.layers[LABELS_NAME].visible = True
         elif LABELS_NAME in self.viewer.layers:
             self.viewer.layers[LABELS_NAME].visible = False
-        if frame.readout is not None:
-            self.readout.show_readout(frame.readout)
+        if frame.readout is not None and self.readout.show_readout(frame.readout):
+            self._fit_panes()
         if self.session.playing:
             QTimer.singleShot(80, self.session.advance)
+
+    def _fit_panes(self) -> None:
+        """Give the controls pane (map options and the part table) the height it now needs, from
+        the scatter's pane: a splitter does not grow a pane when its contents' minimum grows."""
+        sizes = self.splitter.sizes()
+        short = self.splitter.widget(1).minimumSizeHint().height() - sizes[1]
+        if short > 0:
+            give = min(short, max(0, sizes[0] - SCATTER_MIN_PX))
+            self.splitter.setSizes([sizes[0] - give, sizes[1] + give, sizes[2]])
 
     # -- traversals ------------------------------------------------------------------------------
 

@@ -4,7 +4,12 @@ it along a traversal with a marker at the step shown."""
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QTableWidget,
+    QTableWidgetItem,
+)
 
 from cryospire_core.analysis.explorer import PartReadout
 
@@ -12,27 +17,42 @@ from ._parts_widget import part_colours
 
 
 class ReadoutTable(QTableWidget):
-    """One row per part: its colour and number, angle (°), shift (Å) and presence."""
+    """One row per part: its colour and number, angle (°), shift (Å) and presence. It asks for
+    the height of up to :attr:`ROWS_SHOWN` rows and scrolls beyond; the dock puts it in a
+    splitter, so the user can give it more."""
+
+    ROWS_SHOWN = 6
 
     def __init__(self) -> None:
         super().__init__(0, 4)
         self.setHorizontalHeaderLabels(["part", "angle (°)", "shift (Å)", "presence"])
         self.verticalHeader().setVisible(False)
-        self.setMaximumHeight(150)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)  # four short columns: no sideways scrolling
+        self.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
 
-    def show_readout(self, r: PartReadout) -> None:
+    def rows_height(self, n: int) -> int:
+        """Pixels that show the header and ``n`` rows whole."""
+        return self.horizontalHeader().height() + n * self.verticalHeader().defaultSectionSize() + 2 * self.frameWidth()
+
+    def show_readout(self, r: PartReadout) -> bool:
+        """Fill the table with ``r``; True when its number of rows changed (and so its height)."""
         from qtpy.QtCore import Qt
         from qtpy.QtGui import QColor
 
         rows = r.rows()
         colours = part_colours(len(rows))
-        self.setRowCount(len(rows))
+        resized = self.rowCount() != len(rows)
+        if resized:
+            self.setRowCount(len(rows))
+            self.setMinimumHeight(self.rows_height(min(len(rows), self.ROWS_SHOWN)))
         for i, (k, angle, shift, presence) in enumerate(rows):
             name = QTableWidgetItem(f"part {k}")
             name.setData(Qt.DecorationRole, QColor.fromRgbF(*colours[i]))
             for col, item in enumerate((name, QTableWidgetItem(f"{angle:.1f}"), QTableWidgetItem(f"{shift:.1f}"),
                                         QTableWidgetItem(f"{presence:.2f}"))):
                 self.setItem(i, col, item)
+        return resized
 
 
 class ReadoutPlot:

@@ -34,8 +34,10 @@ def test_map_box_re_renders_in_place(make_napari_viewer, qtbot, parts_run):
     before = _world_centre_of_mass(layer)
     np.testing.assert_allclose(layer.data_to_world([d // 2] * 3), 0.0, atol=1e-9)  # the model origin
 
+    assert "maps at" not in widget.status.text()
     widget.map_box.setCurrentIndex(widget.map_box.findData(2 * d))
     assert widget.session.map_box == 2 * d
+    assert f"trained at {d} px" in widget.status.text() and f"maps at {2 * d}^3" in widget.status.text()
     qtbot.waitUntil(lambda: not widget.busy and layer.data.shape == (2 * d,) * 3, timeout=30_000)
     assert viewer.layers[MAP_NAME] is layer and labels.data.shape == (2 * d,) * 3  # the same layers, re-rendered
     half = e.lattice.apix / 2
@@ -49,7 +51,25 @@ def test_map_box_re_renders_in_place(make_napari_viewer, qtbot, parts_run):
     assert widget.last_frame.lattice == e.lattice.cropped(2 * d)
 
     widget.map_box.setCurrentIndex(widget.map_box.findData(d))  # back to the trained box: the session's None
-    assert widget.session.map_box is None
+    assert widget.session.map_box is None and "maps at" not in widget.status.text()
     qtbot.waitUntil(lambda: not widget.busy and layer.data.shape == (d,) * 3, timeout=30_000)
     np.testing.assert_allclose(layer.scale, (e.lattice.apix,) * 3)
     np.testing.assert_allclose(_world_centre_of_mass(layer), before, atol=1e-6)
+
+
+def test_the_part_table_shows_every_part_in_its_own_pane(make_napari_viewer, qtbot, parts_run):
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 950)  # the open command's window
+    widget = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.load_run(parts_run)
+    qtbot.waitUntil(lambda: widget.session.explorer is not None and not widget.busy and MAP_NAME in viewer.layers,
+                    timeout=30_000)
+    table, n = widget.readout, widget.session.explorer.n_parts
+    qtbot.waitUntil(lambda: table.rowCount() == n, timeout=10_000)
+    assert 2 <= n <= table.ROWS_SHOWN
+    last = table.rowViewportPosition(n - 1) + table.rowHeight(n - 1)
+    assert 0 <= table.rowViewportPosition(0) and last <= table.viewport().height(), (last, table.viewport().height())
+    assert table.horizontalScrollBar().maximum() == 0  # no sideways scrolling either
+    # The scatter, the table's pane and the traversal's share a splitter: the user drags the handles.
+    assert [widget.splitter.indexOf(w) for w in (widget.scatter.canvas.native, table.parentWidget())] == [0, 1]
