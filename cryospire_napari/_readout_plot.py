@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
 from cryospire_core.analysis.explorer import PartReadout
 
 from ._parts_widget import part_colours
+from ._theme import PLOT_COLOURS
 
 
 class ReadoutTable(QTableWidget):
@@ -63,14 +64,14 @@ class ReadoutPlot:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.fig = Figure(figsize=(4, 2.2), dpi=80, facecolor="#262930")
+        self.fig = Figure(figsize=(4, 2.2), dpi=80, facecolor=PLOT_COLOURS["figure"])
         self.canvas = FigureCanvasQTAgg(self.fig)
         self.canvas.setMinimumHeight(150)
         self.axes = self.fig.subplots(1, 3)
         self.fig.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.85, wspace=0.45)
         for ax, title in zip(self.axes, ("angle (°)", "shift (Å)", "presence")):
             ax.set_title(title, color="w", fontsize=8)
-            ax.set_facecolor("#1e1f24")
+            ax.set_facecolor(PLOT_COLOURS["axes"])
             ax.tick_params(colors="w", labelsize=7)
         self.markers: list = []
 

@@ -9,6 +9,7 @@ from enum import Enum
 import numpy as np
 
 from ._parts_widget import part_colours
+from ._theme import PLOT_COLOURS
 
 #: Bins per axis of the density image.
 DENSITY_BINS = 256
@@ -41,7 +42,7 @@ class ScatterCanvas:
     def __init__(self) -> None:
         from vispy import scene
 
-        self.canvas = scene.SceneCanvas(keys=None, size=(420, 380), bgcolor="#262930")
+        self.canvas = scene.SceneCanvas(keys=None, size=(420, 380), bgcolor=PLOT_COLOURS["figure"])
         self.view = self.canvas.central_widget.add_view()
         self.view.camera = scene.PanZoomCamera(aspect=1)
         self.density = scene.visuals.Image(np.zeros((2, 2), np.float32), cmap="viridis", parent=self.view.scene)

@@ -48,6 +48,7 @@ from cryospire_core.pipeline.runfolder import RunFolder
 from ._layers import display_levels
 from ._notify import notify_error, status_text
 from ._parts_widget import PartsWidget
+from ._theme import PLOT_COLOURS
 from ._workers import (
     CloseWatcher,
     LatestJob,
@@ -115,10 +116,6 @@ def preview_map(root: str | Path) -> tuple[str, np.ndarray, float] | None:
                 vol = model.volume()
         return CHECKPOINT_PREVIEWS[stage], vol.numpy().astype(np.float32), model.lattice.apix
     return None
-
-
-#: The loss plot's colours: napari's dark theme.
-PLOT_COLOURS = {"figure": "#262930", "axes": "#1e1f24", "text": "#e6e6e6", "muted": "#8a8d93"}
 
 
 class LossPlot(QWidget):
