@@ -160,7 +160,8 @@ def open_run(run: Path | None, synthetic_particles: int, k: int = 8):
     run of ``synthetic_particles`` particles (the model is built, not timed)."""
     from qtpy.QtWidgets import QApplication
 
-    from cryospire_core.analysis.explorer import EmbeddingMethod, Explorer
+    from cryospire_core.analysis.colourkey import colour_key
+    from cryospire_core.analysis.explorer import ColourMode, EmbeddingMethod, Explorer
     from cryospire_core.analysis.session import ExplorerSession
     from cryospire_napari._scatter import ScatterCanvas, point_colours
 
@@ -183,7 +184,8 @@ def open_run(run: Path | None, synthetic_particles: int, k: int = 8):
     scatter.canvas.show()  # a window of its own, drawn by Qt as the dock's is
 
     def first_draw():
-        scatter.set_points(emb.points, point_colours(e.states(k).astype(np.float32), True), None)
+        states = e.states(k).astype(np.float32)
+        scatter.set_points(emb.points, point_colours(states, colour_key(ColourMode.STATE, states)), None)
         scatter.set_density(emb.points)
         scatter.fit()
         scatter.set_cursor(session.cursor.xy)
@@ -260,12 +262,14 @@ def table_rows(box: int, rows: dict[str, tuple[float, float, float]]) -> list[st
 def time_scatter(n: int, repeats: int, markers: bool) -> tuple[float, float]:
     """Redraw of the scatter canvas with n points after a pan (canvas.render(): draw + read back),
     with the points drawn as markers, or as the density image alone (``markers`` False)."""
+    from cryospire_core.analysis.colourkey import colour_key
+    from cryospire_core.analysis.explorer import ColourMode
     from cryospire_napari._scatter import ScatterCanvas, point_colours
 
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(n, 2)).astype(np.float32)
     s = ScatterCanvas()
-    s.set_points(pts, point_colours(pts[:, 0], False), None)
+    s.set_points(pts, point_colours(pts[:, 0], colour_key(ColourMode.DISPLACEMENT, pts[:, 0])), None)
     s.set_density(pts)
     s.fit()
     s.markers.visible = markers

@@ -1,5 +1,5 @@
-"""What the latent explorer's action buttons do: export the traversal (an MRC series, a GIF
-movie), write the selected particles, and continue training on them; with their file dialogs.
+"""What the latent explorer's action buttons do: export the traversal (an MRC series, a movie:
+mp4 or GIF), write the selected particles, and continue training on them; with their file dialogs.
 
 The work itself is the application services' (:mod:`cryospire_core.services`), the same
 functions the command line calls; this module checks the explorer's state first, runs the slow
@@ -17,10 +17,12 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from cryospire_core.errors import InputError
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.services import branch, inputs, select, traverse
 
+from ._movie import MovieRecording
 from ._notify import notify_error
 from ._workers import TrainJob, default_torch_threads, dock_request, progress_text
 
@@ -30,25 +32,37 @@ if TYPE_CHECKING:
 
 class ExplorerActions:
     """The actions of the explorer dock ``dock`` (its session, background job, viewer, status
-    line and progress bar); ``train_job`` is the training started here, if it still runs."""
+    line and progress bar); ``train_job`` is the training started here, if it still runs;
+    ``movie`` the movie being recorded, if any."""
 
     def __init__(self, dock: ExplorerWidget) -> None:
         self.dock = dock
         self.session = dock.session
         self.train_job: TrainJob | None = None
+        self.movie: MovieRecording | None = None
+        self._movie_button_text = ""
         self._timer = QTimer(dock)
         self._timer.timeout.connect(self._poll_training)
 
+    @property
+    def busy(self) -> bool:
+        """A movie is being recorded or written."""
+        return self.movie is not None and self.movie.busy
+
     def shutdown(self) -> None:
-        """Stop the training started here (the dock is closing)."""
+        """Stop the training started here and the movie being recorded (the dock is closing)."""
         if self.train_job is not None:
             self.train_job.stop()
+        if self.movie is not None:
+            self.movie.close()
+            self.movie = None
 
     # -- the traversal -----------------------------------------------------------------------------
 
     def export_series(self, folder: str | Path, overwrite: bool = False) -> None:
-        """Write the traversal's maps as folder/vol_###.mrc (+ latents.npy, parts.csv; background).
-        Files already in ``folder`` with those names are refused (a notification) unless ``overwrite``."""
+        """Write the traversal's maps as folder/vol_###.mrc (+ latents.npy, parts.csv, README.txt
+        and the ChimeraX script open_in_chimerax.cxc; in the background). Files already in
+        ``folder`` with those names are refused (a notification) unless ``overwrite``."""
         e, trav = self.session.explorer, self.session.traversal
         if trav is None:
             notifications.show_warning("compute a traversal first")
@@ -66,34 +80,41 @@ class ExplorerActions:
 
         self.dock.status.setText(f"writing {len(trav)} maps to {folder}...")
         self.dock.side_job.submit(run, lambda paths: self.dock.status.setText(
-            f"wrote {len(paths)} maps; ChimeraX: open {Path(folder)}/vol_*.mrc vseries true"),
+            f"wrote {len(paths)} maps; ChimeraX: open {Path(folder) / SCRIPT_NAME}"),
             f"writing the maps to {folder}")
 
-    def export_movie(self, path: str | Path, fps: float = 8.0) -> Path | None:
-        """Render every traversal step into the viewer and save the canvas frames as a GIF.
+    def export_movie(self, path: str | Path, fps: float = 8.0) -> None:
+        """Record the traversal as a movie of the viewer's canvas into ``path`` (``.mp4``: H.264;
+        ``.gif``: looping) at ``fps`` frames per second, and return at once.
 
-        The maps are computed here on the GUI thread, one step at a time with the event loop
-        turning between steps (an export is a deliberate wait, unlike a drag)."""
-        from qtpy.QtWidgets import QApplication
-
+        Each step is shown in the viewer and screenshotted, its map decoded in the background
+        and the file written there at the end (:class:`~._movie.MovieRecording`); the status line
+        counts the frames, and the Export movie button turns into Cancel movie
+        (Play, a new traversal or run also cancel it; nothing is written then). ``busy`` is
+        True until the file is written. A file name without .mp4 or .gif is refused with a
+        notification before anything is recorded."""
         session, dock = self.session, self.dock
-        e, trav = session.explorer, session.traversal
-        if trav is None:
+        if session.traversal is None:
             notifications.show_warning("compute a traversal first")
-            return None
+            return
+        if self.movie is not None:
+            notifications.show_warning("a movie is being recorded: cancel it first")
+            return
+        try:
+            path = traverse.check_movie_path(path)
+        except InputError as exc:
+            notify_error(exc, f"exporting the movie to {path}")
+            return
         session.stop()
-        labels = dock.show_labels.isChecked() and e.n_parts > 0
-        frames = []
-        for i, z in enumerate(trav.latents):
-            dock.show_frame(e.frame(z, labels=labels, box=session.map_box))
-            with session.events.cursor_moved.blocked():  # rendered just above, not in the background
-                session.step_to(i)
-            dock.scatter.set_cursor(session.cursor.xy)
-            QApplication.processEvents()
-            frames.append(dock.viewer.screenshot(canvas_only=True, flash=False))
-        out = traverse.write_movie(path, frames, fps)
-        dock.status.setText(f"wrote {out} ({len(frames)} frames)")
-        return out
+        self.movie = MovieRecording(dock, path, fps, self._movie_ended)
+        self._movie_button_text = dock.export_movie_button.text()
+        dock.export_movie_button.setText("Cancel movie")
+        self.movie.start()
+
+    def _movie_ended(self) -> None:
+        """The movie was written, failed or was cancelled: the button exports again."""
+        self.movie = None
+        self.dock.export_movie_button.setText(self._movie_button_text)
 
     # -- the selection ------------------------------------------------------------------------------
 
@@ -199,12 +220,17 @@ class ExplorerActions:
             self.export_series(folder)
 
     def export_movie_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.dock, "Traversal movie", "traversal.gif", "GIF (*.gif)")
+        """Ask for the movie's file (mp4 first, or GIF) and record it; while a movie is being
+        recorded the button cancels it instead."""
+        if self.movie is not None:
+            self.movie.cancel()
+            return
+        path, chosen = QFileDialog.getSaveFileName(self.dock, "Traversal movie", "traversal.mp4",
+                                                   "MP4 (*.mp4);;GIF (*.gif)")
         if path:
-            try:
-                self.export_movie(path)
-            except Exception as exc:
-                notify_error(exc, f"exporting the movie to {path}")
+            if not Path(path).suffix:  # the filter chosen says which (some platforms' dialogs add none)
+                path += ".gif" if chosen.startswith("GIF") else ".mp4"
+            self.export_movie(path)
 
     def write_dialog(self) -> None:
         # No "replace?" question from Qt: it would cover only one of the two files written, and

@@ -2,9 +2,11 @@
 the map at that point live; part readouts, traversals, selections and the round trip to training.
 
 Layout (top to bottom): run row; scatter canvas (:mod:`._scatter`: the points, their density, a
-cursor, the lasso and the traversal path); view and colour controls; the part readout table;
-traversal controls with a plot of the readout along it (:mod:`._readout_plot`); export and
-selection controls (:mod:`._explorer_actions`).
+cursor, the lasso and the traversal path) with the key of its colours under it
+(:mod:`._colour_legend`); view and colour controls; the part readout table; traversal controls;
+the plot of the readout along the traversal (:mod:`._readout_plot`; folded away until there is
+one); export and selection controls (:mod:`._explorer_actions`). Everything below the run row
+scrolls when the dock is shorter than that (docked under another), so nothing is cut off.
 
 The map box (samples per side of the live map: the model's own, or 64/128/256 whatever box it
 was trained at) re-renders the current map; the layers keep their place in Å (the lattice's
@@ -29,23 +31,32 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils import notifications
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractButton,
     QCheckBox,
     QComboBox,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from cryospire_core.analysis import explorer as core
+from cryospire_core.analysis.colourkey import (
+    ColourKey,
+    colour_key,
+    density_key,
+    ground_truth_state_names,
+)
 from cryospire_core.analysis.explorer import (
     ColourMode,
     EmbeddingMethod,
@@ -59,6 +70,7 @@ from cryospire_core.analysis.session import (
     Point,
 )
 
+from ._colour_legend import ColourLegend
 from ._explorer_actions import ExplorerActions
 from ._notify import status_text
 from ._particle_file_row import ParticleFileRow
@@ -113,6 +125,48 @@ def _place(layer, lattice) -> None:
         layer.metadata["apix"] = lattice.apix
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls ``body`` up and down, never sideways. The body gets the viewport's width and the
+    larger of the viewport's height and its own least height at that width (QScrollArea's own
+    resizing takes the body's preferred height whenever a wrapped label is in it, and then
+    scrolls a dock that has room for everything). It asks for the body's whole width (a
+    QScrollArea caps its size hint at 36 characters, which squeezed the controls) and at least
+    its least width, plus the scroll bar's; and at least the least height of each of ``panes``
+    (the scatter; the controls with the part table), so a dock squeezed under another still
+    shows either whole."""
+
+    def __init__(self, body: QWidget, panes: tuple[QWidget, ...]) -> None:
+        super().__init__()
+        self.panes = panes
+        self.setWidget(body)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        body.installEventFilter(self)
+
+    def fit_body(self) -> None:
+        body, width = self.widget(), self.viewport().width()
+        layout = body.layout()
+        least = layout.minimumHeightForWidth(width) if layout.hasHeightForWidth() else layout.minimumSize().height()
+        body.resize(width, max(self.viewport().height(), least))
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.fit_body()  # its contents' least size changed (a table got rows, a row was shown)
+        return super().eventFilter(watched, event)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit_body()
+
+    def sizeHint(self) -> QSize:
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self.verticalScrollBar().sizeHint().width(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, max([super().minimumSizeHint().height()] + [p.minimumSizeHint().height() for p in self.panes]))
+
+
 def _show_quietly(control: QComboBox | QSpinBox | QAbstractButton, value) -> None:
     """Show ``value`` (a box's data, a spin box's number, a check state) without emitting: the
     control follows the session, it does not ask it for anything."""
@@ -152,6 +206,9 @@ class ExplorerWidget(QWidget):
         self.scatter.canvas.events.mouse_release.connect(self._on_release)
         self.scatter.canvas.events.mouse_wheel.connect(self._on_wheel)
         self.scatter.canvas.native.setMinimumHeight(SCATTER_MIN_PX)
+        self.legend = ColourLegend()
+        self.colour_key: ColourKey | None = None  # what the points' colours mean
+        self._state_names: list[str] | None = None  # the run's ground-truth states, for the legend
 
         self.mode = _choices(MOUSE_LABELS)
         self.mode.currentIndexChanged.connect(lambda _: self._mode_changed(self.mode.currentData()))
@@ -173,6 +230,7 @@ class ExplorerWidget(QWidget):
         self.show_labels = QCheckBox("part-coloured map")
         self.show_labels.toggled.connect(lambda _: self._rerender())
         self.map_box = QComboBox()
+        self.map_box.setSizeAdjustPolicy(QComboBox.AdjustToContents)  # filled when a run loads
         self.map_box.setToolTip("samples per side of the map shown (same field of view; 'trained': the model's box)")
         self.map_box.currentIndexChanged.connect(lambda _: self._map_box_edited())
         grid = QGridLayout()
@@ -187,8 +245,11 @@ class ExplorerWidget(QWidget):
         grid.addWidget(self.colour_by, 2, 1)
         grid.addWidget(self.k_states, 2, 2)
         grid.addWidget(self.part, 2, 3)
-        grid.addWidget(QLabel("map box"), 3, 0)
-        grid.addWidget(self.map_box, 3, 1)
+        box_row = QHBoxLayout()  # across the columns: its long label does not widen the first one
+        box_row.addWidget(QLabel("map box"))
+        box_row.addWidget(self.map_box)
+        box_row.addStretch(1)
+        grid.addLayout(box_row, 3, 0, 1, 4)
 
         self.readout = ReadoutTable()
 
@@ -206,9 +267,16 @@ class ExplorerWidget(QWidget):
         self.play_button.setCheckable(True)
         self.play_button.toggled.connect(self._play_toggled)
         self.export_series_button = QPushButton("Export MRC series...")
-        self.export_movie_button = QPushButton("Export movie (GIF)...")
+        self.export_movie_button = QPushButton("Export movie (mp4, GIF)...")
+        # The plot is folded away until there is a traversal to plot: the dock fits a 950 px window.
+        self.plot_toggle = QToolButton()
+        self.plot_toggle.setText("plot")
+        self.plot_toggle.setToolTip("each part's angle, shift and presence along the traversal")
+        self.plot_toggle.setCheckable(True)
+        self.plot_toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.plot_toggle.toggled.connect(self._show_plot)
         trav1, trav2, trav3 = QHBoxLayout(), QHBoxLayout(), QHBoxLayout()
-        for w in (self.trav_kind, self.trav_steps):
+        for w in (self.trav_kind, self.trav_steps, self.plot_toggle):
             trav1.addWidget(w)
         for w in (set_a, set_b, self.trav_button, self.play_button):
             trav2.addWidget(w)
@@ -243,31 +311,49 @@ class ExplorerWidget(QWidget):
         self.write_button.clicked.connect(self.actions.write_dialog)
         self.continue_button.clicked.connect(self.actions.continue_training)
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(run_row)
-        layout.addWidget(self.particle_row)
-        # The scatter, the part table and the traversal plot share the height the user gives them.
-        controls, traversal = QWidget(), QWidget()
+        # The scatter with its legend (a strip of its own: it covers no point) and the controls
+        # with the part table share the height the user gives them; the traversal plot, when
+        # unfolded, takes a share of what is left. (Folded, it is not a splitter pane: a hidden
+        # pane cost the panes beside it their least height.)
+        scatter_pane, controls = QWidget(), QWidget()
+        column = QVBoxLayout(scatter_pane)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.scatter.canvas.native, 1)
+        column.addWidget(self.legend)
         top = QVBoxLayout(controls)
         top.setContentsMargins(0, 0, 0, 0)
         top.addLayout(grid)
         top.addWidget(self.readout, 1)
-        bottom = QVBoxLayout(traversal)
-        bottom.setContentsMargins(0, 0, 0, 0)
-        bottom.addLayout(trav1)
-        bottom.addLayout(trav2)
-        bottom.addWidget(self.plot.canvas, 1)
+        top.addLayout(trav1)
+        top.addLayout(trav2)
         self.splitter = QSplitter(Qt.Vertical)
         self.splitter.setChildrenCollapsible(False)
-        for w, stretch in ((self.scatter.canvas.native, 3), (controls, 2), (traversal, 1)):
+        # No padding (napari's theme pads every widget by 1 px): a splitter's least height leaves
+        # it out, and the part table came out 2 px short of its rows.
+        self.splitter.setStyleSheet("QSplitter { padding: 0px; }")
+        for w, stretch in ((scatter_pane, 3), (controls, 2)):
             self.splitter.addWidget(w)
             self.splitter.setStretchFactor(self.splitter.count() - 1, stretch)
-        layout.addWidget(self.splitter, 1)
-        layout.addLayout(trav3)
-        layout.addWidget(self.sel_label)
-        layout.addLayout(sel1)
-        layout.addLayout(sel2)
-        layout.addWidget(self.continue_button)
+        self._show_plot(False)
+        body = QWidget()
+        inner = QVBoxLayout(body)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addWidget(self.particle_row)
+        inner.addWidget(self.splitter, 5)
+        inner.addWidget(self.plot.canvas, 1)
+        inner.addLayout(trav3)
+        inner.addWidget(self.sel_label)
+        inner.addLayout(sel1)
+        inner.addLayout(sel2)
+        inner.addWidget(self.continue_button)
+        # Below the run row everything scrolls when the dock is shorter than its controls (stacked
+        # under another dock): every control stays reachable and the part table keeps its rows.
+        self.scroll = _VerticalScroll(body, (scatter_pane, controls))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)  # narrow margins: the controls get the dock's width
+        layout.addWidget(run_row)
+        layout.addWidget(self.scroll, 1)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
 
@@ -301,7 +387,7 @@ class ExplorerWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self.job.busy or self.side_job.busy
+        return self.job.busy or self.side_job.busy or self.actions.busy
 
     def _job_failed(self, action: str, exc: Exception) -> None:
         """After a failed background job (already notified): say so in the status line, stop
@@ -338,6 +424,9 @@ class ExplorerWidget(QWidget):
         _show_quietly(self.view_kind, ScatterView.DENSITY if e.n_particles > DENSITY_ABOVE else ScatterView.POINTS)
         self._fill_map_boxes(e)
         self.particle_row.show_missing(e.particles_missing)
+        self._state_names = ground_truth_state_names(e.gt_dir)
+        self.colour_key = None  # the last run's, until this run's colours arrive
+        self._show_key()
         self._describe_run()
 
     def _describe_run(self) -> None:
@@ -404,10 +493,16 @@ class ExplorerWidget(QWidget):
 
     def _coloured(self, result) -> None:
         c, values = result
-        # Many ground-truth states are usually ordered (a motion's steps): a sequential map.
-        categorical = c.mode == ColourMode.STATE or (c.mode == ColourMode.GROUND_TRUTH and values.max() < 10)
-        self.colours = point_colours(values, categorical)
+        self.colour_key = colour_key(c.mode, values, c.part, self._state_names)
+        self.colours = point_colours(values, self.colour_key)
+        self._show_key()
         self._draw_points()
+
+    def _show_key(self) -> None:
+        """The legend of what the scatter shows: the density image's scale in the density view,
+        else the points' colouring (none before their colours arrive)."""
+        density = self.view_kind.currentData() == ScatterView.DENSITY and self.session.embedding is not None
+        self.legend.show_key(density_key(self.scatter.density_max) if density else self.colour_key)
 
     def _draw_points(self) -> None:
         # Markers are only uploaded while shown: with 10^6 particles that costs ~1 s of GUI thread,
@@ -422,6 +517,7 @@ class ExplorerWidget(QWidget):
 
     def _apply_view(self) -> None:
         self.scatter.set_view(self.view_kind.currentData())
+        self._show_key()
         self._draw_points()
 
     # -- mouse -------------------------------------------------------------------------------------
@@ -587,11 +683,12 @@ class ExplorerWidget(QWidget):
     def _fit_panes(self) -> None:
         """Give the controls pane (map options and the part table) the height it now needs, from
         the scatter's pane: a splitter does not grow a pane when its contents' minimum grows."""
+        self.scroll.fit_body()  # now, not at the next layout pass: the body's least height grew too
         sizes = self.splitter.sizes()
         short = self.splitter.widget(1).minimumSizeHint().height() - sizes[1]
         if short > 0:
-            give = min(short, max(0, sizes[0] - SCATTER_MIN_PX))
-            self.splitter.setSizes([sizes[0] - give, sizes[1] + give, sizes[2]])
+            give = min(short, max(0, sizes[0] - self.splitter.widget(0).minimumSizeHint().height()))
+            self.splitter.setSizes([sizes[0] - give, sizes[1] + give])
 
     # -- traversals ------------------------------------------------------------------------------
 
@@ -617,7 +714,13 @@ class ExplorerWidget(QWidget):
         self.scatter.show_line(self.scatter.path, None if trav is None else emb.from_latent(trav.latents))
         self.plot.plot([] if trav is None else trav.readouts)
         if trav is not None:
+            self.plot_toggle.setChecked(True)  # unfold the plot for it
             self.status.setText(f"traversal of {len(trav)} steps: Play, or export it")
+
+    def _show_plot(self, on: bool) -> None:
+        """Unfold (``on``) or fold away the traversal plot."""
+        self.plot.canvas.setVisible(on)
+        self.plot_toggle.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
 
     def _play_toggled(self, on: bool) -> None:
         """Animate the traversal: each step is shown when the previous frame is on screen."""

@@ -114,6 +114,32 @@ def show_molecule(viewer: Any, layer: Any, ndisplay: int = 3) -> None:
     camera.zoom = MOLECULE_FILL * float(np.min(canvas / size[-2:]))
 
 
+def software_renderer() -> str | None:
+    """The name of the OpenGL renderer napari draws with when it is a software one (Mesa's
+    llvmpipe or softpipe, Microsoft's GDI generic: remote desktops, X forwarding, virtual
+    machines, Xvfb), else None (a GPU, or no OpenGL context to ask)."""
+    try:
+        from vispy.gloo import gl
+        from vispy.gloo.context import get_current_canvas
+
+        canvas = get_current_canvas()
+        if canvas is None:
+            return None
+        canvas.set_current()
+        name = str(gl.glGetParameter(gl.GL_RENDERER))
+    except Exception:  # no context, no driver answer: assume a GPU, as napari does
+        return None
+    return name if any(s in name.lower() for s in ("llvmpipe", "softpipe", "swrast", "software", "gdi generic")) else None
+
+
+def opening_ndisplay() -> int:
+    """How many dimensions a run opens in: 3, except 2 where OpenGL is software
+    (:func:`software_renderer`): there one 3D frame of a 64^3 map takes seconds on 2 cores and
+    opening a run froze the viewer for over a minute (benchmarks/gui_gap.py); the 2D/3D button
+    still switches."""
+    return 2 if software_renderer() else 3
+
+
 def viewer_camera(viewer: Any) -> Any:
     """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
     scene = getattr(viewer, "scene", None)

@@ -37,7 +37,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cryospire_core.analysis.latentspace import PartMapFiles
+from cryospire_core.colours import part_hex
 from cryospire_core.errors import InputError
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.services import parts as run_parts
 from cryospire_core.services.parts import RunParts, load_parts
@@ -52,16 +55,11 @@ LABELS_NAME = "parts"
 POINTS_NAME = "part gaussians"
 
 
-#: matplotlib's tab10 then the light shades of tab20 (not imported: matplotlib's import alone
-#: stalls the viewer ~0.2 s).
-PALETTE = ("1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "7f7f7f", "bcbd22", "17becf",
-           "aec7e8", "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "c7c7c7", "dbdb8d", "9edae5")
-
-
 def part_colours(n: int) -> np.ndarray:
-    """(n, 4) RGBA in [0, 1] from :data:`PALETTE`, cycling (distinct for n <= 20)."""
-    rgb = np.array([[int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)] for h in PALETTE])
-    return np.concatenate([rgb[np.arange(n) % len(rgb)], np.ones((n, 1))], axis=1)
+    """(n, 4) RGBA in [0, 1] of parts 0..n-1, opaque: the core's palette
+    (:func:`cryospire_core.colours.part_hex`, which the ChimeraX scripts of exported masks use too)."""
+    rgb = [[int(h[i:i + 2], 16) / 255.0 for i in (1, 3, 5)] for h in part_hex(n)]
+    return np.concatenate([np.reshape(rgb, (n, 3)), np.ones((n, 1))], axis=1)
 
 
 class PartsWidget(QWidget):
@@ -182,19 +180,30 @@ class PartsWidget(QWidget):
         self.job.submit(edit, self._show, what)
 
     def export_masks(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
-        """Write the part label map and one soft mask per part into ``folder``
+        """Write the part label map and one soft mask per part of the parts shown into ``folder``
         (:func:`cryospire_core.services.parts.export_masks`: ``part_labels.mrc``,
-        ``mask_part_<k>.mrc``, k from 01); returns the masks' paths. Files of those names already
-        there are refused with a notification unless ``overwrite``."""
+        ``mask_part_<k>.mrc``, k from 01, and the ChimeraX script ``open_in_chimerax.cxc``) in the
+        background job; returns the masks' paths, written once ``busy`` is False. Files of those
+        names already there are refused at once with a notification unless ``overwrite``."""
         state = self._require()
         if state is None:
             return []
-        try:
-            files = run_parts.export_masks(state, folder, overwrite, option="part masks", remedy=GUI_REMEDY)
+        action = f"exporting the part masks to {folder}"
+        try:  # before anything is computed, as the command does
+            files = run_parts.check_mask_outputs(folder, state.n_parts, overwrite, option="part masks",
+                                                 remedy=GUI_REMEDY)
         except InputError as exc:
-            notify_error(exc, f"exporting the part masks to {folder}")
+            notify_error(exc, action)
             return []
-        notifications.show_info(f"wrote the part label map and {len(files.masks)} soft masks to {folder}")
+
+        def written(files: PartMapFiles) -> None:
+            self.status.setText(f"wrote {files.labels.name} and {len(files.masks)} soft masks to {files.folder}; "
+                                f"ChimeraX: open {files.folder / SCRIPT_NAME}")
+            notifications.show_info(f"wrote the part label map and {len(files.masks)} soft masks to {files.folder}")
+
+        self.status.setText(f"writing the part masks to {folder}...")
+        self.job.submit(lambda: run_parts.export_masks(state, folder, overwrite, option="part masks",
+                                                       remedy=GUI_REMEDY), written, action)
         return files.masks
 
     # -- display ---------------------------------------------------------------------------------
@@ -327,10 +336,7 @@ class PartsWidget(QWidget):
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder for the part masks")
         if folder:
-            try:
-                self.export_masks(folder)
-            except Exception as exc:  # shown to the user; the viewer stays usable
-                notify_error(exc, f"exporting the part masks to {folder}")
+            self.export_masks(folder)  # refusals and failures become notifications
 
     def _enable(self) -> None:
         has = self.state is not None

@@ -45,7 +45,7 @@ from qtpy.QtWidgets import QWidget
 
 from cryospire_core.pipeline.runfolder import RunFolder
 
-from ._layers import MAIN_MAP, ROLE_KEY, RUN_KEY, show_molecule
+from ._layers import MAIN_MAP, ROLE_KEY, RUN_KEY, opening_ndisplay, show_molecule
 from ._notify import notify_error
 from ._workers import CloseWatcher
 
@@ -88,7 +88,7 @@ def attach(viewer: Any) -> None:
         if v is None or layer.metadata.get(ROLE_KEY) != MAIN_MAP:
             return
         try:
-            show_molecule(v, layer)
+            show_molecule(v, layer, opening_ndisplay())
         except Exception as exc:  # a view that cannot be fitted must not lose the layers
             notify_error(exc, f"showing {layer.name}")
 

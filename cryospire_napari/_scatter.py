@@ -8,6 +8,8 @@ from enum import Enum
 
 import numpy as np
 
+from cryospire_core.analysis.colourkey import ColourKey
+
 from ._parts_widget import part_colours
 from ._theme import PLOT_COLOURS
 
@@ -23,17 +25,24 @@ class ScatterView(Enum):
     BOTH = "both"
 
 
-def point_colours(values: np.ndarray, categorical: bool) -> np.ndarray:
-    """(N, 4) float32 RGBA for per-particle values: the part palette for categories, viridis
-    (from vispy, no matplotlib import) scaled to the 1st-99th percentile otherwise."""
-    if categorical:
-        v = values.astype(np.int64)
-        return part_colours(int(v.max()) + 1)[v].astype(np.float32)
+#: The colormap of continuous colourings and of the density image.
+COLORMAP = "viridis"
+
+
+def colormap_rgba(t: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 RGBA of :data:`COLORMAP` at positions t (N,) in [0, 1] (vispy's, no
+    matplotlib import)."""
     from vispy.color import get_colormap
 
-    lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
-    t = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    return np.asarray(get_colormap("viridis").map(t), np.float32)
+    return np.asarray(get_colormap(COLORMAP).map(np.asarray(t, np.float64)), np.float32)
+
+
+def point_colours(values: np.ndarray, key: ColourKey) -> np.ndarray:
+    """(N, 4) float32 RGBA for per-particle values (N,) as ``key`` reads them: category v in
+    colour v of the part palette, or the colormap from ``key.lo`` to ``key.hi``."""
+    if key.categorical:
+        return part_colours(len(key.categories))[values.astype(np.int64)].astype(np.float32)
+    return colormap_rgba(key.scaled(values))
 
 
 class ScatterCanvas:
@@ -45,7 +54,7 @@ class ScatterCanvas:
         self.canvas = scene.SceneCanvas(keys=None, size=(420, 380), bgcolor=PLOT_COLOURS["figure"])
         self.view = self.canvas.central_widget.add_view()
         self.view.camera = scene.PanZoomCamera(aspect=1)
-        self.density = scene.visuals.Image(np.zeros((2, 2), np.float32), cmap="viridis", parent=self.view.scene)
+        self.density = scene.visuals.Image(np.zeros((2, 2), np.float32), cmap=COLORMAP, parent=self.view.scene)
         self.density.visible = False
         self.markers = scene.visuals.Markers(parent=self.view.scene)
         self.path = scene.visuals.Line(np.zeros((2, 2)), color="white", width=2, parent=self.view.scene)
@@ -58,6 +67,7 @@ class ScatterCanvas:
             v.order = z  # drawn in this order, each over the previous: no depth test in a 2D plot
             v.set_gl_state("translucent", depth_test=False)
         self.points = np.zeros((0, 2), np.float32)
+        self.density_max = 0  # particles in the fullest bin of the density image
 
     def set_points(self, points: np.ndarray, colours: np.ndarray, selected: np.ndarray | None) -> None:
         """Draw points (N, 2) with colours (N, 4); selected (N,) bool are drawn larger, white-edged."""
@@ -78,6 +88,7 @@ class ScatterCanvas:
         h, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=DENSITY_BINS,
                                  range=[[lo[1], lo[1] + span[1]], [lo[0], lo[0] + span[0]]])
         img = np.log1p(h).astype(np.float32)
+        self.density_max = int(h.max()) if h.size else 0
         self.density.set_data(img)
         self.density.clim = (0.0, float(img.max()) or 1.0)
         self.density.transform = STTransform(scale=(span[0] / DENSITY_BINS, span[1] / DENSITY_BINS), translate=(lo[0], lo[1]))

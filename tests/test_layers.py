@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: in its row, never one above it. `sim` makes test data from the physics and the file formats
 #: alone, so it is a side branch over `io`.
 ALLOWED: dict[str, set[str]] = {
-    "base": set(),  # cryospire_core/errors.py, progress.py, ranges.py
+    "base": set(),  # cryospire_core/errors.py, progress.py, ranges.py, colours.py
     "imaging": {"base"},
     "io": {"base", "imaging"},
     "models": {"base", "imaging", "io"},
@@ -88,7 +88,8 @@ def test_only_the_plugin_imports_qt_or_napari():
 
 
 #: Import names that differ from their distribution's name.
-DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "umap": "umap-learn", "yaml": "pyyaml"}
+DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "umap": "umap-learn", "yaml": "pyyaml",
+                 "imageio_ffmpeg": "imageio-ffmpeg"}
 
 
 def test_every_third_party_import_is_declared():

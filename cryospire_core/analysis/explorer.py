@@ -28,6 +28,7 @@ the existing windowed-GEMM one, so the explorer uses :func:`render.rasterize` as
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -44,6 +45,7 @@ from scipy.spatial import cKDTree
 from cryospire_core.analysis import latentspace as analysis
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.io.atomic import write_npz
 from cryospire_core.models.stage import StageModel
 from cryospire_core.ranges import BOX
 
@@ -283,6 +285,7 @@ class Explorer:
             self._rest = model.centres.detach().numpy().copy()
         self._pca: analysis.LatentPCA | None = None
         self._kmeans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (k, seed) -> labels, centres
+        self._motions: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # seed -> part_motions(seed)
         self._bf16_faster: bool | None = None
 
     @classmethod
@@ -498,25 +501,68 @@ class Explorer:
             raise ValueError(f"colour_values: kind must be one of {[m.value for m in ColourMode]}, got {kind!r}")
         if self.part_index is None or not 0 <= part < self.n_parts:
             raise ValueError(f"colour_values: part must be in 0..{self.n_parts - 1}")
-        rng = np.random.default_rng(seed)
-        n = self.n_particles
-        sample = np.arange(n) if n <= COLOUR_SAMPLE else np.sort(rng.choice(n, COLOUR_SAMPLE, replace=False))
-        sel = torch.as_tensor(self.part_index == part)
-        rest = torch.as_tensor(self._rest)[sel]
-        values = np.empty(len(sample), np.float32)
+        presence, displacement = self.part_motions(seed)
+        return (presence if kind == ColourMode.PRESENCE else displacement)[:, part]
+
+    def part_motions(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Each particle's presence (mean gate, 0-1) and RMS displacement from the rest pose (Å)
+        of every part: two (N, K) float32 arrays, decoded in one pass over the latents (a sample
+        of :data:`COLOUR_SAMPLE` above that many particles, the others taking their nearest
+        sampled neighbour's values).
+
+        Decoding every particle takes tens of seconds on a laptop, so the result is kept in
+        memory and in the run folder (``RUN/part_motions.npz``, written atomically; a folder that
+        cannot be written is only not cached), under a digest of the model's weights, the parts,
+        the latents and the sample: a retrained model or edited parts are decoded afresh."""
+        if seed in self._motions:
+            return self._motions[seed]
+        key = self._motions_key(seed)
+        from cryospire_core.pipeline.runfolder import RunFolder
+
+        path = None if self.root is None else RunFolder(self.root).part_motions_path
+        if path is not None and path.is_file():
+            try:
+                with np.load(path) as f:
+                    if str(f["key"]) == key:
+                        self._motions[seed] = (f["presence"], f["displacement"])
+                        return self._motions[seed]
+            except (OSError, ValueError, KeyError):  # unreadable or foreign: decoded afresh below
+                pass
+        n, K = self.n_particles, self.n_parts
+        sample = np.arange(n) if n <= COLOUR_SAMPLE else np.sort(
+            np.random.default_rng(seed).choice(n, COLOUR_SAMPLE, replace=False))
+        parts = torch.nn.functional.one_hot(torch.as_tensor(self.part_index), K).float()  # (G, K)
+        counts = parts.sum(0).clamp(min=1)
+        rest = torch.as_tensor(self._rest)
+        presence = np.empty((len(sample), K), np.float32)
+        displacement = np.empty((len(sample), K), np.float32)
         with torch.no_grad():
             for start in range(0, len(sample), 64):
                 z = torch.as_tensor(self.latents[sample[start:start + 64]])
                 d = self.model.decode(z)
-                if kind == ColourMode.PRESENCE:
-                    v = d.gates[:, sel].mean(1)
-                else:
-                    v = (d.centres[:, sel] - rest).pow(2).sum(-1).mean(1).sqrt()
-                values[start:start + len(z)] = v.numpy()
-        if len(sample) == n:
-            return values
-        _, nearest = cKDTree(self.latents[sample]).query(self.latents, k=1)
-        return values[nearest]
+                stop = start + len(z)
+                presence[start:stop] = (d.gates @ parts / counts).numpy()
+                displacement[start:stop] = ((d.centres - rest).pow(2).sum(-1) @ parts / counts).sqrt().numpy()
+        if len(sample) < n:
+            _, nearest = cKDTree(self.latents[sample]).query(self.latents, k=1)
+            presence, displacement = presence[nearest], displacement[nearest]
+        self._motions[seed] = (presence, displacement)
+        if path is not None:
+            try:
+                write_npz(path, key=np.array(key), presence=presence, displacement=displacement)
+            except OSError:  # a read-only run folder: kept in memory only
+                pass
+        return presence, displacement
+
+    def _motions_key(self, seed: int) -> str:
+        """Digest of what :meth:`part_motions` depends on."""
+        h = hashlib.sha1()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        for array in (self.part_index, self.latents, np.array([seed, COLOUR_SAMPLE])):
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
     # -- traversals -------------------------------------------------------------------------------
 

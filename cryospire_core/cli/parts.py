@@ -6,7 +6,7 @@ Examples::
     cryospire parts RUN recluster --level1 3 --level2 auto
     cryospire parts RUN merge 2 3                     # part 3 joins part 2
     cryospire parts RUN split 1 --into 2
-    cryospire parts RUN masks -o masks/               # part_labels.mrc, mask_part_01.mrc, ...
+    cryospire parts RUN masks -o masks/               # part_labels.mrc, mask_part_01.mrc, ..., open_in_chimerax.cxc
 
 Parts are numbered from 1, as ``show`` lists them. An edit is saved into
 RUN/parts/clustering.npz (the napari Parts dock makes the same edits through the same
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.errors import InputError
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.ranges import COUNT, OrAuto, Whole
 from cryospire_core.services import parts as run_parts
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "masks":
         files = run_parts.export_masks(parts, args.out, args.overwrite)
-        print(f"wrote the part label map and {len(files.masks)} masks into {files.folder}")
+        print(f"wrote the part label map and {len(files.masks)} masks into {files.folder}; "
+              f"ChimeraX: open {files.folder / SCRIPT_NAME}")
         return 0
     run_parts.require_saved(parts)  # an edit the run would not keep is refused before it is computed
     if args.action == "recluster":

@@ -9,7 +9,8 @@ Examples::
 
 Writes OUT/vol_000.mrc ... (ChimeraX: ``open OUT/vol_*.mrc vseries true``), OUT/latents.npy (the
 steps' latents), OUT/parts.csv (each part's angle, shift and presence at each step, for a run
-with parts) and OUT/README.txt: what the explorer dock's Traverse and Export MRC series write.
+with parts), OUT/README.txt and OUT/open_in_chimerax.cxc (a ChimeraX script opening the series
+at a molecule/solvent level): what the explorer dock's Traverse and Export MRC series write.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from cryospire_core.analysis.explorer import Explorer, TraversalKind
 from cryospire_core.cli.options import add_map_box_arg, add_overwrite_arg
 from cryospire_core.errors import InputError
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.ranges import COUNT, SEED, Whole
 from cryospire_core.services import traverse
 
@@ -101,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, "--through-data", "ends joined by the particles' 10-nearest-neighbour graph (leave "
                          "out --through-data for a straight line)", "ends in separate clusters") from exc
     paths = traverse.export_traversal(explorer, traversal, out, args.overwrite, box=args.box)
-    print(f"wrote {len(paths)} maps to {out}; ChimeraX: open {out}/vol_*.mrc vseries true")
+    print(f"wrote {len(paths)} maps to {out}; ChimeraX: open {Path(out) / SCRIPT_NAME} "
+          f"(or open {out}/vol_*.mrc vseries true)")
     return 0

@@ -30,6 +30,8 @@ and reads the files back, checked)::
                                   anchor_features (K, F), latents (N, zdim)
                      checkpoint.pt
                      model.pt     (the stage is finished)
+    RUN/part_motions.npz          cache of the latent explorer's colourings: each particle's presence
+                                 and RMS displacement of every part (:meth:`~cryospire_core.analysis.explorer.Explorer.part_motions`)
     RUN/analysis/                 ``cryospire analyze``'s products (:class:`~cryospire_core.analysis.latentspace.AnalysisFiles`)
     RUN/<stage>/.cryospire-tmp-<pid>-<random><suffix>   an atomic write in progress (removed when
                                  the folder is locked again and process <pid> is gone)
@@ -160,6 +162,10 @@ class RunFolder:
     @property
     def explorer_selection_path(self) -> Path:
         return self.root / EXPLORER_SELECTION
+
+    @property
+    def part_motions_path(self) -> Path:
+        return self.root / "part_motions.npz"
 
     @property
     def analysis_dir(self) -> Path:

@@ -22,8 +22,10 @@ import numpy as np
 
 import cryospire_core.models.parts as part_model
 from cryospire_core.analysis.latentspace import PartMapFiles, write_part_maps
+from cryospire_core.colours import part_hex
 from cryospire_core.errors import InputError
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.io import chimerax
 from cryospire_core.io.mixture import mixture_lattice
 from cryospire_core.io.outputs import check_new_outputs
 from cryospire_core.models.parts import PartClustering
@@ -179,21 +181,25 @@ def export_masks(parts: RunParts, folder: str | os.PathLike, overwrite: bool = F
                  remedy: str = "--overwrite") -> PartMapFiles:
     """Write the part label map and one soft mask per part into ``folder`` (made if missing;
     :class:`~cryospire_core.analysis.latentspace.PartMapFiles` names them, as ``cryospire
-    analyze`` does). Files of those names already there are refused (InputError naming
-    ``option``, offering ``remedy``) before anything is written, unless ``overwrite``."""
+    analyze`` does), and ``open_in_chimerax.cxc``, a ChimeraX script showing each mask in its
+    part's colour (:func:`cryospire_core.colours.part_hex`, the colours napari shows).
+    Files of those names already there are refused (InputError naming ``option``, offering
+    ``remedy``) before anything is written, unless ``overwrite``."""
     files = check_mask_outputs(folder, parts.n_parts, overwrite, option, remedy)
     files.folder.mkdir(parents=True, exist_ok=True)
     write_part_maps(files, parts.labels, parts.lattice.apix)
+    chimerax.write_script(files.folder, chimerax.masks_script(files.labels.name, [m.name for m in files.masks],
+                                                              part_hex(parts.n_parts)))
     return files
 
 
 def check_mask_outputs(folder: str | os.PathLike, n_parts: int, overwrite: bool = False, option: str = "--out",
                        remedy: str = "--overwrite") -> PartMapFiles:
-    """The files :func:`export_masks` writes for ``n_parts`` parts into ``folder``, after
-    refusing (InputError naming ``option``) to replace any existing one unless ``overwrite``
-    (:func:`~cryospire_core.io.outputs.check_new_outputs`)."""
+    """The maps :func:`export_masks` writes for ``n_parts`` parts into ``folder``, after
+    refusing (InputError naming ``option``) to replace any existing one, or the ChimeraX script,
+    unless ``overwrite`` (:func:`~cryospire_core.io.outputs.check_new_outputs`)."""
     files = PartMapFiles(Path(folder), n_parts)
-    check_new_outputs(files.all(), overwrite, option, remedy=remedy)
+    check_new_outputs([*files.all(), files.folder / chimerax.SCRIPT_NAME], overwrite, option, remedy=remedy)
     return files
 
 

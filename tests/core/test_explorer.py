@@ -196,3 +196,41 @@ def test_umap_embedding_inverse_stays_in_the_picked_cluster():
     assert emb.method is ex.EmbeddingMethod.UMAP and emb.points.shape == (600, 2)
     z = emb.to_latent(emb.points[[0, 450]])
     assert np.linalg.norm(z[0]) < 1.0 and np.linalg.norm(z[1] - 3.0) < 1.0
+
+
+def test_part_colourings_are_decoded_once_and_cached_in_the_run_folder(latents, tmp_path, monkeypatch):
+    model = _two_part_model(30.0, 6.0)
+    e = ex.Explorer(model, latents, model.part_index.numpy(), root=tmp_path)
+    shift = e.colour_values(ex.ColourMode.DISPLACEMENT, part=1)
+    with torch.no_grad():
+        d = model.decode(torch.as_tensor(latents[:1]))
+    rest = model.centres.detach()
+    expected = float((d.centres[0, 32:] - rest[32:]).pow(2).sum(-1).mean().sqrt())
+    assert shift.shape == (len(latents),) and expected > 6.0
+    np.testing.assert_allclose(shift, expected, rtol=1e-5)  # part 2 moves the same at every latent
+    np.testing.assert_allclose(e.colour_values(ex.ColourMode.DISPLACEMENT, part=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(e.colour_values(ex.ColourMode.PRESENCE, part=1), float(d.gates[0, 32:].mean()), rtol=1e-5)
+    assert (tmp_path / "part_motions.npz").is_file()
+
+    # A second explorer of the same run reads the file: nothing is decoded.
+    again = ex.Explorer(model, latents, model.part_index.numpy(), root=tmp_path)
+    monkeypatch.setattr(model, "decode", lambda z: pytest.fail("decoded although cached"))
+    np.testing.assert_array_equal(again.colour_values(ex.ColourMode.DISPLACEMENT, part=1), shift)
+    monkeypatch.undo()
+
+    # A retrained model (other weights) is decoded afresh; so are other parts.
+    moved = _two_part_model(30.0, 12.0)
+    assert ex.Explorer(moved, latents, moved.part_index.numpy(), root=tmp_path).colour_values(
+        ex.ColourMode.DISPLACEMENT, part=1)[0] > expected + 3.0
+    swapped = 1 - moved.part_index.numpy()
+    assert ex.Explorer(moved, latents, swapped, root=tmp_path).colour_values(
+        ex.ColourMode.DISPLACEMENT, part=1)[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_part_colourings_of_a_read_only_run_are_kept_in_memory(latents, tmp_path):
+    model = _two_part_model(30.0, 6.0)
+    (tmp_path / "a file").write_text("")  # a folder below a file cannot be written, even by root
+    e = ex.Explorer(model, latents, model.part_index.numpy(), root=tmp_path / "a file" / "run")
+    first = e.colour_values(ex.ColourMode.PRESENCE, part=1)
+    assert e.part_motions() is e.part_motions()
+    np.testing.assert_array_equal(e.colour_values(ex.ColourMode.PRESENCE, part=1), first)

@@ -45,6 +45,7 @@ def test_map_series_headers_are_chimerax_ready(tmp_path):
         assert m.apix == pytest.approx(2.5)
         np.testing.assert_array_equal(m.origin, [0.0, 0.0, 0.0])  # like every map cryospire writes
     assert "vseries true" in (tmp_path / "tr" / "README.txt").read_text()
+    assert "open_in_chimerax.cxc" in (tmp_path / "tr" / "README.txt").read_text()
     assert len((tmp_path / "tr" / "parts.csv").read_text().splitlines()) == 1 + 3 * 2
 
 
@@ -56,8 +57,26 @@ def test_movie_frames_are_written_as_a_looping_gif(tmp_path):
     back = iio.imread(gif, index=None)
     assert back.shape[:3] == (3, 8, 10)
     np.testing.assert_array_equal(back[:, 0, 0, 0], [0, 40, 80])
-    with pytest.raises(InputError, match="t.mp4: movie: expected a .gif file name"):
-        traverse.write_movie(tmp_path / "t.mp4", frames)
+    with pytest.raises(InputError, match="t.avi: movie: expected a file name ending in .mp4 or .gif, found .avi"):
+        traverse.write_movie(tmp_path / "t.avi", frames)
+    assert list(tmp_path.iterdir()) == [gif]  # nothing left of the refused one
+
+
+def test_movie_frames_are_written_as_an_h264_mp4_padded_to_even_sizes(tmp_path):
+    import imageio_ffmpeg
+
+    # Odd sizes, and one frame larger (the window resized while recording): padded with black.
+    frames = [np.full((31, 41, 4), 40 * i, np.uint8) for i in range(5)] + [np.full((33, 41, 4), 200, np.uint8)]
+    mp4 = traverse.write_movie(tmp_path / "t.mp4", frames, fps=5)
+    reader = imageio_ffmpeg.read_frames(str(mp4))
+    meta = next(reader)
+    assert meta["size"] == (42, 34) and meta["fps"] == pytest.approx(5) and "h264" in meta["codec"]
+    back = np.stack([np.frombuffer(f, np.uint8).reshape(34, 42, 3) for f in reader])
+    assert len(back) == 6
+    # Each frame's grey comes back within the codec's loss, and the frames differ.
+    np.testing.assert_allclose(back[:5, 10, 10].mean(1), [0, 40, 80, 120, 160], atol=6)
+    assert back[5, 32, 10].mean() > 190 and back[0, 32, 10].mean() < 6  # padded rows are black
+    assert list(tmp_path.iterdir()) == [mp4]  # written through a temporary, renamed at the end
 
 
 def test_pc_traversal_exports_the_maps_at_its_latents(explorer, tmp_path, monkeypatch):

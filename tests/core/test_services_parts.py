@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 
 from cryospire_core.cli.main import main
+from cryospire_core.colours import part_hex
 from cryospire_core.errors import InputError
 from cryospire_core.io.atomic import write_npz
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.io.mrc import read_map
 from cryospire_core.models import parts as part_model
 from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.services import parts as run_parts
 from cryospire_core.sim.phantoms import make_phantom
+from tests.core.test_chimerax import opened, volume_settings
 
 BOX, APIX = 32, 12.0
 
@@ -124,6 +127,10 @@ def test_masks_and_label_map_are_written_as_analyze_names_them(stage1_run, tmp_p
     np.testing.assert_array_equal(labels.data, parts.labels)
     mask = read_map(files.masks[0]).data
     assert np.all(mask[parts.labels == 1] == 1.0) and mask.min() >= 0.0 and mask.min() < 1.0
+    # The ChimeraX script beside them opens every map written, each mask in its part's colour.
+    script = files.folder / SCRIPT_NAME
+    assert opened(script) == [[p.name] for p in files.all()]
+    assert [volume_settings(script)[k + 2]["color"] for k in range(3)] == part_hex(3)
     with pytest.raises(InputError, match="part_labels.mrc: --out: expected a file name not in use"):
         run_parts.export_masks(parts, tmp_path / "masks")
     assert run_parts.export_masks(parts, tmp_path / "masks", overwrite=True).n_parts == 3

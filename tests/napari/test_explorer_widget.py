@@ -1,7 +1,8 @@
 """Latent explorer dock on a trained two-state hinge run: a drag across the scatter renders maps
 that match the ground truth of the state under the cursor (and not the other state); a lasso
 selection written as .star / .cs re-reads to exactly the selected rows with every column; a
-traversal exports a ChimeraX-ready MRC series and a GIF."""
+traversal exports a ChimeraX-ready MRC series (with its .cxc script), and an mp4 or GIF movie
+recorded in the background (cancellable, nothing written then)."""
 
 from __future__ import annotations
 
@@ -132,13 +133,18 @@ def test_lasso_selection_written_as_star_and_cs_rereads_exactly(make_napari_view
     assert widget.session.selected.sum() == (e.states(widget.k_states.value()) == 0).sum()
 
 
-def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot, hinge_run, tmp_path, notes):
-    widget = loaded(make_napari_viewer, qtbot, hinge_run, show=True)  # a hidden canvas screenshots black
+def with_pc1_traversal(widget: ExplorerWidget, qtbot, steps: int = 5) -> None:
+    """Show part labels and compute a PC1 traversal of ``steps`` steps in ``widget``."""
     widget.show_labels.setChecked(True)
-    widget.trav_steps.setValue(5)
+    widget.trav_steps.setValue(steps)
     widget.trav_kind.setCurrentText("PC1")
     widget.compute_traversal()
     qtbot.waitUntil(lambda: widget.session.traversal is not None and not widget.busy, timeout=30_000)
+
+
+def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot, hinge_run, tmp_path, notes):
+    widget = loaded(make_napari_viewer, qtbot, hinge_run, show=True)  # a hidden canvas screenshots black
+    with_pc1_traversal(widget, qtbot)
     trav = widget.session.traversal
     assert trav.latents.shape == (5, widget.session.explorer.zdim) and len(trav.readouts) == 5
     assert LABELS_NAME in widget.viewer.layers
@@ -157,11 +163,56 @@ def test_traversal_plays_and_exports_series_and_movie(make_napari_viewer, qtbot,
     assert not widget.busy and (tmp_path / "series" / "vol_002.mrc").read_text() == "the user's own"
     assert any("vol_000.mrc: map series: expected a file name not in use (or choose a new or empty folder)"
                in str(n.message) for n in notes)
-    gif = widget.actions.export_movie(tmp_path / "trav.gif")
-    import imageio.v3 as iio
+    assert "open_in_chimerax.cxc" in widget.status.text() and (tmp_path / "series" / "open_in_chimerax.cxc").is_file()
 
-    frames = iio.imread(gif, index=None)
+
+def test_movies_are_recorded_in_the_background_and_can_be_cancelled(make_napari_viewer, qtbot, hinge_run, tmp_path,
+                                                                     notes):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    widget = loaded(make_napari_viewer, qtbot, hinge_run, show=True)  # a hidden canvas screenshots black
+    with_pc1_traversal(widget, qtbot)
+    # The GIF: export_movie returns at once; the dock counts the frames, then the file appears.
+    cursor = widget.session.cursor
+    assert widget.actions.export_movie(tmp_path / "trav.gif") is None
+    assert widget.busy and not (tmp_path / "trav.gif").exists()
+    assert widget.export_movie_button.text() == "Cancel movie" and widget.status.text() == "movie: frame 1 of 5..."
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    frames = iio.imread(tmp_path / "trav.gif", index=None)
     assert len(frames) == 5 and np.abs(frames[-1].astype(int) - frames[0]).max() > 0
+    assert widget.status.text().startswith(f"wrote {tmp_path / 'trav.gif'} (5 frames)")
+    assert widget.export_movie_button.text() == "Export movie (mp4, GIF)..."
+    # The cursor stayed, and the viewer shows its map again.
+    assert widget.session.cursor is cursor and np.array_equal(widget.last_frame.z, cursor.z)
+    # The mp4 (H.264): as many frames, and they differ.
+    widget.actions.export_movie(tmp_path / "trav.mp4")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "trav.mp4"))
+    w, h = next(reader)["size"]
+    mp4 = np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]).astype(int)
+    assert len(mp4) == 5 and np.abs(mp4[-1] - mp4[0]).max() > 50
+    # Cancelled by the button, or by Play: nothing written, the dock is usable again.
+    for cancel in (widget.export_movie_button.click, lambda: widget.play_button.setChecked(True)):
+        widget.actions.export_movie(tmp_path / "cancelled.mp4")
+        qtbot.waitUntil(lambda: widget.actions.movie is None or len(widget.actions.movie.frames) >= 1, timeout=30_000)
+        assert widget.actions.movie is not None  # still recording
+        cancel()
+        assert widget.actions.movie is None and "movie cancelled after" in widget.status.text()
+        widget.play_button.setChecked(False)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+        assert not (tmp_path / "cancelled.mp4").exists() and list(tmp_path.glob(".cryospire-tmp*")) == []
+    # A file name that is neither mp4 nor GIF is refused before anything is recorded.
+    widget.actions.export_movie(tmp_path / "trav.avi")
+    assert not widget.busy and any("trav.avi: movie: expected a file name ending in .mp4 or .gif" in str(n.message)
+                                   for n in notes)
+    # Closing the dock ends a recording too, writing nothing.
+    widget.actions.export_movie(tmp_path / "closed.mp4")
+    qtbot.waitUntil(lambda: widget.actions.movie is None or len(widget.actions.movie.frames) >= 1, timeout=30_000)
+    widget.close()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    qtbot.wait(500)
+    assert not (tmp_path / "closed.mp4").exists()
 
 
 def test_continue_training_between_the_stages_trains_stage_2_on_the_selection(make_napari_viewer, qtbot, parts_run,

@@ -15,6 +15,7 @@ from qtpy.QtGui import QDragEnterEvent, QDropEvent
 from qtpy.QtWidgets import QApplication
 
 from cryospire_core.pipeline.runfolder import RunFolder
+from cryospire_napari import _layers
 from cryospire_napari._explorer_widget import MAP_NAME, ExplorerWidget
 from cryospire_napari._layers import (
     MAIN_MAP,
@@ -56,7 +57,8 @@ def counting(monkeypatch, cls) -> list:
     return calls
 
 
-def test_a_run_opens_as_its_map_over_its_parts(make_napari_viewer, run):
+def test_a_run_opens_as_its_map_over_its_parts(make_napari_viewer, run, monkeypatch):
+    monkeypatch.setattr(_layers, "software_renderer", lambda: None)  # a GPU: the run opens in 3D
     viewer = make_napari_viewer()
     layers = open_run(viewer, run)
     assert [layer.name for layer in viewer.layers] == [POINTS_NAME, LABELS_NAME, "stage-1 map"]
@@ -93,6 +95,17 @@ def test_a_consensus_run_opens_as_its_map_and_hidden_gaussians(make_napari_viewe
     gaussians, main = open_run(viewer, tmp_path / "run")
     assert (gaussians.name, main.name) == ("consensus gaussians", "consensus map")
     assert not gaussians.visible and main.visible and viewer.layers.selection.active is main
+
+
+def test_software_opengl_opens_a_run_in_2d_through_the_molecule(make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer(show=True)
+    assert "llvmpipe" in (_layers.software_renderer() or "")  # Xvfb draws with Mesa's llvmpipe
+    at = make_run(tmp_path / "run")
+    main = open_run(viewer, tmp_path / "run")[-1]
+    assert viewer.dims.ndisplay == 2 and viewer.layers.selection.active is main
+    assert viewer.dims.point[0] == pytest.approx(main.data_to_world(at)[0], abs=main.scale[0])
+    monkeypatch.setattr(_layers, "software_renderer", lambda: None)
+    assert _layers.opening_ndisplay() == 3
 
 
 def test_2d_view_shows_the_slice_through_the_molecule(make_napari_viewer, tmp_path):

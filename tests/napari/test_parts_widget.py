@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from cryospire_core.io.chimerax import SCRIPT_NAME
 from cryospire_core.io.mrc import read_map
 from cryospire_core.models.parts import PartClustering
 from cryospire_napari._parts_widget import (
@@ -18,6 +19,7 @@ from cryospire_napari._parts_widget import (
     PartsWidget,
     part_colours,
 )
+from tests.core.test_chimerax import opened, volume_settings
 
 
 @pytest.fixture
@@ -85,7 +87,14 @@ def test_recluster_merge_split_update_layers_table_and_file(make_napari_viewer, 
 def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path, notes):
     widget = loaded(make_napari_viewer, qtbot, run)
     paths = widget.export_masks(tmp_path / "masks")
-    assert len(paths) == widget.state.n_parts
+    assert len(paths) == widget.state.n_parts and widget.busy  # written in the background job
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
+    assert "ChimeraX: open" in widget.status.text()
+    script = tmp_path / "masks" / SCRIPT_NAME
+    assert opened(script) == [["part_labels.mrc"]] + [[p.name] for p in paths]
+    colours = [volume_settings(script)[k + 2]["color"] for k in range(len(paths))]
+    assert colours == ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+                       for rgba in part_colours(len(paths))]  # the colours napari shows
     m = read_map(paths[0])
     assert m.data.shape == (32, 32, 32) and m.apix == pytest.approx(12.0)
     assert m.data.max() == pytest.approx(1.0) and m.data.min() >= 0.0
@@ -97,6 +106,8 @@ def test_export_soft_masks(make_napari_viewer, qtbot, run, tmp_path, notes):
     assert any("part_labels.mrc: part masks: expected a file name not in use" in str(n.message) for n in notes)
     np.testing.assert_array_equal(read_map(tmp_path / "masks" / "part_labels.mrc").data, widget.state.labels)
     assert len(widget.export_masks(tmp_path / "masks", overwrite=True)) == widget.state.n_parts
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
+    assert read_map(paths[-1]).data.max() == pytest.approx(1.0)  # replaced
 
 
 def test_newer_run_format_is_a_clear_notification(make_napari_viewer, qtbot, run, notes):
