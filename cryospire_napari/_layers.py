@@ -395,6 +395,18 @@ def gaussians_layer(run: RunFolder, name: str = "consensus gaussians") -> LayerD
                         face_color="amplitude", face_colormap="viridis")
 
 
+def label_texture(labels: np.ndarray) -> np.ndarray:
+    """A part label map (int, 0 solvent, k part k) as napari's Labels layer takes it fastest: in
+    the smallest unsigned type that holds it (uint8 up to 255 parts). For wider types napari
+    maps every label through a numba function on each update, which it compiles on first use:
+    2.5 s on the GUI thread when a run opened (benchmarks/gui_gap.py), and part of every part
+    edit after."""
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    dtype = np.uint8 if top <= np.iinfo(np.uint8).max else np.uint16 if top <= np.iinfo(np.uint16).max else labels.dtype
+    return labels.astype(dtype, copy=False)
+
+
 def part_layers(run: RunFolder) -> list[LayerDataTuple]:
     """The parts (RUN/parts/clustering.npz over the stage-1 Gaussians,
     :func:`cryospire_core.services.parts.load_parts`): the stage-1 Gaussians coloured by part
@@ -415,7 +427,7 @@ def part_layers(run: RunFolder) -> list[LayerDataTuple]:
                           {**meta, ROLE_KEY: "gaussians"}, face_color=colours[state.clustering.part_index],
                           features={"part": state.clustering.part_index + 1})
     colour_dict = {None: np.zeros(4), 0: np.zeros(4), **{k + 1: colours[k] for k in range(state.n_parts)}}
-    labels = (state.labels, {
+    labels = (label_texture(state.labels), {
         "name": LABELS_NAME,
         "scale": lattice.napari_scale(),
         "translate": lattice.napari_translate(),

@@ -45,11 +45,11 @@ from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.services import parts as run_parts
 from cryospire_core.services.parts import RunParts, load_parts
 
-from ._layers import PARTS_OPACITY, gaussian_points
+from ._layers import PARTS_OPACITY, gaussian_points, label_texture
 from ._notify import notify_error, status_text
 from ._run_row import RunFolderRow
 from ._run_tracking import RunFollower, has_parts
-from ._workers import CloseWatcher, LatestJob, warm_up
+from ._workers import CloseWatcher, LatestJob, warm_up, warm_up_labels
 
 LABELS_NAME = "parts"
 POINTS_NAME = "part gaussians"
@@ -76,6 +76,7 @@ class PartsWidget(QWidget):
         self.visible: np.ndarray = np.zeros(0, bool)
         self._showing: RunParts | None = None
         self.job = LatestJob(self._job_failed)
+        warm_up_labels()
         warm_up()
 
         run_row = RunFolderRow(self.load_run)
@@ -228,14 +229,19 @@ class PartsWidget(QWidget):
         centres, sizes = gaussian_points(state.clustering.inputs.centres, state.widths, state.lattice)
         point_colours = colours[state.clustering.part_index]
         features = {"part": state.clustering.part_index + 1}
-        labels = self.viewer.layers[LABELS_NAME]
-        labels.data = state.labels
-        labels.scale, labels.translate = state.lattice.napari_scale(), state.lattice.napari_translate()
+        # In place, and only what changed: every assignment makes napari redraw, and an edit
+        # changes the labels and the colours but not the Gaussians or the lattice.
+        labels, points = self.viewer.layers[LABELS_NAME], self.viewer.layers[POINTS_NAME]
+        labels.data = label_texture(state.labels)
         labels.metadata["apix"] = state.lattice.apix
-        points = self.viewer.layers[POINTS_NAME]
-        points.scale, points.translate = state.lattice.napari_scale(), state.lattice.napari_translate()
-        points.data = centres
-        points.size = sizes
+        scale, translate = state.lattice.napari_scale(), state.lattice.napari_translate()
+        for layer in (labels, points):
+            if not (np.allclose(layer.scale, scale) and np.allclose(layer.translate, translate)):
+                layer.scale, layer.translate = scale, translate
+        if points.data.shape != centres.shape or not np.array_equal(points.data, centres):
+            points.data = centres
+        if not np.array_equal(points.size, sizes):
+            points.size = sizes
         points.features = features
         points.face_color = point_colours
         self._apply_visibility()
@@ -258,7 +264,7 @@ class PartsWidget(QWidget):
     def _create_layer(self, state: RunParts) -> None:
         """Add the first missing one of the two layers (filled in by :meth:`_show`)."""
         if LABELS_NAME not in self.viewer.layers:
-            self.viewer.add_labels(state.labels, name=LABELS_NAME, scale=state.lattice.napari_scale(),
+            self.viewer.add_labels(label_texture(state.labels), name=LABELS_NAME, scale=state.lattice.napari_scale(),
                                    translate=state.lattice.napari_translate(), opacity=PARTS_OPACITY,
                                    blending="translucent_no_depth")
         else:  # hidden, as a run opens (its discs would hide the map in 3D)

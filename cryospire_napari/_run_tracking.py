@@ -47,7 +47,7 @@ from cryospire_core.pipeline.runfolder import RunFolder
 
 from ._layers import MAIN_MAP, ROLE_KEY, RUN_KEY, opening_ndisplay, show_molecule
 from ._notify import notify_error
-from ._workers import CloseWatcher
+from ._workers import CloseWatcher, warm_up_labels
 
 PLUGIN = "cryospire-napari"
 
@@ -81,6 +81,7 @@ def attach(viewer: Any) -> None:
     if id(viewer) in _ATTACHED and _ATTACHED[id(viewer)]() is viewer:
         return
     _ATTACHED[id(viewer)] = weakref.ref(viewer)
+    warm_up_labels()  # for the runs opened after this one
     viewer_ref = weakref.ref(viewer)  # the connection must not keep a closed viewer alive
 
     def on_inserted(event: Any) -> None:

@@ -27,6 +27,7 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     from ._parts_widget import PartsWidget
     from ._run_tracking import attach
     from ._train_widget import TrainWidget
+    from ._workers import warm_up_labels
 
     viewer = napari.Viewer(title=f"cryospire: {run.name}", show=True)
     viewer.window.resize(1500, 950)
@@ -35,12 +36,16 @@ def open_run(run: Path, screenshot: Path | None = None) -> int:
     viewer.window.add_dock_widget(TrainWidget(viewer), name="Train (cryospire)", area="right")
     viewer.window.add_dock_widget(parts, name="Parts (cryospire)", area="right", tabify=True)
     viewer.window.add_dock_widget(explorer, name="Latent explorer (cryospire)", area="right", tabify=True)
-    QApplication.instance().processEvents()  # the canvas takes its size beside the docks: the view fits it
+    app = QApplication.instance()
+    labels_ready = warm_up_labels()  # started by the Parts dock; the window stays live meanwhile
+    while labels_ready.is_alive():
+        app.processEvents()
+        labels_ready.join(0.02)
+    app.processEvents()  # the canvas takes its size beside the docks: the view fits it
     viewer.open(str(RunFolder(run).config_path), plugin="cryospire-napari")
     if screenshot is None:
         napari.run()
         return 0
-    app = QApplication.instance()
     for _ in range(600):  # let the Parts dock's background load finish (at most ~60 s)
         app.processEvents()
         if not parts.busy and not explorer.busy:

@@ -214,3 +214,23 @@ def test_a_dropped_run_folder_opens_and_other_folders_are_left_to_napari(make_na
     assert viewer.layers[-1].name == "pictures" and viewer.layers[-1].data.shape == (8, 8)
     assert not dialogs and QApplication.activeModalWidget() is None
     assert not any("cryospire" in str(n.message) for n in notes)
+
+
+def test_part_labels_reach_napari_in_the_smallest_unsigned_type():
+    # napari maps wider label types through a numba function compiled on first use (seconds on
+    # the GUI thread); uint8 / uint16 it draws as they are.
+    labels = np.zeros((4, 4, 4), np.int32)
+    labels[1, 2, 3] = 5
+    small = _layers.label_texture(labels)
+    assert small.dtype == np.uint8 and np.array_equal(small, labels)
+    labels[0, 0, 0] = 300
+    assert _layers.label_texture(labels).dtype == np.uint16
+
+
+def test_labels_colouring_is_compiled_in_a_thread_of_its_own(qtbot):
+    from cryospire_napari._workers import warm_up_labels
+
+    thread = warm_up_labels()
+    assert thread is warm_up_labels() and thread.name == "cryospire labels warm-up"  # once per process
+    thread.join(120)
+    assert not thread.is_alive()
