@@ -342,7 +342,7 @@ class ExplorerWidget(QWidget):
         inner.setContentsMargins(0, 0, 0, 0)
         inner.addWidget(self.particle_row)
         inner.addWidget(self.splitter, 5)
-        inner.addWidget(self.plot.canvas, 1)
+        inner.addWidget(self.plot, 1)
         inner.addLayout(trav3)
         inner.addWidget(self.sel_label)
         inner.addLayout(sel1)
@@ -380,6 +380,7 @@ class ExplorerWidget(QWidget):
         self.session.stop()
         self.job.cancel()
         self.side_job.cancel()
+        self.plot.shutdown()
         self.actions.shutdown()
 
     def closeEvent(self, event) -> None:
@@ -388,7 +389,7 @@ class ExplorerWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self.job.busy or self.side_job.busy or self.actions.busy
+        return self.job.busy or self.side_job.busy or self.plot.busy or self.actions.busy
 
     def _job_failed(self, action: str, exc: Exception) -> None:
         """After a failed background job (already notified): say so in the status line, stop
@@ -720,7 +721,7 @@ class ExplorerWidget(QWidget):
 
     def _show_plot(self, on: bool) -> None:
         """Unfold (``on``) or fold away the traversal plot."""
-        self.plot.canvas.setVisible(on)
+        self.plot.setVisible(on)
         self.plot_toggle.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
 
     def _play_toggled(self, on: bool) -> None:

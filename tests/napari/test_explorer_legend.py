@@ -58,7 +58,9 @@ def test_every_colouring_has_its_legend(make_napari_viewer, qtbot, parts_run, ti
     # The strip is under the canvas, beside it in the same pane: it covers no point.
     canvas = widget.scatter.canvas.native
     assert legend.isVisible() and legend.parentWidget() is canvas.parentWidget()
-    assert not legend.geometry().intersects(canvas.geometry()) and legend.geometry().top() >= canvas.geometry().bottom()
+    # (after the layout pass that follows the run's first draw)
+    qtbot.waitUntil(lambda: not legend.geometry().intersects(canvas.geometry()), timeout=5_000)
+    assert legend.geometry().top() >= canvas.geometry().bottom()
 
     # Ground truth of the hinge's many steps: a colour bar between two named states.
     key = legend.key
