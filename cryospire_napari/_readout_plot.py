@@ -41,7 +41,9 @@ class ReadoutTable(QTableWidget):
         """Pixels that show the header and ``n`` rows whole. From the header's size hint, not its
         height: before the dock is shown (and styled by napari's theme) the height is stale."""
         rows = self.verticalHeader().defaultSectionSize()
-        return self.horizontalHeader().sizeHint().height() + n * rows + 2 * self.frameWidth()
+        # + 1: a pixel of slack. Under PyQt6, with the docks stacked, the viewport came out one
+        # pixel short of the last row's bottom line (tests/napari/test_explorer_legend.py).
+        return self.horizontalHeader().sizeHint().height() + n * rows + 2 * self.frameWidth() + 1
 
     def minimumSizeHint(self) -> QSize:
         # Asked by the layout each time it lays the dock out, so it follows the theme's fonts.
