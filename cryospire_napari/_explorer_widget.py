@@ -72,7 +72,7 @@ from cryospire_core.analysis.session import (
 
 from ._colour_legend import ColourLegend
 from ._explorer_actions import ExplorerActions
-from ._layers import label_texture
+from ._layers import label_texture, parts_colormap
 from ._notify import status_text
 from ._particle_file_row import ParticleFileRow
 from ._parts_widget import part_colours
@@ -668,12 +668,8 @@ class ExplorerWidget(QWidget):
                 self.viewer.layers[LABELS_NAME].data = label_texture(frame.labels)
                 _place(self.viewer.layers[LABELS_NAME], lattice)
             else:
-                from napari.utils.colormaps import DirectLabelColormap
-
-                colours = {None: np.zeros(4), 0: np.zeros(4)}
-                colours.update({k + 1: c for k, c in enumerate(part_colours(e.n_parts))})
                 self.viewer.add_labels(label_texture(frame.labels), name=LABELS_NAME, scale=scale, translate=translate, opacity=0.7,
-                                       colormap=DirectLabelColormap(color_dict=colours), blending="translucent_no_depth")
+                                       colormap=parts_colormap(part_colours(e.n_parts)), blending="translucent_no_depth")
             self.viewer.layers[LABELS_NAME].visible = True
         elif LABELS_NAME in self.viewer.layers:
             self.viewer.layers[LABELS_NAME].visible = False

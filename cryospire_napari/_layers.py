@@ -395,6 +395,15 @@ def gaussians_layer(run: RunFolder, name: str = "consensus gaussians") -> LayerD
                         face_color="amplitude", face_colormap="viridis")
 
 
+def parts_colormap(colours: np.ndarray) -> Any:
+    """napari's colormap for a part label map: label k + 1 in ``colours[k]`` (K, 4) RGBA,
+    solvent (0) and unknown labels transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: np.zeros(4), 0: np.zeros(4),
+                                           **{k + 1: c for k, c in enumerate(colours)}})
+
+
 def label_texture(labels: np.ndarray) -> np.ndarray:
     """A part label map (int, 0 solvent, k part k) as napari's Labels layer takes it fastest: in
     the smallest unsigned type that holds it (uint8 up to 255 parts). For wider types napari
@@ -413,8 +422,6 @@ def part_layers(run: RunFolder) -> list[LayerDataTuple]:
     (hidden) and the part label map, under the names the Parts dock uses, so a docked Parts
     dock updates these layers instead of adding its own. The labels are drawn translucent over
     the map: in 2D the slice shows through the part colours, in 3D they tint the surface."""
-    from napari.utils.colormaps import DirectLabelColormap
-
     from cryospire_core.services.parts import load_parts
 
     from ._parts_widget import LABELS_NAME, POINTS_NAME, part_colours
@@ -426,12 +433,11 @@ def part_layers(run: RunFolder) -> list[LayerDataTuple]:
     points = points_layer(state.clustering.inputs.centres, state.widths, lattice, POINTS_NAME,
                           {**meta, ROLE_KEY: "gaussians"}, face_color=colours[state.clustering.part_index],
                           features={"part": state.clustering.part_index + 1})
-    colour_dict = {None: np.zeros(4), 0: np.zeros(4), **{k + 1: colours[k] for k in range(state.n_parts)}}
     labels = (label_texture(state.labels), {
         "name": LABELS_NAME,
         "scale": lattice.napari_scale(),
         "translate": lattice.napari_translate(),
-        "colormap": DirectLabelColormap(color_dict=colour_dict),
+        "colormap": parts_colormap(colours),
         "opacity": PARTS_OPACITY,
         "blending": "translucent_no_depth",
         "axis_labels": MAP_AXES,

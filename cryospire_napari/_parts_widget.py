@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils import notifications
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
@@ -45,7 +44,7 @@ from cryospire_core.io.outputs import GUI_REMEDY
 from cryospire_core.services import parts as run_parts
 from cryospire_core.services.parts import RunParts, load_parts
 
-from ._layers import PARTS_OPACITY, gaussian_points, label_texture
+from ._layers import PARTS_OPACITY, gaussian_points, label_texture, parts_colormap
 from ._notify import notify_error, status_text
 from ._run_row import RunFolderRow
 from ._run_tracking import RunFollower, has_parts
@@ -276,9 +275,7 @@ class PartsWidget(QWidget):
         state = self.state
         colours = part_colours(state.n_parts)
         colours[~self.visible, 3] = 0.0
-        colour_dict = {None: np.zeros(4), 0: np.zeros(4)}
-        colour_dict.update({k + 1: colours[k] for k in range(state.n_parts)})
-        self.viewer.layers[LABELS_NAME].colormap = DirectLabelColormap(color_dict=colour_dict)
+        self.viewer.layers[LABELS_NAME].colormap = parts_colormap(colours)
         self.viewer.layers[POINTS_NAME].shown = self.visible[state.clustering.part_index]
 
     def _fill_table(self, colours: np.ndarray) -> None:
