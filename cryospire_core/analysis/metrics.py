@@ -165,6 +165,18 @@ def homogeneous_floor(vol: np.ndarray, gt_maps: MapSequence | np.ndarray, mask: 
     return score_states(((k, vol, gt_maps[k], None) for k in range(len(gt_maps))), mask, title, apix)
 
 
+def population_mean(gt_maps: MapSequence | np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(D, D, D) float64: the noise-free population-mean map, each state's ground-truth map
+    weighted by its share of the images (``labels``: (N,) state per image). The best a single
+    homogeneous map can do on average: the "ideal homogeneous" line."""
+    counts = np.bincount(np.asarray(labels), minlength=len(gt_maps))
+    total = None
+    for k in np.flatnonzero(counts):
+        part = np.asarray(gt_maps[k], dtype=np.float64) * (counts[k] / counts.sum())
+        total = part if total is None else total + part
+    return total
+
+
 def ceiling(gt_maps: MapSequence | np.ndarray, mask: np.ndarray | None = None, apix: float | None = None) -> ScoreTable:
     """Every ground-truth state scored against itself: the best any method can reach."""
     return score_states(((k, gt_maps[k], gt_maps[k], None) for k in range(len(gt_maps))), mask, "ceiling", apix)

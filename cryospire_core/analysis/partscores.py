@@ -1,11 +1,14 @@
 """How well a trained run recovered the ground truth's parts (simulations only).
 
-Two scores, both against a simulation's ``gt/beads.npz`` (bead domains, positions and presence
-per state) and ``gt/labels.npy`` (state of each image):
+Two kinds of score, both against a simulation's ``gt/beads.npz`` (bead domains, positions and
+presence per state) and ``gt/labels.npy`` (state of each image):
 
-- part ARI: adjusted Rand index between the discovered parts of the stage-1 Gaussians
-  (``RUN/parts/clustering.npz``) and the ground-truth domain of each Gaussian (the domain of
-  its nearest bead, :func:`parts.gt_domains_for_gaussians`);
+- part scores (:func:`part_scores`): the discovered parts of the stage-1 Gaussians
+  (``RUN/parts/clustering.npz``) against the ground-truth group of each Gaussian (the domain of
+  its nearest bead, :func:`parts.gt_domains_for_gaussians`): the adjusted Rand index (ARI), a
+  split-tolerant ARI (each part first relabelled by its majority group, so cutting one rigid group
+  into spatial pieces costs nothing but a part that mixes groups does), and per group the
+  mass-weighted purity and recall of the parts it holds the majority of;
 - presence: for every optional domain (present in some states, absent in others), the mean gate
   of the Gaussians lying on it, per image; its median over images of states that lack the domain
   and over images of states that have it.
@@ -43,6 +46,41 @@ class DomainPresence:
     n_present: int
 
 
+@dataclass
+class GroupScore:
+    """One ground-truth group against the discovered parts. P_g: the Gaussians of the parts whose
+    majority (by mass) is this group. name: the group's (domain's) name; n_gaussians: Gaussians
+    truly in it; mass_fraction: its share of the total mass, [0, 1]; n_parts: parts whose majority
+    it is; purity: mass of P_g truly in the group / mass of P_g (NaN when n_parts is 0: the group
+    was not found as a part of its own); recall: mass of the group inside P_g / the group's mass
+    (0 when not found; NaN when no Gaussian is in the group)."""
+
+    name: str
+    n_gaussians: int
+    mass_fraction: float
+    n_parts: int
+    purity: float
+    recall: float
+
+
+@dataclass
+class PartScores:
+    """Discovered parts against ground-truth groups. n_parts: parts found; ari: adjusted Rand index
+    of the parts against the groups; split_ari: the same after relabelling every part by its
+    majority group (parts cut from one group merge back; a part mixing groups still puts its
+    minority Gaussians in the wrong group); groups: one :class:`GroupScore` per group.
+
+    With a single ground-truth group, split_ari is 1.0 (every part's majority is that group, and
+    the ARI of two one-class labellings is 1), while ari is 0.0 for two parts or more (sklearn's
+    ARI of any split against one class) and 1.0 for one part: it is reported as it is.
+    """
+
+    n_parts: int
+    ari: float
+    split_ari: float
+    groups: list[GroupScore]
+
+
 def load_beads(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A simulation's gt/beads.npz: centres (S, B, 3) Å, domains (B,), domain_names (D,), presence (S, B)."""
     path = Path(path)
@@ -56,9 +94,66 @@ def load_beads(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return beads
 
 
-def part_ari(clustering: PartClustering, beads: dict[str, np.ndarray]) -> float:
-    """Adjusted Rand index of the clustering's parts against the ground-truth domains."""
-    return adjusted_rand(clustering.part_index, gt_domains_for_gaussians(clustering.inputs.centres, beads))
+def score_parts(part_index: np.ndarray, gt_group: np.ndarray, weights: np.ndarray,
+                group_names: list[str] | np.ndarray) -> PartScores:
+    """Score discovered parts against ground-truth groups (see :class:`PartScores`).
+
+    part_index: (G,) int, the part of each Gaussian (any integer labels); gt_group: (G,) int in
+    0..D-1, the true group of each Gaussian; weights: (G,) float > 0, each Gaussian's mass (any
+    unit: only ratios count); group_names: (D,) the groups' names. A part's majority group is the
+    one holding most of its mass; a tie goes to the lowest group index.
+    """
+    part_index = np.asarray(part_index)
+    gt_group = np.asarray(gt_group, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    n_groups = len(group_names)
+    if part_index.ndim != 1 or gt_group.shape != part_index.shape or weights.shape != part_index.shape:
+        raise ValueError(f"part_index, gt_group and weights must all be (G,), got {part_index.shape}, "
+                         f"{gt_group.shape}, {weights.shape}")
+    if part_index.size == 0:
+        raise ValueError("no Gaussians to score")
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise ValueError("weights must be finite and strictly positive (a massless part has no majority)")
+    if gt_group.min() < 0 or gt_group.max() >= n_groups:
+        raise ValueError(f"gt_group must lie in 0..{n_groups - 1} (one per group name), found "
+                         f"{gt_group.min()}..{gt_group.max()}")
+    _, part_of = np.unique(part_index, return_inverse=True)
+    mass = np.zeros((part_of.max() + 1, n_groups))  # (K, D): mass of part k on group g
+    np.add.at(mass, (part_of, gt_group), weights)
+    majority = mass.argmax(axis=1)  # (K,)
+    group_mass = mass.sum(axis=0)  # (D,)
+    rows = []
+    for g, name in enumerate(group_names):
+        claimed = majority == g  # the parts of P_g
+        hit = mass[claimed, g].sum()  # mass of P_g truly in g = mass of g inside P_g
+        rows.append(GroupScore(
+            name=str(name), n_gaussians=int((gt_group == g).sum()),
+            mass_fraction=float(group_mass[g] / group_mass.sum()), n_parts=int(claimed.sum()),
+            purity=float(hit / mass[claimed].sum()) if claimed.any() else float("nan"),
+            recall=float(hit / group_mass[g]) if group_mass[g] > 0 else float("nan")))
+    return PartScores(n_parts=len(majority), ari=adjusted_rand(part_index, gt_group),
+                      split_ari=adjusted_rand(majority[part_of], gt_group), groups=rows)
+
+
+def part_scores(clustering: PartClustering, beads: dict[str, np.ndarray]) -> PartScores:
+    """:func:`score_parts` of a run's parts against a simulation's bead domains.
+
+    Each Gaussian's group is the domain of its nearest bead (in any state); its mass is the clustering's
+    own weight, ``clustering.inputs.weights`` (|mass|, amplitude x width^3, floored just above 0).
+    """
+    return score_parts(clustering.part_index, gt_domains_for_gaussians(clustering.inputs.centres, beads),
+                       clustering.inputs.weights, beads["domain_names"])
+
+
+def format_part_scores(scores: PartScores) -> str:
+    """A summary line and a plain-text table, one row per ground-truth group, of ``scores``."""
+    width = max([5] + [len(r.name) for r in scores.groups])
+    lines = [f"parts: {scores.n_parts} found; ARI {scores.ari:.3f}; split-tolerant ARI {scores.split_ari:.3f}",
+             f"{'group':>{width}} {'Gaussians':>9} {'mass':>6} {'parts':>5} {'purity':>6} {'recall':>6}"]
+    for r in scores.groups:
+        lines.append(f"{r.name:>{width}} {r.n_gaussians:>9d} {r.mass_fraction:>6.3f} {r.n_parts:>5d} "
+                     f"{r.purity:>6.3f} {r.recall:>6.3f}")
+    return "\n".join(lines)
 
 
 def optional_domains(beads: dict[str, np.ndarray]) -> dict[int, np.ndarray]:

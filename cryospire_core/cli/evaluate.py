@@ -5,11 +5,13 @@ Examples::
     cryospire evaluate --gt sim64/gt --map consensus.mrc          # homogeneous floor
     cryospire evaluate --gt sim64/gt --maps "maps/state_*.mrc"     # one map per state
     cryospire evaluate --gt sim64/gt --maps maps/ --out scores.json
-    cryospire evaluate --gt sim64/gt --run RUN                     # + part ARI and gate medians
+    cryospire evaluate --gt sim64/gt --run RUN                     # + part scores and gate medians
     cryospire evaluate --gt held/gt --run RUN --latents held.npy   # latents from `cryospire infer`
 
 Every state is scored by FSC inside the ground truth's evaluation mask (AUC, resolution at
-FSC 0.5 and 0.143); the ceiling (each ground-truth map against itself) is printed too.
+FSC 0.5 and 0.143); the ceiling (each ground-truth map against itself) is printed too. With
+--run and a simulation's gt/beads.npz, the run's parts are scored against the ground-truth
+domains (ARI, split-tolerant ARI, per-domain purity and recall: ``analysis/partscores.py``).
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ from cryospire_core.analysis.metrics import (
     load_ground_truth,
     natural_key,
     per_conformation,
+    population_mean,
     read_grid_map,
     score_states,
 )
 from cryospire_core.analysis.partscores import (
     domain_presence,
+    format_part_scores,
     format_presence,
     load_beads,
-    part_ari,
+    part_scores,
 )
 from cryospire_core.cli.options import add_overwrite_arg
 from cryospire_core.cli.render import read_rows
@@ -120,10 +124,12 @@ def score_run(gt: GroundTruth, run_dir: str, latents_path: str | None = None) ->
     clustering = run.clustering()
     if beads_path.is_file() and clustering is not None:
         beads = load_beads(beads_path)
-        extra["part_ari"] = part_ari(clustering, beads)
+        scores = part_scores(clustering, beads)
+        extra["part_ari"] = scores.ari  # read by benchmarks/ and older score files
+        extra["parts"] = dataclasses.asdict(scores)
         presence = domain_presence(model, latents, labels, beads)
         extra["presence"] = [dataclasses.asdict(r) for r in presence]
-        print(f"parts: adjusted Rand index vs ground-truth domains {extra['part_ari']:.3f}")
+        print(format_part_scores(scores))
         if presence:
             print(format_presence(presence))
     return table, extra
@@ -147,6 +153,13 @@ def run(args: argparse.Namespace) -> int:
         table = score_per_state_maps(gt, state_map_paths(args.maps))
     top = ceiling(gt, gt.mask, gt.lattice.apix)
     print(table.format(args.rows))
+    if gt.labels is not None and len(gt) > 1:
+        ideal = homogeneous_floor(population_mean(gt, gt.labels), gt, gt.mask, gt.lattice.apix,
+                                  title="ideal homogeneous")
+        i = ideal.summary()
+        extra["ideal_homogeneous"] = ideal.to_dict()
+        print(f"ideal homogeneous (noise-free population-mean map vs every state): AUC mean {i['mean_auc']:.4f}, "
+              f"median {i['median_auc']:.4f}")
     s = top.summary()
     print(f"ceiling (ground truth vs itself): AUC mean {s['mean_auc']:.4f} "
           f"(max possible {max_auc(gt.lattice.box):.4f})")

@@ -18,7 +18,7 @@ from cryospire_core.errors import InputError
 from cryospire_core.models.device import resolve_device
 from cryospire_core.progress import TerminalProgress
 from cryospire_core.ranges import APIX, BOX, COUNT, IMAGES, SEED, SNR, Whole
-from cryospire_core.sim.phantoms import PRESETS, phantom_from_structure
+from cryospire_core.sim.phantoms import PRESETS
 from cryospire_core.sim.simulate import (
     COLOURED_F0,
     COLOURED_FLOOR,
@@ -28,6 +28,7 @@ from cryospire_core.sim.simulate import (
     simulate,
     write_simulation,
 )
+from cryospire_core.sim.structure import phantom_from_structure
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +50,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="project on a lattice this many times finer, then Fourier-crop (default 2; 1 allowed)")
     parser.add_argument("--contrast", choices=("white", "dark"), default="white",
                         help="white (default): particles written bright, as after RELION's contrast inversion")
-    parser.add_argument("--spec", help="with --structure: JSON naming moving chains (pivot, axis, angles) and "
-                                       "optional chains; see phantoms.phantom_from_structure")
+    parser.add_argument("--spec", help="with --structure: JSON of groups (chains or residue ranges), their motions, "
+                                       "presence states and flexible loops; see cryospire_core/sim/structure.py")
     parser.add_argument("--phantom-seed", type=SEED, default=0, help="seed of the molecule itself (default 0)")
     parser.add_argument("--noise-spectrum", choices=NOISE_SPECTRA, default="white",
                         help=f"white (default) or coloured: noise power ∝ 1 / (1 + (f / {COLOURED_F0:g})^2) + "

@@ -580,11 +580,12 @@ def adjusted_rand(part_index: np.ndarray, gt_domain: np.ndarray) -> float:
 
 
 def gt_domains_for_gaussians(centres: np.ndarray, beads: str | os.PathLike | Mapping[str, np.ndarray]) -> np.ndarray:
-    """(G,) ground-truth domain of each Gaussian: the domain of the nearest bead in state 0.
+    """(G,) ground-truth domain of each Gaussian: the domain of the nearest bead in any state.
 
     centres: (G, 3) Å. beads: a simulation's ``gt/beads.npz`` path, or a mapping with its
-    ``centres`` (S, B, 3) Å and ``domains`` (B,). Every bead counts, present in state 0 or not
-    (its state-0 position is defined either way).
+    ``centres`` (S, B, 3) or (B, 3) Å and ``domains`` (B,). A Gaussian fitted to a consensus
+    sits where its domain is on average or anywhere along its motion, so every state's bead
+    positions count (state 0 alone is one end of a hinge's swing); absent beads count too.
     """
     if isinstance(beads, (str, os.PathLike)):
         path = Path(beads)
@@ -596,7 +597,9 @@ def gt_domains_for_gaussians(centres: np.ndarray, beads: str | os.PathLike | Map
             if key not in beads:
                 raise InputError(path, key, "an array written by write_simulation", "missing")
     bead_centres = np.asarray(beads["centres"], np.float64)
+    domains = np.asarray(beads["domains"], dtype=np.int64)
     if bead_centres.ndim == 3:
-        bead_centres = bead_centres[0]
+        domains = np.tile(domains, len(bead_centres))
+        bead_centres = bead_centres.reshape(-1, 3)
     _, nearest = cKDTree(bead_centres).query(np.asarray(centres, np.float64))
-    return np.asarray(beads["domains"], dtype=np.int64)[nearest]
+    return domains[nearest]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,6 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from cryospire_core.errors import InputError
 from cryospire_core.imaging.fourier import ifft3_centered, rfft_centered_crop
 from cryospire_core.imaging.lattice import Lattice
 
@@ -105,16 +103,16 @@ class _Domain:
     radii: tuple[float, float, float]
 
 
-def _unit(v) -> np.ndarray:
+def unit(v) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     return v / np.linalg.norm(v)
 
 
 def _frame(axis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(3, 3) rotation whose first column is ``axis``; the roll about it is random."""
-    a = _unit(axis)
+    a = unit(axis)
     helper = np.array([0.0, 0.0, 1.0]) if abs(a[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    b = _unit(np.cross(a, helper))
+    b = unit(np.cross(a, helper))
     c = np.cross(a, b)
     roll = rng.uniform(0, 2 * np.pi)
     b, c = np.cos(roll) * b + np.sin(roll) * c, -np.sin(roll) * b + np.cos(roll) * c
@@ -251,8 +249,8 @@ class _Arm:
     gap: float = 0.015
 
     def ellipsoids(self) -> list[_Domain]:
-        u = _unit(self.direction)
-        turn = Rotation.from_rotvec(_unit(np.cross(u, _unit(self.bend))) * np.deg2rad(self.elbow_deg)).as_matrix()
+        u = unit(self.direction)
+        turn = Rotation.from_rotvec(unit(np.cross(u, unit(self.bend))) * np.deg2rad(self.elbow_deg)).as_matrix()
         start, out = np.asarray(self.joint) + u * self.gap, []
         for radii in self.segments:
             out.append(_Domain(self.name, tuple(start + u * radii[0]), tuple(u), radii))
@@ -305,7 +303,7 @@ def _complex(rng: np.random.Generator, fov_px: float) -> _Model:
     model.add("core", _domain_beads(rng, _CORE, fov_px, core_frame))
     core_r = np.asarray(_CORE.radii)
     for j, (direction, radii) in enumerate(_SUBUNITS):
-        u = _unit(direction)
+        u = unit(direction)
         # Distance from the core's centre to its ellipsoid surface along u, then out by most
         # of the subunit's long radius so the two touch without overlapping much.
         local = core_frame.T @ u
@@ -316,12 +314,12 @@ def _complex(rng: np.random.Generator, fov_px: float) -> _Model:
     return model
 
 
-def _hinge_rotvecs(axis: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
+def hinge_rotvecs(axis: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     """Rotation vectors (n, 3), radians: turns by ``angles_deg`` about one ``axis``."""
-    return _unit(axis)[None] * np.deg2rad(np.asarray(angles_deg, dtype=np.float64))[:, None]
+    return unit(axis)[None] * np.deg2rad(np.asarray(angles_deg, dtype=np.float64))[:, None]
 
 
-def _random_rotvecs(rng: np.random.Generator, n: int, max_angle_deg: float, pivot: np.ndarray,
+def random_rotvecs(rng: np.random.Generator, n: int, max_angle_deg: float, pivot: np.ndarray,
                     moving: np.ndarray, static: np.ndarray, min_gap: float) -> np.ndarray:
     """Rotation vectors (n, 3) about random axes, angles uniform up to ``max_angle_deg``; the
     first is the resting pose. A placement of ``moving`` (g, 3) about ``pivot`` is drawn again
@@ -332,37 +330,59 @@ def _random_rotvecs(rng: np.random.Generator, n: int, max_angle_deg: float, pivo
     for _ in range(1000 * n):
         if len(out) == n:
             return np.asarray(out)
-        rv = _unit(rng.standard_normal(3)) * np.deg2rad(rng.uniform(0.0, max_angle_deg))
+        rv = unit(rng.standard_normal(3)) * np.deg2rad(rng.uniform(0.0, max_angle_deg))
         if tree.query(_rotate_about(moving, pivot, rv))[0].min() >= limit:
             out.append(rv)
     raise RuntimeError("could not place the moving domain without clashes")
 
 
-def _states(base: np.ndarray, moving: np.ndarray, pivot: np.ndarray, rotvecs: np.ndarray,
-            optional: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every combination of a placement of the moving beads and the presence of optional groups.
+def compose_states(placements: np.ndarray, presence: list[tuple[str, np.ndarray, float]],
+                   pose_tag: str = "hinge") -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Every presence pattern x every placement of the beads.
 
-    base: (G, 3) resting centres; moving: (G,) bool; rotvecs: (M, 3) placements about ``pivot``
-    (M = 1 with a zero vector for no motion); optional: (name, (G,) bool) groups that are present
-    or absent. Returns centres (S, G, 3), presence (S, G) and names, S = 2^len(optional) x M,
-    presence patterns outermost, the complete molecule first.
+    placements: (M, G, 3) bead centres per pose; presence: (name, (G,) 0/1, weight) patterns.
+    Returns centres (S, G, 3), presence (S, G), names and populations (S,) (a pattern's weight
+    shared equally by its poses, normalised to sum 1), S = len(presence) x M, patterns outermost.
     """
-    poses = np.repeat(base[None], len(rotvecs), axis=0)
-    for k, rv in enumerate(rotvecs):
-        poses[k, moving] = _rotate_about(base[moving], pivot, rv)
-    centres, presence, names = [], [], []
+    centres, on, names, pops = [], [], [], []
+    total = float(sum(w for _, _, w in presence))
+    for name, mask, weight in presence:
+        for k in range(len(placements)):
+            centres.append(placements[k])
+            on.append(mask)
+            tags = [name] if name else []
+            names.append("_".join(tags + ([f"{pose_tag}_{k:03d}"] if len(placements) > 1 else [])) or "state_000")
+            pops.append(weight / total / len(placements))
+    return np.asarray(centres), np.asarray(on, dtype=np.float64), names, np.asarray(pops)
+
+
+def rigid_placements(base: np.ndarray, motions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(M, G, 3) bead centres: pose k turns each motion's beads by its k-th rotation vector.
+
+    base: (G, 3) resting centres; motions: (moving (G,) bool, pivot (3,), rotvecs (M, 3) radians),
+    all with the same M; motions are applied in order (a later one moves what an earlier one moved).
+    """
+    M = len(motions[0][2]) if motions else 1
+    poses = np.repeat(base[None], M, axis=0)
+    for moving, pivot, rotvecs in motions:
+        for k, rv in enumerate(rotvecs):
+            poses[k, moving] = _rotate_about(poses[k, moving], pivot, rv)
+    return poses
+
+
+def all_patterns(n_beads: int, optional: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, float]]:
+    """Every combination of the optional bead groups present or absent, equally weighted, the
+    complete molecule first: (name, (G,) 0/1, weight) for :func:`compose_states`."""
+    out = []
     for bits in range(2 ** len(optional) - 1, -1, -1):
-        on = np.ones(len(base))
+        on = np.ones(n_beads)
         tags = []
         for j, (name, mask) in enumerate(optional):
             present = (bits >> j) & 1
             on[mask] = present
             tags.append(name if present else f"no_{name}")
-        for k in range(len(rotvecs)):
-            centres.append(poses[k])
-            presence.append(on)
-            names.append("_".join(tags + ([f"hinge_{k:03d}"] if len(rotvecs) > 1 else [])) or "state_000")
-    return np.asarray(centres), np.asarray(presence), names
+        out.append(("_".join(tags), on, 1.0))
+    return out
 
 
 def make_phantom(preset: str, box: int, apix: float, seed: int = 0) -> Phantom:
@@ -389,16 +409,17 @@ def make_phantom(preset: str, box: int, apix: float, seed: int = 0) -> Phantom:
         moving = labels == names.index("fab_b")
         pivot = np.asarray(_HINGE_B) * fov
         if preset == "random-hinge":
-            rotvecs = _random_rotvecs(rng, 100, 60.0, pivot, base[moving], base[~moving], 2.0 * SIGMA_PX[1])
+            rotvecs = random_rotvecs(rng, 100, 60.0, pivot, base[moving], base[~moving], 2.0 * SIGMA_PX[1])
             motion = {"max_angle_deg": 60.0, "rotvecs_rad": rotvecs.tolist()}
         else:
             # Swinging the Fab out of the plane of the arms clears the rest of the molecule.
-            axis = _unit(np.cross(_ANTIBODY[2].direction, [0.0, 0.0, 1.0]))
+            axis = unit(np.cross(_ANTIBODY[2].direction, [0.0, 0.0, 1.0]))
             angles = np.linspace(-75.0, 75.0, 10 if preset == "mixed" else 100)
-            rotvecs = _hinge_rotvecs(axis, angles)
+            rotvecs = hinge_rotvecs(axis, angles)
             motion = {"axis": axis.tolist(), "angles_deg": angles.tolist()}
         optional = [("cap", labels == names.index("cap"))] if preset == "mixed" else []
-        centres, presence, state_names = _states(base, moving, pivot, rotvecs, optional)
+        centres, presence, state_names, _ = compose_states(rigid_placements(base, [(moving, pivot, rotvecs)]),
+                                                           all_patterns(g, optional))
         info["motion"] = {"domain": "fab_b", "pivot_A": (pivot * apix).tolist(), **motion}
         if optional:
             info["presence"] = {"optional_domains": ["cap"]}
@@ -432,154 +453,6 @@ def make_phantom(preset: str, box: int, apix: float, seed: int = 0) -> Phantom:
         centres=np.asarray(centres) * apix,
         presence=np.asarray(presence, dtype=np.float32),
         populations=populations,
-        state_names=tuple(state_names),
-        info=info,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic structures (PDB / mmCIF through gemmi)
-
-
-def _spec_error(spec_path, field_name: str, expected: str, found: object) -> InputError:
-    return InputError(spec_path if spec_path is not None else "<spec>", field_name, expected, found)
-
-
-def _chain_mask(chains: list, names: tuple[str, ...], labels: np.ndarray, spec_path, field_name: str) -> np.ndarray:
-    if not isinstance(chains, list) or not chains:
-        raise _spec_error(spec_path, field_name, "a non-empty list of chain names", chains)
-    for c in chains:
-        if c not in names:
-            raise _spec_error(spec_path, field_name, f"chains of the structure ({', '.join(names)})", c)
-    return np.isin(labels, [names.index(c) for c in chains])
-
-
-def _vector(value, spec_path, field_name: str) -> np.ndarray:
-    v = np.asarray(value, dtype=np.float64) if isinstance(value, list) else np.zeros(0)
-    if v.shape != (3,) or not np.all(np.isfinite(v)):
-        raise _spec_error(spec_path, field_name, "three numbers [x, y, z]", value)
-    return v
-
-
-def _structure_beads(path: Path, residues: bool) -> tuple[np.ndarray, ...]:
-    """Beads of the first model: centres (G, 3) Å, electrons (G,), spread (G,) Å^2 (per-axis
-    variance of the atoms a bead stands for), mean B-factor (G,) Å^2, chain label (G,) and the
-    chain names (a tuple). One bead per residue (electron-weighted centre) or per atom."""
-    import gemmi
-
-    try:
-        st = gemmi.read_structure(str(path))
-    except Exception as exc:  # gemmi raises RuntimeError/ValueError for unreadable files
-        raise InputError(path, "structure", "a readable PDB or mmCIF file", exc) from exc
-    st.remove_hydrogens()
-    st.remove_waters()
-    if len(st) == 0:
-        raise InputError(path, "models", "at least one model with atoms", "none")
-    rows, names = [], []
-    for chain in st[0]:
-        if chain.name not in names:
-            names.append(chain.name)
-        label = names.index(chain.name)
-        for res in chain:
-            atoms = np.array([[a.pos.x, a.pos.y, a.pos.z, a.element.atomic_number, a.b_iso] for a in res])
-            if len(atoms) == 0:
-                continue
-            groups = [atoms] if residues else [a[None] for a in atoms]
-            for grp in groups:
-                z = np.maximum(grp[:, 3], 1.0)
-                centre = (grp[:, :3] * z[:, None]).sum(0) / z.sum()
-                spread = float((((grp[:, :3] - centre) ** 2).sum(1) * z).sum() / z.sum() / 3.0)
-                rows.append([*centre, z.sum(), spread, grp[:, 4].mean(), label])
-    if not rows:
-        raise InputError(path, "atoms", "at least one non-hydrogen atom in the first model", "none")
-    a = np.asarray(rows)
-    return a[:, :3], a[:, 3], a[:, 4], a[:, 5], a[:, 6].astype(np.int64), tuple(names)
-
-
-def phantom_from_structure(
-    path: str | Path,
-    box: int,
-    apix: float,
-    spec: dict[str, Any] | None = None,
-    spec_path: str | Path | None = None,
-    seed: int = 0,
-) -> Phantom:
-    """A phantom from an atomic model: beads from residues (or atoms), one domain per chain.
-
-    Bead widths: sqrt(spread of the atoms + B / (8 pi^2)) clipped to 1-1.5 px; amplitudes set so
-    each bead integrates to its electrons (sum of atomic numbers), so maps are in electrons/Å^3.
-    The molecule is centred on its electron-weighted centre. ``spec`` (from a JSON file at
-    ``spec_path``, named in errors) is optional::
-
-        {"beads": "residue" | "atom",
-         "moving": {"chains": ["H", "L"], "pivot": [x, y, z], "states": 20,
-                    "axis": [x, y, z], "angles_deg": [-60, 60]      # a 1D hinge, or
-                    "random_max_angle_deg": 45},                     # random axes
-         "optional": [["C"], ["D", "E"]]}
-
-    pivot is in the file's coordinates (Å). States: every combination of the optional chain
-    groups being present or absent x every placement of the moving chains; populations equal.
-    """
-    spec = dict(spec or {})
-    path = Path(path)
-    unknown = set(spec) - {"beads", "moving", "optional"}
-    if unknown:
-        raise _spec_error(spec_path, "keys", "beads, moving, optional", ", ".join(sorted(unknown)))
-    mode = spec.get("beads", "residue")
-    if mode not in ("residue", "atom"):
-        raise _spec_error(spec_path, "beads", "residue or atom", mode)
-    centres, electrons, spread, bfac, labels, names = _structure_beads(path, mode == "residue")
-    sigmas = np.clip(np.sqrt(spread + np.maximum(bfac, 0.0) / (8 * np.pi**2)), SIGMA_PX[0] * apix, SIGMA_PX[1] * apix)
-    amplitudes = electrons / ((2 * np.pi) ** 1.5 * sigmas**3)
-    offset = (centres * electrons[:, None]).sum(0) / electrons.sum()
-    base = centres - offset
-    rng = np.random.default_rng(seed)
-    info: dict[str, Any] = {"structure": str(path), "spec": spec, "beads": mode, "centre_offset_A": offset.tolist()}
-
-    moving, pivot, rotvecs = np.zeros(len(base), dtype=bool), np.zeros(3), np.zeros((1, 3))
-    if "moving" in spec:
-        mv = spec["moving"]
-        if not isinstance(mv, dict):
-            raise _spec_error(spec_path, "moving", "an object with chains, pivot, states and a motion", mv)
-        moving = _chain_mask(mv.get("chains"), names, labels, spec_path, "moving.chains")
-        pivot = _vector(mv.get("pivot"), spec_path, "moving.pivot") - offset
-        n = mv.get("states", 20)
-        if not isinstance(n, int) or n < 2:
-            raise _spec_error(spec_path, "moving.states", "an integer >= 2", n)
-        if "axis" in mv:
-            angles = mv.get("angles_deg")
-            if not (isinstance(angles, list) and len(angles) == 2 and all(isinstance(a, (int, float)) for a in angles)):
-                raise _spec_error(spec_path, "moving.angles_deg", "[first, last] in degrees", angles)
-            rotvecs = _hinge_rotvecs(_vector(mv["axis"], spec_path, "moving.axis"), np.linspace(*angles, n))
-        elif isinstance(mv.get("random_max_angle_deg"), (int, float)):
-            rotvecs = _random_rotvecs(rng, n, float(mv["random_max_angle_deg"]), pivot, base[moving],
-                                      base[~moving], 2.0 * SIGMA_PX[1] * apix)
-        else:
-            raise _spec_error(spec_path, "moving", "axis + angles_deg, or random_max_angle_deg", sorted(mv))
-        info["motion"] = {"chains": mv["chains"], "pivot_A": pivot.tolist(), "rotvecs_rad": rotvecs.tolist()}
-    groups = spec.get("optional", [])
-    if not isinstance(groups, list):
-        raise _spec_error(spec_path, "optional", "a list of lists of chain names", groups)
-    optional = [("+".join(g), _chain_mask(g, names, labels, spec_path, "optional")) for g in groups]
-    all_centres, presence, state_names = _states(base, moving, pivot, rotvecs, optional)
-
-    # Everything, in every state and at the largest shift, must stay inside the box.
-    reach = np.linalg.norm(all_centres, axis=2).max() / apix + 3 * SIGMA_PX[1]
-    limit = box / 2 - box / 12.8
-    if reach > limit:
-        raise InputError(path, "molecule size", f"a radius within {limit * apix:.0f} Å to fit {box} px at "
-                         f"{apix:g} Å/px with room for shifts (use a larger --box or --apix)", f"{reach * apix:.0f} Å")
-    return Phantom(
-        name=f"structure:{path.name}",
-        box=int(box),
-        apix=float(apix),
-        sigmas=sigmas,
-        amplitudes=amplitudes,
-        domains=labels,
-        domain_names=names,
-        centres=all_centres,
-        presence=np.asarray(presence, dtype=np.float32),
-        populations=np.full(len(state_names), 1.0 / len(state_names)),
         state_names=tuple(state_names),
         info=info,
     )

@@ -16,6 +16,7 @@ from cryospire_core.analysis.metrics import (
     homogeneous_floor,
     load_ground_truth,
     per_conformation,
+    population_mean,
     representative_images,
     resolution,
 )
@@ -158,6 +159,12 @@ def test_floor_and_ceiling(tmp_path):
     assert len(data["states"][0]["curve"]) == len(data["freqs"]) == 8
 
 
+def test_population_mean_weights_states_by_their_images():
+    gt = np.stack([_blobby(16, 22), _blobby(16, 23), _blobby(16, 24)])
+    labels = np.array([0, 0, 0, 1] * 5)  # state 2 has no images
+    np.testing.assert_allclose(population_mean(gt, labels), 0.75 * gt[0] + 0.25 * gt[1], rtol=1e-6)
+
+
 def _write_gt(folder, maps, apix=3.0, n=30):
     folder.mkdir(parents=True)
     for k, m in enumerate(maps):
@@ -185,6 +192,9 @@ def test_evaluate_cli_scores_maps_against_ground_truth(tmp_path, capsys):
     assert main(["evaluate", "--gt", str(tmp_path / "gt"), "--map", str(per_state / "state_2.mrc")]) == 0
     out = capsys.readouterr().out
     assert "homogeneous floor" in out and "ceiling" in out
+    ideal = homogeneous_floor(population_mean(gt, gt.labels), gt, gt.mask).summary()
+    assert f"ideal homogeneous (noise-free population-mean map vs every state): AUC mean {ideal['mean_auc']:.4f}" in out
+    assert scores["ideal_homogeneous"]["summary"]["mean_auc"] == pytest.approx(ideal["mean_auc"])
 
     # Wrong number of maps, wrong box: one clean error line each.
     (per_state / "state_11.mrc").unlink()

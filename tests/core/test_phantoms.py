@@ -7,12 +7,10 @@ import pytest
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import pdist
 
-from cryospire_core.errors import InputError
 from cryospire_core.imaging.lattice import Lattice
 from cryospire_core.sim.phantoms import (
     PRESETS,
     make_phantom,
-    phantom_from_structure,
     rasterise,
     state_volume,
     state_volumes,
@@ -181,105 +179,3 @@ def test_molecule_is_chiral(preset):
 
 
 # --- atomic models --------------------------------------------------------------------------
-
-
-_ATOMS = (("N", "N", (-1, 0, 0)), ("CA", "C", (0, 0, 0)), ("C", "C", (1, 0, 0)), ("O", "O", (1, 1, 0)))
-
-
-def _write_model(path, chains=(("A", (0, 0, 0), (1, 0, 0), 40), ("B", (62, 0, 0), (0.3, 1, 0.2), 30),
-                               ("C", (-4, 10, 6), (0, 0.3, 1), 15))):
-    """A small PDB: per chain, residues of N, CA, C, O along a helical trace (1.5 Å rise)."""
-    gemmi = pytest.importorskip("gemmi")
-    st = gemmi.Structure()
-    model = gemmi.Model("1")
-    for name, start, direction, n in chains:
-        u = np.asarray(direction, float) / np.linalg.norm(direction)
-        v = np.cross(u, [0.0, 0.0, 1.0] if abs(u[2]) < 0.9 else [1.0, 0.0, 0.0])
-        v /= np.linalg.norm(v)
-        w = np.cross(u, v)
-        chain = gemmi.Chain(name)
-        for i in range(n):
-            t = np.deg2rad(100.0 * i)
-            trace = np.asarray(start, float) + 1.5 * i * u + 2.3 * (np.cos(t) * v + np.sin(t) * w)
-            res = gemmi.Residue()
-            res.name, res.seqid = "ALA", gemmi.SeqId(i + 1, " ")
-            for atom_name, element, offset in _ATOMS:
-                atom = gemmi.Atom()
-                atom.name, atom.element, atom.b_iso = atom_name, gemmi.Element(element), 40.0
-                atom.pos = gemmi.Position(*(trace + offset))
-                res.add_atom(atom)
-            chain.add_residue(res)
-        model.add_chain(chain)
-    st.add_model(model)
-    st.setup_entities()
-    st.write_pdb(str(path))
-    return path
-
-
-def test_structure_beads_domains_and_units(tmp_path):
-    pdb = _write_model(tmp_path / "m.pdb")
-    ph = phantom_from_structure(pdb, 48, 4.0)
-    assert ph.domain_names == ("A", "B", "C") and ph.n_states == 1 and ph.n_beads == 85
-    np.testing.assert_array_equal(np.bincount(ph.domains), [40, 30, 15])
-    assert ph.integral(0) == pytest.approx(85 * (7 + 6 + 6 + 8))  # electrons of N, CA, C, O
-    sig_px = ph.sigmas / ph.apix
-    assert sig_px.min() >= 1.0 - 1e-9 and sig_px.max() <= 1.5 + 1e-9
-    w = ph.amplitudes * ph.sigmas**3
-    np.testing.assert_allclose((ph.centres[0] * w[:, None]).sum(0) / w.sum(), 0.0, atol=1e-9)  # centred
-    vol = state_volume(ph, 0)
-    assert vol.sum(dtype=np.float64) * ph.apix**3 == pytest.approx(ph.integral(0), rel=1e-5)
-    atoms = phantom_from_structure(pdb, 48, 4.0, {"beads": "atom"})
-    assert atoms.n_beads == 4 * 85 and atoms.integral(0) == pytest.approx(ph.integral(0))
-    cif = tmp_path / "m.cif"
-    import gemmi
-
-    gemmi.read_structure(str(pdb)).make_mmcif_document().write_file(str(cif))
-    np.testing.assert_allclose(phantom_from_structure(cif, 48, 4.0).centres, ph.centres, atol=1e-3)
-
-
-def test_structure_spec_moves_and_removes_chains(tmp_path):
-    pdb = _write_model(tmp_path / "m.pdb")
-    pivot = [61.0, 0.0, 0.0]
-    spec = {"moving": {"chains": ["B"], "pivot": pivot, "axis": [0, 0, 1], "angles_deg": [-40, 40], "states": 5},
-            "optional": [["C"]]}
-    ph = phantom_from_structure(pdb, 64, 3.0, spec)
-    assert ph.n_states == 10 and ph.populations == pytest.approx(np.full(10, 0.1))
-    b, c = ph.domains == 1, ph.domains == 2
-    assert np.all(ph.presence[:5, c] == 1) and np.all(ph.presence[5:, c] == 0) and np.all(ph.presence[:, ~c] == 1)
-    np.testing.assert_array_equal(ph.centres[:, ~b], np.broadcast_to(ph.centres[:1, ~b], ph.centres[:, ~b].shape))
-    p = np.asarray(pivot) - ph.info["centre_offset_A"]
-    ref = ph.centres[2, b]  # angle 0: the file's pose
-    for k in (0, 4):
-        dist = np.linalg.norm(ph.centres[k, b] - p, axis=1)
-        np.testing.assert_allclose(dist, np.linalg.norm(ref - p, axis=1), atol=1e-9)
-        np.testing.assert_allclose(ph.centres[k, b, 2], ref[:, 2], atol=1e-9)  # turned about z
-        assert np.abs(ph.centres[k, b] - ref).max() > 5.0
-    rnd = phantom_from_structure(pdb, 64, 3.0, {"moving": {"chains": ["B", "C"], "pivot": pivot, "states": 6,
-                                                            "random_max_angle_deg": 30}})
-    assert rnd.n_states == 6
-    assert np.linalg.norm(np.asarray(rnd.info["motion"]["rotvecs_rad"]), axis=1).max() <= np.deg2rad(30) + 1e-12
-
-
-@pytest.mark.parametrize(
-    "spec, field",
-    [({"moving": {"chains": ["Z"], "pivot": [0, 0, 0], "axis": [0, 0, 1], "angles_deg": [0, 9]}}, "moving.chains"),
-     ({"moving": {"chains": ["B"], "pivot": [0, 0], "axis": [0, 0, 1], "angles_deg": [0, 9]}}, "moving.pivot"),
-     ({"moving": {"chains": ["B"], "pivot": [0, 0, 0]}}, "moving"),
-     ({"optional": "C"}, "optional"),
-     ({"beads": "blob"}, "beads"),
-     ({"colour": 1}, "keys")],
-)
-def test_structure_spec_errors_name_the_field(tmp_path, spec, field):
-    pdb = _write_model(tmp_path / "m.pdb")
-    with pytest.raises(InputError, match=rf"spec.json: {field}: expected"):
-        phantom_from_structure(pdb, 64, 3.0, spec, spec_path="spec.json")
-
-
-def test_structure_that_does_not_fit_or_does_not_parse(tmp_path):
-    pdb = _write_model(tmp_path / "m.pdb")
-    with pytest.raises(InputError, match="molecule size"):
-        phantom_from_structure(pdb, 24, 2.0)
-    bad = tmp_path / "bad.pdb"
-    bad.write_text("this is not a structure\n")
-    with pytest.raises(InputError, match="bad.pdb"):
-        phantom_from_structure(bad, 48, 3.0)

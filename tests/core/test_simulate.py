@@ -197,7 +197,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_cli_structure(tmp_path):
-    from tests.core.test_phantoms import _write_model
+    from tests.core.test_structure import _write_model
 
     pdb = _write_model(tmp_path / "m.pdb")
     spec = tmp_path / "spec.json"

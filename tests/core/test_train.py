@@ -3,12 +3,16 @@ and a cancelled run resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from cryospire_core.analysis.partscores import load_beads, part_scores
 from cryospire_core.cli.main import main
 from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
@@ -63,7 +67,17 @@ def test_render_writes_maps_at_latents_and_particles(trained, tmp_path):
 def test_evaluate_scores_a_run(trained, homogeneous_32, tmp_path):
     out = tmp_path / "scores.json"
     assert main(["evaluate", "--gt", str(homogeneous_32 / "gt"), "--run", str(trained), "--out", str(out)]) == 0
-    assert out.is_file()
+    scores = json.loads(out.read_text())
+    parts = scores["parts"]  # the run's parts against the phantom's domains (fc, fab_a, fab_b)
+    assert set(parts) == {"n_parts", "ari", "split_ari", "groups"} and scores["part_ari"] == parts["ari"]
+    beads = load_beads(homogeneous_32 / "gt" / "beads.npz")
+    assert [g["name"] for g in parts["groups"]] == list(beads["domain_names"])
+    assert parts["n_parts"] == len(np.unique(RunFolder(trained).clustering().part_index))
+    assert sum(g["n_parts"] for g in parts["groups"]) == parts["n_parts"]  # every part has one majority
+    assert sum(g["n_gaussians"] for g in parts["groups"]) == 128  # stage 1's Gaussians
+    assert sum(g["mass_fraction"] for g in parts["groups"]) == pytest.approx(1.0)
+    # compared as JSON text: a group not found has purity NaN, and NaN != NaN
+    assert json.dumps(parts) == json.dumps(dataclasses.asdict(part_scores(RunFolder(trained).clustering(), beads)))
 
 
 def test_cancelled_training_resumes_to_finish(homogeneous_32, tmp_path):
@@ -134,4 +148,6 @@ def test_resume_with_more_stage_2_epochs_continues_the_finished_stage(trained, h
 def test_evaluate_reports_part_scores_with_bead_ground_truth(trained, homogeneous_32, capsys):
     assert main(["evaluate", "--gt", str(homogeneous_32 / "gt"), "--run", str(trained), "--rows", "0"]) == 0
     out = capsys.readouterr().out
-    assert "adjusted Rand index" in out
+    assert re.search(r"^parts: \d+ found; ARI -?\d\.\d{3}; split-tolerant ARI -?\d\.\d{3}$", out, re.MULTILINE)
+    assert re.search(r"^ *group +Gaussians +mass +parts +purity +recall$", out, re.MULTILINE)
+    assert re.search(r"^ *fab_a +\d+ +[01]\.\d{3} +\d+ +(nan|[01]\.\d{3}) +[01]\.\d{3}$", out, re.MULTILINE)
