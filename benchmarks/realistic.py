@@ -103,12 +103,12 @@ def row(name: str, s: dict, scores: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'set':<12} {'role':<8} {'groups':>6} {'found':>5} {'parts':>5} {'ARI':>6} {'split':>6} "
+    head = (f"{'set':<12} {'role':<8} {'model':<7} {'groups':>6} {'found':>5} {'parts':>5} {'ARI':>6} {'split':>6} "
             f"{'purity':>6} {'recall':>6} {'AUC mean':>8} {'median':>7} {'floor':>7} {'ideal':>7} {'ceiling':>7} "
             f"{'vs ideal':>8}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['set']:<12} {r['role']:<8} {r['groups']:>6} {r['found']:>5} {r['parts']:>5} {r['ari']:>6.3f} "
+        lines.append(f"{r['set']:<12} {r['role']:<8} {r['model']:<7} {r['groups']:>6} {r['found']:>5} {r['parts']:>5} {r['ari']:>6.3f} "
                      f"{r['split_ari']:>6.3f} {r['purity_min']:>6.3f} {r['recall_min']:>6.3f} {r['auc_mean']:>8.4f} "
                      f"{r['auc_median']:>7.4f} {r['floor']:>7.4f} {r['ideal']:>7.4f} {r['ceiling']:>7.4f} "
                      f"{r['auc_mean'] - r['ideal']:>+8.4f}")
@@ -130,6 +130,8 @@ def main() -> int:
     p.add_argument("--stage1", action="store_true", help="consensus, stage 1 and parts only (part scores)")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--train-args", default="", help="more `cryospire train` options, quoted")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: tabulate the scores already in --work (stage 2 where trained, else stage 1)")
     p.add_argument("--out", type=Path, help="append the table to this file")
     args = p.parse_args()
 
@@ -140,9 +142,16 @@ def main() -> int:
     rows = []
     for name in args.sets.split(","):
         s, folder = sets[name], args.work / name
+        if args.report:
+            tag = "final" if (folder / "final_run.json").exists() else "stage1"
+            if (folder / f"{tag}_run.json").exists():
+                scores = {k: json.loads((folder / f"{tag}_{k}.json").read_text()) for k in ("run", "floor")}
+                rows.append({**row(name, s, scores), "model": "stage 2" if tag == "final" else "stage 1"})
+            continue
         data = simulate(name, s, folder, args.n, args.snr)
         run, wall = train(folder, data, args.stage1, args.threads, args.train_args.split())
-        rows.append(row(name, s, evaluate(folder, data, run, args.stage1)))
+        rows.append({**row(name, s, evaluate(folder, data, run, args.stage1)),
+                     "model": "stage 1" if args.stage1 else "stage 2"})
         print(f"{name}: trained {wall / 60:.1f} min this call; AUC mean {rows[-1]['auc_mean']:.4f}, "
               f"split ARI {rows[-1]['split_ari']:.3f}", flush=True)
     text = "\n".join([f"# python benchmarks/realistic.py {' '.join(sys.argv[1:])}",
