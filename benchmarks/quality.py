@@ -1,23 +1,33 @@
-"""Quality benchmark: cryospire against cryoDRGN on the simulator's presets, one table.
+"""Quality benchmark: cryospire against cryoDRGN at the same wall-clock budget, one table and one
+AUC-against-time plot per preset.
 
 For each preset (hinge, random-hinge, assembly, mixed by default):
 
 1. data: ``cryospire simulate --preset P --box 64 --n 20000 --snr 0.05 --seed 0`` into
    WORK/P/data (or reuse a simulation given by ``--data P=DIR``);
-2. cryospire: ``cryospire train`` (cpu profile) into WORK/P/cryospire (or reuse a finished run
-   given by ``--cryospire-run P=RUN``), scored by ``cryospire evaluate --gt DATA/gt --run RUN``
-   (CryoBench per-conformation FSC at the image latent nearest each state's mean latent, and the
-   part ARI);
-3. cryoDRGN: ``cryodrgn train_vae`` on the same particles.mrcs / poses.pkl / ctf.pkl in its own
-   virtual environment (WORK/cryodrgn-venv, made by this script), run only as a separate
-   program; then ``cryodrgn eval_vol`` at the latents (z.EPOCH.pkl means) of the particles
-   nearest each state's mean latent, picked by the same code as our evaluator
-   (:func:`cryospire_core.analysis.metrics.representative_images`), scored by the same FSC code
-   against the same ground truth and mask.
+2. cryospire: ``cryospire train`` (cpu profile) into WORK/P/cryospire, as three measured calls
+   (consensus; stage 1 and the parts; stage 2), each scored when it ends (the consensus map
+   against every state: the floor; then ``cryospire evaluate --run``: CryoBench per-conformation
+   FSC at the image latent nearest each state's mean latent). Or reuse a finished run given by
+   ``--cryospire-run P=RUN`` (then nothing is timed and ``--budget-minutes`` is needed);
+3. cryoDRGN, with each ``--cryodrgn-arch`` (its default 3x1024 model and/or the 3x256 its
+   tutorial starts with): ``cryodrgn train_vae`` on the same particles.mrcs / poses.pkl / ctf.pkl
+   in its own virtual environment (WORK/cryodrgn-venv, made by this script), run only as a
+   separate program, and stopped when the budget is spent: ``--budget-minutes``, by default the
+   wall time of the cryospire run on the same preset. Its last finished epoch is scored
+   (``cryodrgn eval_vol`` at the latents of the particles nearest each state's mean latent,
+   picked by the same code as our evaluator, scored by the same FSC code against the same ground
+   truth and mask), and up to ``--curve-points`` earlier epochs for the plot.
 
+The tools run one after the other, never side by side; each row records the load average
+while its training ran (``meter.measure``: wall and CPU time, peak RSS of the process tree).
 Every stage is cached in WORK: a finished stage leaves a ``*.json`` record and is skipped on a
-rerun. Training runs are timed (wall clock) and their peak memory is the largest sum of the RSS
-of the child process tree, polled every 0.2 s. Children get ``--threads`` BLAS/OpenMP threads.
+rerun. Children get ``--threads`` BLAS/OpenMP threads.
+
+Columns besides the AUCs: the AUC over f <= 0.25 cycles/px (where heterogeneity shows: the
+trapezoid over those shells, so its maximum is 0.25), and a latent score: for a preset whose
+states lie on one path (``hinge``), the R^2 of a linear fit of the state index from the latents;
+otherwise the accuracy of assigning each image to the state whose mean latent is nearest.
 
 Conventions, checked against the ground truth by FSC: our stacks are written white (particles
 bright; metadata.json ``contrast``), which is what cryoDRGN expects by default (it inverts the
@@ -31,11 +41,12 @@ Usage::
 
     python benchmarks/quality.py --work /tmp/quality \\
         [--presets hinge mixed] [--data hinge=/tmp/lead/hinge20k] [--cryospire-run hinge=RUN] \\
-        [--epochs 20 | --epochs 20 hinge=2] [--score-epoch hinge=1] [--cryodrgn-arch large|small] \\
+        [--budget-minutes 60] [--cryodrgn-arch small large] [--epochs 200] [--curve-points 6] \\
         [--tools cryospire cryodrgn] [--n 20000] [--threads 1] [--note TEXT] \\
         [--out benchmarks/results/quality.txt]
 
-Prints one table and writes it to --out, with the rows as JSON beside it (same name, .json).
+Prints one table and writes it to --out, the rows and curves as JSON beside it (same name,
+.json), and one plot per preset (same name + ``_PRESET.png``).
 """
 
 from __future__ import annotations
@@ -44,16 +55,15 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 
-from cryospire_core.analysis.metrics import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from meter import run_checked  # noqa: E402
+
+from cryospire_core.analysis.metrics import (  # noqa: E402
     GroundTruth,
     ScoreTable,
     freq_to_angstrom,
@@ -62,63 +72,28 @@ from cryospire_core.analysis.metrics import (
     representative_images,
     score_states,
 )
-from cryospire_core.io.atomic import write_json, write_text
-from cryospire_core.io.safe_pickle import load_pickle
+from cryospire_core.io.atomic import write_json, write_text  # noqa: E402
+from cryospire_core.io.safe_pickle import load_pickle  # noqa: E402
 
 PRESETS = ("hinge", "random-hinge", "assembly", "mixed")
-TOOL_NAMES = {"cryospire": "cryospire", "cryodrgn": "cryoDRGN"}  # --tools value -> table label
+#: Presets whose states are ordered along one path: their latents are scored by the R^2 of the state index.
+PATH_PRESETS = ("hinge",)
+TOOLS = ("cryospire", "cryodrgn", "recovar")
 TORCH_VERSION = "2.13.0"  # the local index's CPU build; installed first so cryodrgn does not pull a CUDA one
 CRYODRGN_VERSION = "4.3.1"
 ZDIM = 8  # cryoDRGN's documented choice (README and tutorial: --zdim 8)
 # Hidden layers x width of cryoDRGN's encoder and decoder: "large" is cryoDRGN 4.x's default
 # (3 x 1024); "small" the 3 x 256 its tutorial recommends for a first pass at D = 128.
 ARCHS = {"large": ("3", "1024"), "small": ("3", "256")}
-
-
-@dataclass
-class Measured:
-    """A child program's wall time (s), peak RSS of its process tree (bytes) and exit code."""
-
-    seconds: float
-    peak_rss: int
-    returncode: int
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    """RSS (bytes) of ``proc`` and all its descendants; processes that just ended count 0."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None, poll_s: float = 0.2) -> Measured:
-    """Run ``cmd`` with stdout and stderr to ``log``; wall time and peak RSS of its process tree."""
-    t0 = time.perf_counter()
-    peak = 0
-    with open(log, "w") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        proc = psutil.Process(child.pid)
-        while child.poll() is None:
-            try:
-                peak = max(peak, tree_rss(proc))
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(poll_s)
-        child.wait()
-    return Measured(time.perf_counter() - t0, peak, child.returncode)
-
-
-def run_checked(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Measured:
-    """:func:`measure`, raising with the log's tail when the program fails."""
-    m = measure(cmd, log, env)
-    if m.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd)} exited {m.returncode}; end of {log}:\n{tail}")
-    return m
+RECOVAR_VERSION = "1.0.5"
+RECOVAR_ZDIM = 10  # the latent size RECOVAR's tutorial analyses (its pipeline computes several)
+#: RECOVAR cannot be stopped part-way with a result: it may run to this many budgets.
+RECOVAR_BUDGET_FACTOR = 3
+#: Highest frequency (cycles/px) of the low-frequency AUC column.
+LOW_FREQ = 0.25
+#: cryospire's training as separately measured calls: (label, --stage arguments, scored as).
+CRYOSPIRE_CALLS = (("consensus", ("consensus",), "map"), ("stage 1", ("discovery", "parts"), "run"),
+                   ("stage 2", ("hierarchical",), "run"))
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -144,6 +119,39 @@ def cached(record: Path, make) -> dict:
     return result
 
 
+def low_freq_auc(scores: dict, fmax: float = LOW_FREQ) -> float:
+    """Mean over states of the FSC AUC over frequencies <= ``fmax`` cycles/px (trapezoid), from a
+    :meth:`ScoreTable.to_dict` with its curves."""
+    f = np.asarray(scores["freqs"], dtype=np.float64)
+    keep = f <= fmax + 1e-9
+    return float(np.mean([np.trapezoid(np.asarray(st["curve"])[keep], f[keep]) for st in scores["states"]]))
+
+
+def simulated_preset(data: Path, name: str) -> str:
+    """The preset a simulation folder was made from (its metadata.json), else ``name``."""
+    try:
+        return str(json.loads((data / "metadata.json").read_text())["options"]["preset"] or name)
+    except (OSError, KeyError, TypeError, ValueError):
+        return name
+
+
+def latent_score(latents: np.ndarray, labels: np.ndarray, preset: str) -> tuple[str, float]:
+    """("R2", R^2 of a least-squares linear fit of the state index) for a path preset, else
+    ("acc", the fraction of images whose nearest state-mean latent is their own state's).
+    latents: (N, z); labels: (N,) ground-truth states; preset: the simulation's preset."""
+    z = np.asarray(latents, dtype=np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels)
+    if preset in PATH_PRESETS:
+        a = np.c_[z, np.ones(len(z))]
+        y = labels.astype(np.float64)
+        fit = a @ np.linalg.lstsq(a, y, rcond=None)[0]
+        return "R2", float(1.0 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    states = np.unique(labels)
+    means = np.stack([z[labels == k].mean(0) for k in states])
+    nearest = states[np.argmin(((z[:, None] - means[None]) ** 2).sum(-1), axis=1)]
+    return "acc", float(np.mean(nearest == labels))
+
+
 # ---------------------------------------------------------------------------------------------
 # data and cryospire
 
@@ -164,35 +172,62 @@ def run_epochs(run: Path) -> int:
     return sum(int(train[stage]["epochs"]) for stage in ("consensus", "discovery", "hierarchical"))
 
 
+def combined(records: list[dict]) -> dict:
+    """The timing of calls run one after the other: wall and CPU summed, the peak of the peaks,
+    the load averaged over wall time and its maximum."""
+    wall = sum(r["seconds"] for r in records)
+    return {"seconds": wall, "cpu_seconds": sum(r["cpu_seconds"] for r in records),
+            "peak_rss": max(r["peak_rss"] for r in records),
+            "load_mean": sum(r["load_mean"] * r["seconds"] for r in records) / wall if wall else None,
+            "load_max": max(r["load_max"] for r in records)}
+
+
 def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args: argparse.Namespace,
                    env: dict[str, str]) -> dict:
-    """Train (unless reused) and score cryospire on ``data``: the table row's fields."""
+    """Train (unless reused) and score cryospire on ``data``: the table row's fields, with the
+    AUC after each measured call as its curve."""
     run = reuse or work / "run"
     work.mkdir(parents=True, exist_ok=True)
+    labels = np.load(data / "gt" / "labels.npy")
 
-    def train() -> dict:
-        if reuse is not None:
-            if not (reuse / "hierarchical" / "model.pt").is_file():
-                raise RuntimeError(f"{reuse}: not a finished run (no hierarchical/model.pt)")
-            return {"reused": str(reuse), "seconds": None, "peak_rss": None}
-        quick = [] if args.cryospire_epochs is None else [
-            f"--epochs-{stage}={args.cryospire_epochs}" for stage in ("consensus", "1", "2")]
-        m = run_checked(cryospire_cmd("train", str(data / "particles.star"), "--out", str(run), "--profile", "cpu",
-                                      "--resume", "--quiet", *quick), work / "train.log", env)
-        return {"reused": None, "seconds": m.seconds, "peak_rss": m.peak_rss}
+    def evaluate(kind: str, out: Path) -> dict:
+        if not out.is_file():
+            which = ["--map", str(run / "consensus" / "map.mrc")] if kind == "map" else ["--run", str(run)]
+            run_checked(cryospire_cmd("evaluate", "--gt", str(data / "gt"), *which, "--rows", "0", "--out", str(out)),
+                        out.with_suffix(".log"), env)
+        return json.loads(out.read_text())
 
-    record, scores_path = work / "train.json", work / "scores.json"
-    if record.is_file() and json.loads(record.read_text())["reused"] != (None if reuse is None else str(reuse)):
-        record.unlink()  # another run than the cached one: score it afresh
-        scores_path.unlink(missing_ok=True)
-    timing = cached(record, train)
-    if not scores_path.is_file():
-        run_checked(cryospire_cmd("evaluate", "--gt", str(data / "gt"), "--run", str(run), "--rows", "0",
-                                  "--out", str(scores_path)), work / "evaluate.log", env)
-    scores = json.loads(scores_path.read_text())
-    n = len(np.load(data / "gt" / "labels.npy"))
-    return row_fields(preset, "cryospire", scores["scores"], timing, n, run_epochs(run), scores.get("part_ari"),
-                      note="cpu profile" + (f", reused run {reuse}" if reuse else ""))
+    if reuse is not None:
+        if not (reuse / "hierarchical" / "model.pt").is_file():
+            raise RuntimeError(f"{reuse}: not a finished run (no hierarchical/model.pt)")
+        scores = evaluate("run", work / f"scores_reused_{reuse.name}.json")
+        latent = latent_score(np.load(reuse / "latents.npy"), labels, simulated_preset(data, preset))
+        return row_fields(preset, "cryospire", scores, None, len(labels), run_epochs(run), latent, [],
+                          note=f"cpu profile, reused run {reuse}")
+
+    quick = [] if args.cryospire_epochs is None else [
+        f"--epochs-{stage}={args.cryospire_epochs}" for stage in ("consensus", "1", "2")]
+    records, curve, scores, latent = [], [], None, None
+    for label, stages, kind in CRYOSPIRE_CALLS:
+        tag = label.replace(" ", "")
+
+        def train(stages=stages, kind=kind, tag=tag) -> dict:
+            m = run_checked(cryospire_cmd("train", str(data / "particles.star"), "--out", str(run), "--profile", "cpu",
+                                          "--threads", str(args.threads), "--resume", "--quiet", *quick,
+                                          *(a for st in stages for a in ("--stage", st))),
+                            work / f"train_{tag}.log", env)
+            # latents.npy is the last finished stage's: read it before the next stage replaces it
+            lat = (latent_score(np.load(run / "latents.npy"), labels, simulated_preset(data, preset))
+                   if kind == "run" else None)
+            return {**m.to_dict(), "latent": lat}
+
+        records.append(cached(work / f"train_{tag}.json", train))
+        scores = evaluate(kind, work / f"scores_{tag}.json")
+        latent = records[-1]["latent"] or latent
+        curve.append({"label": label, "seconds": sum(r["seconds"] for r in records),
+                      "auc_mean": scores["scores"]["summary"]["mean_auc"]})
+    return row_fields(preset, "cryospire", scores, combined(records), len(labels), run_epochs(run), latent, curve,
+                      note="cpu profile", part_ari=scores.get("part_ari"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,140 +275,297 @@ def score_state_maps(gt: GroundTruth, maps: list[Path], reps: dict[int, int], ti
     return score_states(pairs(), gt.mask, title, gt.lattice.apix)
 
 
-def epoch_seconds(log: Path) -> list[float]:
-    """Seconds of each finished epoch in a ``train_vae`` log ("=====> Epoch: E ... Finished in H:MM:SS.f")."""
-    times = re.findall(r"=====> Epoch: (\d+) .*Finished in (\d+):(\d+):([\d.]+)", log.read_text(errors="replace"))
-    return [int(h) * 3600 + int(m) * 60 + float(sec) for _, h, m, sec in times]
+def finished_epochs(out: Path, log: Path) -> list[int]:
+    """The epochs (1-based, ascending) a ``train_vae`` run finished and saved: its log says
+    "=====> Epoch: E ... Finished in" and both weights.E.pkl and z.E.pkl are there. (A stop at
+    the budget lands inside an epoch; the chance that it lands in the save after the log line
+    is the save's share of an epoch, well under 1%, and eval_vol would then fail loudly.)"""
+    logged = re.findall(r"=====> Epoch: (\d+) .*Finished in", log.read_text(errors="replace")) if log.is_file() else []
+    return [e for e in sorted({int(x) for x in logged})
+            if (out / f"weights.{e}.pkl").is_file() and (out / f"z.{e}.pkl").is_file()]
 
 
-def cryodrgn_side(preset: str, data: Path, work: Path, epochs: int, score_epoch: int | None,
-                  args: argparse.Namespace, env: dict[str, str]) -> dict:
-    """Train cryoDRGN on ``data`` for ``epochs``, render and score its maps after ``score_epoch``
-    (1-based; default the last): the table row's fields."""
-    exe = cryodrgn_venv(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    out = work / "train"
-    layers, width = ARCHS[args.cryodrgn_arch]
-    options = ["--zdim", str(ZDIM), "-n", str(epochs), "--enc-layers", layers, "--enc-dim", width,
-               "--dec-layers", layers, "--dec-dim", width, "--seed", str(args.seed), "--no-analysis",
-               "--max-threads", str(args.threads), "--log-interval", "2000"]
+def curve_epochs(finished: list[int], points: int) -> list[int]:
+    """Up to ``points`` epochs of ``finished``, evenly spread, the last always included."""
+    if len(finished) <= points:
+        return list(finished)
+    idx = np.unique(np.round(np.linspace(0, len(finished) - 1, points)).astype(int))
+    return [finished[i] for i in idx]
 
-    def train() -> dict:
-        m = run_checked([str(exe), "train_vae", str(data / "particles.mrcs"), "--poses", str(data / "poses.pkl"),
-                         "--ctf", str(data / "ctf.pkl"), "-o", str(out), *options], work / "train.log", env)
-        return {"reused": None, "seconds": m.seconds, "peak_rss": m.peak_rss, "options": options}
 
-    epoch = score_epoch or epochs  # cryoDRGN 4.x names the outputs after epoch E weights.E.pkl and z.E.pkl
-    stopped = (epoch < epochs and (out / f"weights.{epoch}.pkl").is_file() and not (work / "train.json").is_file())
-    timing = {"peak_rss": None} if stopped else cached(work / "train.json", train)  # a stopped run's memory is unknown
-    if epoch < epochs:  # the time of the scored epochs: cryoDRGN's own epoch times (data loading excluded)
-        times = epoch_seconds(work / "train.log")[:epoch]
-        timing = {**timing, "seconds": sum(times) if len(times) == epoch else None}
-    gt = load_ground_truth(data / "gt")
+def score_cryodrgn_epoch(exe: Path, out: Path, work: Path, epoch: int, gt: GroundTruth,
+                         env: dict[str, str]) -> dict:
+    """Maps of epoch ``epoch`` at each state's representative latent, scored (cached in
+    WORK/scores_eEPOCH.json): {"scores": ScoreTable dict, "auc_flipped": summary}."""
+    record = work / f"scores_e{epoch}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
     latents = read_latents(out / f"z.{epoch}.pkl")
-    maps_dir = work / f"maps_e{epoch}"
-    zfile = work / f"z_states_e{epoch}.txt"
+    maps_dir, zfile = work / f"maps_e{epoch}", work / f"z_states_e{epoch}.txt"
     reps = write_zfile(zfile, latents, gt.labels)
     maps = [maps_dir / f"vol_{i:03d}.mrc" for i in range(len(reps))]
     if not all(p.is_file() for p in maps):
         run_checked([str(exe), "eval_vol", str(out / f"weights.{epoch}.pkl"), "-c", str(out / "config.yaml"),
                      "--zfile", str(zfile), "-o", str(maps_dir), "--Apix", f"{gt.lattice.apix:g}", "--vol-start-index", "0"],
-                    work / "eval_vol.log", env)
+                    work / f"eval_vol_e{epoch}.log", env)
     title = f"per-conformation FSC: cryoDRGN {out} epoch {epoch}"
     table = score_state_maps(gt, maps, reps, title)
     flipped = score_state_maps(gt, maps, reps, title + " (z-flipped)", flip=True)
-    write_json(work / f"scores_e{epoch}.json", {"scores": table.to_dict(), "auc_flipped": flipped.summary()})
-    row = row_fields(preset, "cryoDRGN", table.to_dict(), timing, len(latents), epoch, None,
-                     note=f"{CRYODRGN_VERSION} {args.cryodrgn_arch} ({layers}x{width}), zdim {ZDIM}"
-                          + (f", scored after epoch {epoch} of {epochs}" if epoch < epochs else "")
-                          + (" (training stopped there)" if stopped else ""))
-    row["auc_mean_flipped"] = flipped.summary()["mean_auc"]
+    result = {"scores": table.to_dict(), "auc_flipped": flipped.summary()}
+    write_json(record, result)
+    return result
+
+
+def cryodrgn_side(preset: str, data: Path, work: Path, arch: str, budget_s: float, args: argparse.Namespace,
+                  env: dict[str, str]) -> dict:
+    """Train cryoDRGN (architecture ``arch``) on ``data`` until ``budget_s`` seconds have passed
+    (or ``--epochs`` are done), score its last finished epoch and, for the curve, up to
+    ``--curve-points`` finished epochs: the table row's fields."""
+    exe = cryodrgn_venv(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "train"
+    layers, width = ARCHS[arch]
+    options = ["--zdim", str(ZDIM), "-n", str(args.epochs), "--enc-layers", layers, "--enc-dim", width,
+               "--dec-layers", layers, "--dec-dim", width, "--seed", str(args.seed), "--no-analysis",
+               "--max-threads", str(args.threads), "--log-interval", "2000"]
+
+    def train() -> dict:
+        m = run_checked([str(exe), "train_vae", str(data / "particles.mrcs"), "--poses", str(data / "poses.pkl"),
+                         "--ctf", str(data / "ctf.pkl"), "-o", str(out), *options], work / "train.log", env, budget_s)
+        return {**m.to_dict(), "options": options, "budget_s": budget_s}
+
+    timing = cached(work / "train.json", train)
+    label = f"cryoDRGN {arch}"
+    note = f"{CRYODRGN_VERSION} {arch} ({layers}x{width}), zdim {ZDIM}"
+    finished = finished_epochs(out, work / "train.log")
+    if not finished:
+        return {"preset": preset, "tool": label, "epochs": 0, **timing_fields(timing),
+                "note": note + f"; no epoch finished within {budget_s / 60:.0f} min", "curve": []}
+    gt = load_ground_truth(data / "gt")
+    curve = []
+    for epoch in curve_epochs(finished, args.curve_points):
+        scored = score_cryodrgn_epoch(exe, out, work, epoch, gt, env)
+        curve.append({"label": f"epoch {epoch}", "epoch": epoch,
+                      "seconds": (out / f"weights.{epoch}.pkl").stat().st_mtime - timing["started"],
+                      "auc_mean": scored["scores"]["summary"]["mean_auc"]})
+    last = finished[-1]
+    scored = score_cryodrgn_epoch(exe, out, work, last, gt, env)
+    latent = latent_score(read_latents(out / f"z.{last}.pkl"), gt.labels, simulated_preset(data, preset))
+    stop = f"stopped at the budget ({budget_s / 60:.0f} min)" if timing["stopped"] else "all epochs done"
+    row = row_fields(preset, label, scored, timing, len(gt.labels), last, latent, curve,
+                     note=f"{note}; {stop}")
+    row["auc_mean_flipped"] = scored["auc_flipped"]["mean_auc"]
     return row
 
 
 # ---------------------------------------------------------------------------------------------
-# the table
+# RECOVAR, only ever run as a separate program from its own virtual environment (its licence
+# allows running it for comparison; nothing of it is vendored)
 
 
-def row_fields(preset: str, tool: str, scores: dict, timing: dict, n_images: int, epochs: int,
-               part_ari: float | None, note: str = "") -> dict:
-    """One table row from ``scores`` (a :meth:`ScoreTable.to_dict`, as `cryospire evaluate --out` writes
-    it) and ``timing`` ({"seconds", "peak_rss" (bytes)}, None when not measured): AUC mean/median over
-    states, FSC=0.5 resolution (Å; median and mean over states), wall time (s), image passes per second
-    (images x epochs / wall), peak RSS (GB) and part ARI."""
-    s = scores["summary"]
-    res = [freq_to_angstrom(st["res_05"], scores["apix"]) for st in scores["states"]]
-    seconds, rss = timing.get("seconds"), timing.get("peak_rss")
+def recovar_venv(work: Path) -> Path:
+    """WORK/recovar-venv with recovar (and its CPU JAX) installed; returns its ``recovar``."""
+    venv = work / "recovar-venv"
+    exe = venv / "bin" / "recovar"
+    if not exe.is_file():
+        run_checked([sys.executable, "-m", "venv", str(venv)], work / "recovar-venv.log")
+        run_checked([str(venv / "bin" / "pip"), "install", "-q", f"recovar=={RECOVAR_VERSION}"],
+                    work / "recovar-venv-recovar.log")
+    return exe
+
+
+def recovar_env(env: dict[str, str], threads: int) -> dict[str, str]:
+    """``env`` with XLA's CPU thread pools limited to ``threads`` (JAX ignores OMP_NUM_THREADS)."""
+    flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if threads == 1 else ""
+    return {**env, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
+#: Reads a finished pipeline's latents with RECOVAR's own reader, in its own interpreter.
+_RECOVAR_LATENTS = ("import sys, numpy as np; from recovar.output import output as o; "
+                    "po = o.PipelineOutput(sys.argv[1]); "
+                    "np.save(sys.argv[3], np.asarray(po.get_embedding_component('latent_coords', int(sys.argv[2]))))")
+
+
+def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: argparse.Namespace,
+                 env: dict[str, str]) -> dict:
+    """RECOVAR on ``data``: its pipeline (spherical mask, zdim ``RECOVAR_ZDIM``), then
+    ``compute_state`` at the latent of the image nearest each state's mean latent, scored like
+    the others. RECOVAR has no epochs to stop after, so it runs to the end (at most
+    ``RECOVAR_BUDGET_FACTOR`` x the budget) and the row says whether it fitted the budget."""
+    exe = recovar_venv(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out, xenv = work / "pipeline", recovar_env(env, args.threads)
+    note = f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask"
+
+    def train() -> dict:
+        m = run_checked([str(exe), "pipeline", str(data / "particles.mrcs"), "--poses", str(data / "poses.pkl"),
+                         "--ctf", str(data / "ctf.pkl"), "--mask", "sphere", "-o", str(out),
+                         "--zdim", str(RECOVAR_ZDIM), "--accept-cpu"], work / "pipeline.log", xenv,
+                        RECOVAR_BUDGET_FACTOR * budget_s)
+        return {**m.to_dict(), "budget_s": budget_s}
+
+    timing = cached(work / "train.json", train)
+    if timing["stopped"]:
+        return {"preset": preset, "tool": "RECOVAR", **timing_fields(timing), "curve": [],
+                "note": f"{note}; not finished after {RECOVAR_BUDGET_FACTOR} x the budget"}
+    gt = load_ground_truth(data / "gt")
+    latents_path = work / "latents.npy"
+    if not latents_path.is_file():
+        run_checked([str(exe.parent / "python"), "-c", _RECOVAR_LATENTS, str(out), str(RECOVAR_ZDIM),
+                     str(latents_path)], work / "latents.log", xenv)
+    latents = np.load(latents_path).astype(np.float64)
+    states_dir, points = work / "states", work / "z_states.txt"
+    reps = representative_images(latents, gt.labels)
+    maps = [states_dir / f"state{i:03d}.mrc" for i in range(len(reps))]
+    if not all(p.is_file() for p in maps):
+        write_text(points, "\n".join(" ".join(f"{v:.8g}" for v in latents[reps[k]]) for k in sorted(reps)) + "\n")
+        run_checked([str(exe), "compute_state", str(out), "-o", str(states_dir), "--latent-points", str(points)],
+                    work / "compute_state.log", xenv)
+    table = score_state_maps(gt, maps, reps, f"per-conformation FSC: RECOVAR {out}")
+    within = "within" if timing["seconds"] <= budget_s else "over"
+    curve = [{"label": "pipeline", "seconds": timing["seconds"], "auc_mean": table.summary()["mean_auc"]}]
+    return row_fields(preset, "RECOVAR", {"scores": table.to_dict()}, timing, len(gt.labels), 1,
+                      latent_score(latents, gt.labels, simulated_preset(data, preset)), curve,
+                      note=f"{note}; {within} the budget ({budget_s / 60:.0f} min)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table and the plots
+
+
+def timing_fields(timing: dict | None) -> dict:
+    """Wall s, CPU s, peak RSS (GB) and load average of a timing record (None: not measured)."""
+    timing = timing or {}
+    rss = timing.get("peak_rss")
+    return {"seconds": timing.get("seconds"), "cpu_seconds": timing.get("cpu_seconds"),
+            "peak_rss_gb": rss / 1e9 if rss else None, "load_mean": timing.get("load_mean"),
+            "load_max": timing.get("load_max")}
+
+
+def row_fields(preset: str, tool: str, scores: dict, timing: dict | None, n_images: int, epochs: int,
+               latent: tuple[str, float] | list | None, curve: list[dict], note: str = "",
+               part_ari: float | None = None) -> dict:
+    """One table row from ``scores`` (``cryospire evaluate --out``'s JSON, or {"scores": a
+    :meth:`ScoreTable.to_dict`}) and ``timing`` (a :class:`meter.Measured` dict or a
+    :func:`combined` one; None when not measured): AUC mean/median over states, AUC over f <=
+    ``LOW_FREQ``, FSC=0.5 resolution (Å, median and mean over states), timing, image passes per
+    second (images x epochs / wall), the latent score and the part ARI."""
+    table = scores["scores"]
+    s = table["summary"]
+    res = [freq_to_angstrom(st["res_05"], table["apix"]) for st in table["states"]]
+    t = timing_fields(timing)
     return {"preset": preset, "tool": tool, "epochs": epochs, "n_images": n_images, "n_states": s["n_states"],
             "auc_mean": s["mean_auc"], "auc_median": s["median_auc"], "auc_std": s["std_auc"],
-            "res05_median_A": float(np.median(res)), "res05_mean_A": float(np.mean(res)),
-            "seconds": seconds, "images_per_s": n_images * epochs / seconds if seconds else None,
-            "peak_rss_gb": rss / 1e9 if rss else None, "part_ari": part_ari, "note": note}
+            "auc_low": low_freq_auc(table), "res05_median_A": float(np.median(res)), "res05_mean_A": float(np.mean(res)),
+            **t, "images_per_s": n_images * epochs / t["seconds"] if t["seconds"] else None,
+            "latent_kind": latent[0] if latent else None, "latent_score": latent[1] if latent else None,
+            "part_ari": part_ari, "curve": curve, "note": note}
 
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+COLUMNS = [("preset", "preset", "s"), ("tool", "tool", "s"), ("epochs", "epochs", "d"),
+           ("AUC mean", "auc_mean", ".4f"), ("AUC median", "auc_median", ".4f"), ("AUC f<=.25", "auc_low", ".4f"),
+           ("res0.5 Å", "res05_median_A", ".1f"), ("wall s", "seconds", ".0f"), ("CPU s", "cpu_seconds", ".0f"),
+           ("img/s", "images_per_s", ".1f"), ("peak GB", "peak_rss_gb", ".2f"), ("load", "load_mean", ".1f"),
+           ("latent", "latent_text", "s"), ("part ARI", "part_ari", ".3f")]
+
+
 def format_table(rows: list[dict], header: str, footer: list[str]) -> str:
     """The plain-text table of ``rows`` (dicts from :func:`row_fields`)."""
-    cols = [("preset", "preset", "s"), ("tool", "tool", "s"), ("epochs", "epochs", "d"),
-            ("AUC mean", "auc_mean", ".4f"), ("AUC median", "auc_median", ".4f"),
-            ("res0.5 Å", "res05_median_A", ".1f"), ("wall s", "seconds", ".0f"),
-            ("img/s", "images_per_s", ".1f"), ("peak GB", "peak_rss_gb", ".2f"), ("part ARI", "part_ari", ".3f")]
-    cells = [[_fmt(r.get(key), spec) for _, key, spec in cols] for r in rows]
-    widths = [max(len(name), *(len(c[i]) for c in cells)) if cells else len(name) for i, (name, _, _) in enumerate(cols)]
-    lines = [header, "  ".join(name.rjust(w) for (name, _, _), w in zip(cols, widths)) + "  note"]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(cell, widths)) + f"  {r.get('note', '')}".rstrip()
-              for cell, r in zip(cells, rows)]
+    def cell(r: dict, key: str, spec: str) -> str:
+        if key == "latent_text":
+            return "-" if r.get("latent_score") is None else f"{r['latent_kind']} {r['latent_score']:.3f}"
+        return _fmt(r.get(key), spec)
+
+    cells = [[cell(r, key, spec) for _, key, spec in COLUMNS] for r in rows]
+    widths = [max(len(name), *(len(c[i]) for c in cells)) if cells else len(name) for i, (name, _, _) in enumerate(COLUMNS)]
+    lines = [header, "  ".join(name.rjust(w) for (name, _, _), w in zip(COLUMNS, widths)) + "  note"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cell_row, widths)) + f"  {r.get('note', '')}".rstrip()
+              for cell_row, r in zip(cells, rows)]
     return "\n".join(lines + footer)
+
+
+def plot_curves(rows: list[dict], preset: str, path: Path) -> Path | None:
+    """AUC (mean over states) against wall-clock minutes, one curve per tool, for ``preset``;
+    saved as a PNG at ``path``. None when no row of the preset has a curve."""
+    rows = [r for r in rows if r["preset"] == preset and r.get("curve")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in rows:
+        minutes = [p["seconds"] / 60 for p in r["curve"]]
+        aucs = [p["auc_mean"] for p in r["curve"]]
+        (line,) = ax.plot(minutes, aucs, marker="o", label=r["tool"])
+        if r["tool"] == "cryospire":
+            for x, y, p in zip(minutes, aucs, r["curve"]):
+                ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=line.get_color())
+    ax.set_xlabel("wall-clock time (min, same machine, one tool at a time)")
+    ax.set_ylabel("per-conformation FSC AUC (mean over states)")
+    ax.set_title(f"{preset}: map quality against training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, Path]:
     out = {}
     for item in items:
-        preset, sep, path = item.partition("=")
-        if not sep or preset not in PRESETS:
-            raise SystemExit(f"{flag}: expected PRESET=PATH with PRESET in {', '.join(PRESETS)}, found {item!r}")
-        out[preset] = Path(path)
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{flag}: expected NAME=PATH, found {item!r}")
+        out[name] = Path(path)
     return out
 
 
 def not_run_pairs(tokens: list[str]) -> set[tuple[str, str]]:
     """``PRESET:TOOL`` tokens (a row listed as not run) as {(preset, tool)}."""
     pairs = {tuple(t.split(":", 1)) for t in tokens}
-    bad = [t for t in tokens if tuple(t.split(":", 1)) not in {(p, k) for p in PRESETS for k in TOOL_NAMES}]
+    bad = [t for t in tokens if ":" not in t or t.split(":", 1)[1] not in TOOLS]
     if bad:
-        raise SystemExit(f"--not-run: expected PRESET:TOOL (TOOL cryospire or cryodrgn), found {bad[0]!r}")
+        raise SystemExit(f"--not-run: expected PRESET:TOOL (TOOL one of {', '.join(TOOLS)}), found {bad[0]!r}")
     return pairs
 
 
-def per_preset(tokens: list[str], flag: str) -> dict[str, int]:
-    """``N`` (every preset) and ``PRESET=N`` (one preset, wins over N) tokens as {preset: N}."""
-    out = {}
-    for token in sorted(tokens, key=lambda t: "=" in t):
-        preset, sep, value = token.rpartition("=")
-        if (sep and preset not in PRESETS) or not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"{flag}: expected N or PRESET=N (N >= 1, PRESET in {', '.join(PRESETS)}), found {token!r}")
-        out.update({preset: int(value)} if sep else dict.fromkeys(PRESETS, int(value)))
-    return out
+def budget_seconds(args: argparse.Namespace, cryospire_row: dict | None) -> float:
+    """The peers' wall-clock budget: ``--budget-minutes``, else the cryospire row's wall time."""
+    if args.budget_minutes is not None:
+        return args.budget_minutes * 60.0
+    if cryospire_row is None or not cryospire_row.get("seconds"):
+        raise SystemExit("--budget-minutes is needed when cryospire is not trained here (reused or not run)")
+    return float(cryospire_row["seconds"])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, type=Path, help="cache folder: simulations, runs, cryoDRGN venv")
-    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
-    parser.add_argument("--tools", nargs="+", choices=TOOL_NAMES, default=list(TOOL_NAMES))
-    parser.add_argument("--data", nargs="*", default=[], help="PRESET=DIR: reuse a simulation (particles.*, gt/)")
-    parser.add_argument("--cryospire-run", nargs="*", default=[], help="PRESET=RUN: reuse a finished cryospire run")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS),
+                        help=f"simulated presets ({', '.join(PRESETS)}) and/or names given a folder by --data")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--data", nargs="*", default=[], help="NAME=DIR: a simulation to use (particles.*, gt/)")
+    parser.add_argument("--cryospire-run", nargs="*", default=[], help="NAME=RUN: reuse a finished cryospire run")
     parser.add_argument("--cryospire-epochs", type=int,
                         help="smoke tests only: this many epochs in every cryospire stage (default: the cpu profile's)")
-    parser.add_argument("--epochs", nargs="+", default=["20"],
-                        help="cryoDRGN epochs: N for every preset and/or PRESET=N (default 20, its train_vae default)")
-    parser.add_argument("--score-epoch", nargs="+", default=[],
-                        help="N and/or PRESET=N: score cryoDRGN after this epoch instead of the last; a training "
-                             "stopped after it is not re-run (its memory is then not measured)")
-    parser.add_argument("--cryodrgn-arch", choices=ARCHS, default="large",
+    parser.add_argument("--budget-minutes", type=float,
+                        help="wall-clock budget of each peer (default: the cryospire run's wall time on that data)")
+    parser.add_argument("--epochs", type=int, default=1000,
+                        help="cryoDRGN's -n: an upper bound, the budget stops it first (default 1000)")
+    parser.add_argument("--curve-points", type=int, default=6, help="cryoDRGN epochs scored for the plot (default 6)")
+    parser.add_argument("--cryodrgn-arch", nargs="+", choices=ARCHS, default=["small", "large"],
                         help="large: 3x1024 (cryoDRGN 4.x default); small: 3x256 (its tutorial's first pass)")
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--n", type=int, default=20000)
@@ -387,40 +579,48 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     data_dirs = _pairs(args.data, "--data")
+    unknown = [p for p in args.presets if p not in PRESETS and p not in data_dirs]
+    if unknown:
+        raise SystemExit(f"--presets: {unknown[0]!r} is not a preset ({', '.join(PRESETS)}); give its folder with --data")
     runs = _pairs(args.cryospire_run, "--cryospire-run")
     env = child_env(args.threads)
     skipped = not_run_pairs(args.not_run)
     rows = []
     for preset in args.presets:
-        data = None
+        data = data_dirs.get(preset) or simulate(preset, args.work / preset / "data", args, env)
+        ours = None
         for tool in args.tools:
+            before = len(rows)
             if (preset, tool) in skipped:
-                rows.append({"preset": preset, "tool": TOOL_NAMES[tool], "note": "not run"})
+                rows.append({"preset": preset, "tool": tool, "note": "not run"})
                 continue
-            data = data or data_dirs.get(preset) or simulate(preset, args.work / preset / "data", args, env)
             if tool == "cryospire":
-                rows.append(cryospire_side(preset, data, args.work / preset / "cryospire", runs.get(preset), args, env))
+                ours = cryospire_side(preset, data, args.work / preset / "cryospire", runs.get(preset), args, env)
+                rows.append(ours)
+            elif tool == "recovar":
+                budget = budget_seconds(args, ours)
+                rows.append(recovar_side(preset, data, args.work / preset / f"recovar_b{budget:.0f}s", budget, args, env))
             else:
-                epochs = per_preset(args.epochs, "--epochs")[preset]
-                tag = f"cryodrgn_{args.cryodrgn_arch}_e{epochs}"
-                score_epoch = per_preset(args.score_epoch, "--score-epoch").get(preset)
-                if score_epoch is not None and score_epoch > epochs:
-                    raise SystemExit(f"--score-epoch: {preset} trains {epochs} epochs, cannot score epoch {score_epoch}")
-                rows.append(cryodrgn_side(preset, data, args.work / preset / tag, epochs, score_epoch, args, env))
-            print(format_table(rows[-1:], "", []).splitlines()[-1], flush=True)
-    header = (f"quality vs cryoDRGN: {args.box} px, SNR {args.snr}, seed {args.seed}; CryoBench per-conformation FSC "
-              f"vs ground truth inside its mask (`benchmarks/quality.py`)")
+                budget = budget_seconds(args, ours)
+                for arch in args.cryodrgn_arch:
+                    tag = f"cryodrgn_{arch}_b{budget:.0f}s"
+                    rows.append(cryodrgn_side(preset, data, args.work / preset / tag, arch, budget, args, env))
+            print("\n".join(format_table(rows[before:], "", []).splitlines()[2:]), flush=True)
+    header = (f"quality at equal wall time: {args.box} px, SNR {args.snr}, seed {args.seed}; CryoBench per-conformation "
+              f"FSC vs ground truth inside its mask (`benchmarks/quality.py`)")
     footer = [
-        "AUC: per-conformation FSC AUC (mean, median over states); res0.5: FSC=0.5 resolution in Å, median over states.",
-        "wall s / peak GB: training only (evaluation excluded), wall clock and peak RSS of the process tree, "
-        f"{args.threads} thread(s) on a shared CPU; '-' = not measured (a reused run; for a training stopped after "
-        "the scored epoch, memory is not measured); a cryoDRGN row scored before its last epoch counts the time of the "
-        "scored epochs only, from cryoDRGN's own epoch times.",
+        "AUC: per-conformation FSC AUC (mean, median over states); AUC f<=.25: the same curves integrated up to "
+        "0.25 cycles/px only (max 0.25); res0.5: FSC=0.5 resolution in Å, median over states.",
+        "wall s / CPU s / peak GB: training only (evaluation excluded), wall clock, user+system CPU time and peak RSS "
+        f"of the process tree, {args.threads} thread(s); load: mean 1-minute load average while it trained (the tools "
+        "ran one after the other); '-' = not measured (a reused run).",
         "img/s = images x epochs / wall (cryospire: epochs summed over consensus, stage 1 and stage 2).",
-        f"cryoDRGN {CRYODRGN_VERSION}: train_vae --zdim {ZDIM} -n EPOCHS, encoder and decoder "
-        f"{'x'.join(ARCHS[args.cryodrgn_arch])} ({args.cryodrgn_arch}), "
-        "other options default (data sign inverted: our stacks are white); maps by eval_vol at the latent of the "
-        "particle nearest each state's mean latent (as `cryospire evaluate --run`), no flip.",
+        "latent: R2 = linear fit of the ground-truth state index from the latents (path presets); acc = share of images "
+        "whose nearest state-mean latent is their own state's.",
+        f"cryoDRGN {CRYODRGN_VERSION}: train_vae --zdim {ZDIM}, encoder and decoder small 3x256 or large 3x1024 (its "
+        "default), other options default (data sign inverted: our stacks are white), stopped at the budget (the "
+        "cryospire run's wall time unless --budget-minutes); its last finished epoch is scored, maps by eval_vol at "
+        "the latent of the particle nearest each state's mean latent (as `cryospire evaluate --run`), no flip.",
         *args.note,
     ]
     text = format_table(rows, header, footer)
@@ -428,6 +628,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, text + "\n")
     write_json(args.out.with_suffix(".json"), {"rows": rows, "argv": sys.argv[1:]})
+    for preset in args.presets:
+        png = plot_curves(rows, preset, args.out.with_name(f"{args.out.stem}_{preset}.png"))
+        if png is not None:
+            print(f"plot: {png}")
 
 
 if __name__ == "__main__":

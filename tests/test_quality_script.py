@@ -1,14 +1,18 @@
 """benchmarks/quality.py without cryoDRGN: map picking and scoring of per-state maps, latents
-from a cryoDRGN-style z.pkl, the table, and the timing/peak-memory probe of child programs."""
+from a cryoDRGN-style z.pkl, finished epochs of a stopped run, the latent and low-frequency
+scores, the table and the plot; and benchmarks/meter.py, the timing/memory/budget probe of child
+programs."""
 
 from __future__ import annotations
 
 import importlib.util
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from cryospire_core.io.mrc import write_map
@@ -17,6 +21,7 @@ _SPEC = importlib.util.spec_from_file_location("quality", Path(__file__).parents
 quality = importlib.util.module_from_spec(_SPEC)
 sys.modules["quality"] = quality  # dataclasses look their module up there
 _SPEC.loader.exec_module(quality)
+meter = sys.modules["meter"]  # quality.py put benchmarks/ on the path and imported it
 
 D, APIX = 16, 6.0
 
@@ -90,47 +95,110 @@ def test_rows_and_table(gt_folder, tmp_path):
     maps = [tmp_path / f"m{i}.mrc" for i in range(3)]
     for i, p in enumerate(maps):
         write_map(p, gt[i], APIX)
-    scores = quality.score_state_maps(gt, maps, quality.representative_images(latents, labels), "t").to_dict()
-    measured = quality.row_fields("hinge", "cryoDRGN", scores, {"seconds": 30.0, "peak_rss": 2e9}, 15, 2, None)
-    reused = quality.row_fields("hinge", "cryospire", scores, {"seconds": None, "peak_rss": None}, 15, 30, 0.9)
+    scores = {"scores": quality.score_state_maps(gt, maps, quality.representative_images(latents, labels), "t").to_dict()}
+    timing = {"seconds": 30.0, "cpu_seconds": 29.0, "peak_rss": 2e9, "load_mean": 1.25, "load_max": 2.0}
+    curve = [{"label": "epoch 1", "seconds": 30.0, "auc_mean": 0.4}]
+    measured = quality.row_fields("hinge", "cryoDRGN small", scores, timing, 15, 2, ("R2", 0.8), curve)
+    reused = quality.row_fields("hinge", "cryospire", scores, None, 15, 30, ("acc", 0.95), [], part_ari=0.9)
     assert measured["images_per_s"] == pytest.approx(1.0)
     assert measured["res05_median_A"] == pytest.approx(APIX * D / (D // 2 - 1))  # never below 0.5: last shell
-    skipped = {"preset": "mixed", "tool": "cryoDRGN", "note": "not run"}
+    # maps equal to the ground truth: FSC 1 everywhere, so the low-frequency AUC is the whole 0..0.25
+    assert measured["auc_low"] == pytest.approx(0.25)
+    skipped = {"preset": "mixed", "tool": "cryodrgn", "note": "not run"}
     text = quality.format_table([measured, reused, skipped], "HEAD", ["FOOT"])
     lines = text.splitlines()
     assert lines[0] == "HEAD" and lines[-1] == "FOOT" and len(lines) == 6
-    assert lines[2].split()[:3] == ["hinge", "cryoDRGN", "2"] and "2.00" in lines[2].split()
-    assert lines[3].split()[-4:] == ["-", "-", "-", "0.900"]
-    assert lines[4].split() == ["mixed", "cryoDRGN"] + ["-"] * 8 + ["not", "run"]
+    cells = lines[2].split()
+    assert cells[:4] == ["hinge", "cryoDRGN", "small", "2"] and "2.00" in cells and "29" in cells and "1.2" in cells
+    assert cells[-3:] == ["R2", "0.800", "-"]
+    assert lines[3].split()[-8:] == ["-"] * 5 + ["acc", "0.950", "0.900"]  # a reused run: nothing timed
+    assert lines[4].split() == ["mixed", "cryodrgn"] + ["-"] * 12 + ["not", "run"]
     assert quality.not_run_pairs(["mixed:cryodrgn"]) == {("mixed", "cryodrgn")}
     with pytest.raises(SystemExit):
         quality.not_run_pairs(["mixed:relion"])
+    png = quality.plot_curves([measured, reused], "hinge", tmp_path / "q_hinge.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert quality.plot_curves([measured], "assembly", tmp_path / "q_assembly.png") is None
 
 
-def test_measure_reports_the_peak_memory_of_the_child_tree(tmp_path):
-    # the grandchild holds 200 MB: the tree's RSS counts it
-    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
-            "'import time; b = bytearray(200_000_000); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1.0)'])")
-    m = quality.measure([sys.executable, "-c", code], tmp_path / "log.txt")
-    assert m.returncode == 0 and m.seconds >= 1.0
-    assert m.peak_rss > 190e6
-    with pytest.raises(RuntimeError, match="exited 3"):
-        quality.run_checked([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "bad.txt")
+def test_low_frequency_auc_integrates_only_up_to_a_quarter():
+    freqs = np.arange(0, 33) / 64  # shells of a 64 px box
+    scores = {"freqs": freqs.tolist(), "states": [{"curve": np.where(freqs <= 0.25, 1.0, 0.0).tolist()},
+                                                  {"curve": np.where(freqs <= 0.125, 1.0, 0.0).tolist()}]}
+    # the second curve drops from 1 to 0 over one shell after 0.125: trapezoid adds half a shell
+    assert quality.low_freq_auc(scores) == pytest.approx((0.25 + 0.125 + 0.5 / 64) / 2)
 
 
-def test_per_preset_counts():
-    assert quality.per_preset(["mixed=1", "2"], "--epochs") == {"hinge": 2, "random-hinge": 2, "assembly": 2, "mixed": 1}
-    assert quality.per_preset(["hinge=3"], "--score-epoch") == {"hinge": 3}
-    for bad in (["ribosome=2"], ["0"], ["hinge=x"]):
-        with pytest.raises(SystemExit):
-            quality.per_preset(bad, "--epochs")
+def test_latent_scores():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 50)
+    on_path = np.c_[labels * 0.3 + rng.normal(0, 0.1, 500), rng.normal(size=500)]
+    kind, r2 = quality.latent_score(on_path, labels, "hinge")
+    assert kind == "R2" and 0.95 < r2 < 1.0
+    kind, r2 = quality.latent_score(rng.normal(size=(500, 2)), labels, "hinge")
+    assert r2 < 0.05
+    clusters = np.eye(10)[labels] * 3 + rng.normal(0, 0.3, (500, 10))
+    assert quality.latent_score(clusters, labels, "assembly") == ("acc", 1.0)
+    kind, acc = quality.latent_score(rng.normal(size=(500, 4)), labels, "assembly")
+    assert kind == "acc" and acc < 0.4
 
 
-def test_epoch_seconds_from_a_train_vae_log(tmp_path):
+def test_finished_epochs_and_curve_points(tmp_path):
     log = tmp_path / "train.log"
-    log.write_text("(INFO) (train_vae.py) (24-Nov-2026 12:50:11) # [Train Epoch: 1/2] [2000/2000 particles] loss=0.6\n"
-                   "(INFO) (train_vae.py) (24-Nov-2026 12:50:11) # =====> Epoch: 1 Average gen loss = 0.66, KLD = 1.8, "
-                   "total loss = 0.66; Finished in 0:03:39.5\n"
-                   "(INFO) (train_vae.py) (24-Nov-2026 13:55:11) # =====> Epoch: 2 Average gen loss = 0.64, KLD = 6.2, "
-                   "total loss = 0.64; Finished in 1:04:57.25\n")
-    assert quality.epoch_seconds(log) == pytest.approx([219.5, 3897.25])
+    log.write_text("".join(f"(INFO) (train_vae.py) # =====> Epoch: {e} Average gen loss = 0.66, total loss = 0.66; "
+                           f"Finished in 0:03:39.5\n" for e in (1, 2, 3)))
+    for e in (1, 2, 3, 4):  # epoch 4 has files but no log line: stopped while it was saved
+        (tmp_path / f"weights.{e}.pkl").write_bytes(b"w")
+        (tmp_path / f"z.{e}.pkl").write_bytes(b"z")
+    (tmp_path / "z.3.pkl").unlink()  # and epoch 3's latents are missing
+    assert quality.finished_epochs(tmp_path, log) == [1, 2]
+    assert quality.finished_epochs(tmp_path, tmp_path / "none.log") == []
+    assert quality.curve_epochs(list(range(1, 21)), 4) == [1, 7, 14, 20]
+    assert quality.curve_epochs([1, 2], 6) == [1, 2]
+
+
+def test_budget_is_the_cryospire_wall_time_unless_given():
+    args = type("A", (), {"budget_minutes": None})()
+    assert quality.budget_seconds(args, {"seconds": 1234.0}) == 1234.0
+    with pytest.raises(SystemExit, match="--budget-minutes"):
+        quality.budget_seconds(args, {"seconds": None})
+    args.budget_minutes = 2.5
+    assert quality.budget_seconds(args, None) == 150.0
+    totals = quality.combined([{"seconds": 10.0, "cpu_seconds": 9.0, "peak_rss": 5, "load_mean": 1.0, "load_max": 1.5},
+                               {"seconds": 30.0, "cpu_seconds": 20.0, "peak_rss": 7, "load_mean": 2.0, "load_max": 2.5}])
+    assert totals == {"seconds": 40.0, "cpu_seconds": 29.0, "peak_rss": 7, "load_mean": 1.75, "load_max": 2.5}
+
+
+def test_measure_reports_the_peak_memory_and_cpu_of_the_child_tree(tmp_path):
+    # the grandchild holds 200 MB and spins for ~0.5 s: the tree's RSS and CPU time count it
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(200_000_000); b[::4096] = b\"x\" * len(b[::4096]); t = time.process_time()\\n"
+            "while time.process_time() - t < 0.5: pass\\ntime.sleep(0.5)'])")
+    m = meter.measure([sys.executable, "-c", code], tmp_path / "log.txt")
+    assert m.returncode == 0 and m.seconds >= 1.0 and not m.stopped
+    assert m.peak_rss > 190e6
+    assert 0.5 <= m.cpu_seconds < m.seconds + 1.0
+    assert m.load_max >= m.load_mean >= 0
+    with pytest.raises(RuntimeError, match="exited 3"):
+        meter.run_checked([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "bad.txt")
+
+
+def test_measure_stops_the_whole_tree_at_the_budget(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            f"'import os, time, pathlib\\npathlib.Path(r\"{pid_file}\").write_text(str(os.getpid()))\\ntime.sleep(60)'])")
+    m = meter.run_checked([sys.executable, "-c", code], tmp_path / "log.txt", budget_s=1.5)  # no raise: a stop
+    assert m.stopped and m.returncode != 0 and 1.5 <= m.seconds < 10.0
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # the grandchild got the signal too (its own process group was stopped)
+        if not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"grandchild {grandchild} still running after the stop")
+
+
+def test_the_preset_of_a_simulation_folder_decides_its_latent_score(tmp_path):
+    (tmp_path / "metadata.json").write_text('{"options": {"preset": "hinge", "box": 128}}')
+    assert quality.simulated_preset(tmp_path, "hinge128") == "hinge"
+    assert quality.simulated_preset(tmp_path / "elsewhere", "assembly") == "assembly"

@@ -19,7 +19,8 @@ BLOBS = np.array([[-60.0, 0.0, 0.0], [60.0, 0.0, 0.0], [0.0, 80.0, 0.0]])
 
 def _synthetic(n_per: int = 100, elongated: bool = False, seed: int = 0):
     """Three groups of Gaussians: features from three well-separated clusters (+ noise), centres
-    in three blobs (Å); with ``elongated`` the third group is a 260 Å rod instead of a blob.
+    in three blobs (Å); with ``elongated`` the third group is a 400 Å rod instead of a blob (its radius of
+    gyration, ~115 Å, exceeds the whole set's, ~92 Å).
     Returns features (G, F), centres (G, 3), amplitudes (G,), truth (G,)."""
     rng = np.random.default_rng(seed)
     feature_centres = rng.normal(size=(3, F)) * 3.0
@@ -27,7 +28,7 @@ def _synthetic(n_per: int = 100, elongated: bool = False, seed: int = 0):
     for k in range(3):
         feats.append(feature_centres[k] + rng.normal(scale=0.5, size=(n_per, F)))
         if elongated and k == 2:
-            rod = np.c_[rng.uniform(-130, 130, n_per), rng.normal(scale=5, size=(n_per, 2))]
+            rod = np.c_[rng.uniform(-200, 200, n_per), rng.normal(scale=5, size=(n_per, 2))]
             cents.append(BLOBS[k] + rod)
         else:
             cents.append(BLOBS[k] + rng.normal(scale=8.0, size=(n_per, 3)))
