@@ -1,8 +1,7 @@
 """The latent explorer's readouts in a real viewer: a legend or colour bar for every colouring of
 the scatter (and for its density view), kept with the points' colours as the colouring changes and
 as a run loads; and the dock fitting the open command's 1500x950 window with the Parts dock
-beside it, the part table showing all 5 parts of a 5-part run (``parts_run``) and every control
-reachable."""
+beside it, the part table showing all 5 parts of a 5-part run and every control reachable."""
 
 from __future__ import annotations
 
@@ -14,20 +13,35 @@ from qtpy.QtCore import QPoint
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox
 
 from cryospire_core.analysis.explorer import ColourMode
-from cryospire_core.services.parts import load_parts, merge
+from cryospire_core.services.parts import load_parts, merge, split
 from cryospire_napari._explorer_widget import MAP_NAME, ExplorerWidget
 from cryospire_napari._parts_widget import PartsWidget, part_colours
 from cryospire_napari._scatter import ScatterView
 
-#: The parts of ``parts_run`` (tests/napari/conftest.py).
+#: The parts of ``five_part_run``.
 N_PARTS = 5
 
 
 @pytest.fixture(scope="module")
-def merged_run(parts_run, tmp_path_factory):
-    """A copy of ``parts_run`` with its parts 1 and 2 merged, as the Parts dock would (4 parts)."""
-    root = tmp_path_factory.mktemp("merged") / "run"
+def five_part_run(parts_run, tmp_path_factory):
+    """A copy of ``parts_run`` (tests/napari/conftest.py) with N_PARTS parts: while it has fewer,
+    its largest part is split in two, as the Parts dock would. (The automatic rule finds 4 or 5
+    on that tiny run depending on its level-2 constant; the table of 5 is what the fit test needs.)"""
+    root = tmp_path_factory.mktemp("five") / "run"
     shutil.copytree(parts_run, root)
+    parts = load_parts(root)
+    assert parts.n_parts <= N_PARTS
+    while parts.n_parts < N_PARTS:
+        parts = split(parts, int(np.argmax(parts.counts())), 2)
+    assert parts.saved and load_parts(root).n_parts == N_PARTS
+    return root
+
+
+@pytest.fixture(scope="module")
+def merged_run(five_part_run, tmp_path_factory):
+    """A copy of ``five_part_run`` with its parts 1 and 2 merged, as the Parts dock would (4 parts)."""
+    root = tmp_path_factory.mktemp("merged") / "run"
+    shutil.copytree(five_part_run, root)
     parts = merge(load_parts(root), 0, 1)
     assert parts.saved and load_parts(root).n_parts == N_PARTS - 1
     return root
@@ -46,11 +60,11 @@ def _colour(qtbot, widget: ExplorerWidget, mode: ColourMode, words: str):
     return widget.legend.key
 
 
-def test_every_colouring_has_its_legend(make_napari_viewer, qtbot, parts_run, tiny_star, merged_run):
+def test_every_colouring_has_its_legend(make_napari_viewer, qtbot, five_part_run, tiny_star, merged_run):
     viewer = make_napari_viewer(show=True)
     widget = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.load_run(parts_run, tiny_star)  # the run records no particle file: its ground truth is beside this one
+    widget.load_run(five_part_run, tiny_star)  # the run records no particle file: its ground truth is beside this one
     _wait_loaded(qtbot, widget)
     e, legend = widget.session.explorer, widget.legend
     n = e.n_particles
@@ -138,14 +152,14 @@ def _controls(widget: ExplorerWidget) -> list:
 
 
 @pytest.mark.parametrize("tabify", [True, False], ids=["tabified", "stacked"])
-def test_the_dock_fits_a_950_px_window(make_napari_viewer, qtbot, parts_run, tiny_star, tabify):
+def test_the_dock_fits_a_950_px_window(make_napari_viewer, qtbot, five_part_run, tiny_star, tabify):
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(1500, 950)  # the open command's window
     viewer.window.add_dock_widget(PartsWidget(viewer, follow=False), name="Parts (cryospire)", area="right")
     widget = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Latent explorer (cryospire)", area="right", tabify=tabify)
-    widget.load_run(parts_run, tiny_star)
+    widget.load_run(five_part_run, tiny_star)
     _wait_loaded(qtbot, widget)
     table = widget.readout
     assert widget.session.explorer.n_parts == N_PARTS
