@@ -203,7 +203,7 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         scores = evaluate("run", work / f"scores_reused_{reuse.name}.json")
         latent = latent_score(np.load(reuse / "latents.npy"), labels, simulated_preset(data, preset))
         return row_fields(preset, "cryospire", scores, None, len(labels), run_epochs(run), latent, [],
-                          note=f"cpu profile, reused run {reuse}")
+                          note=f"cpu profile, reused run {reuse}", part_ari=scores.get("part_ari"))
 
     quick = [] if args.cryospire_epochs is None else [
         f"--epochs-{stage}={args.cryospire_epochs}" for stage in ("consensus", "1", "2")]
