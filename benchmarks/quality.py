@@ -234,17 +234,22 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
 # cryoDRGN, only ever run as a separate program from its own virtual environment
 
 
+def peer_venv(work: Path, name: str, packages: list[str]) -> Path:
+    """WORK/NAME-venv with ``packages`` installed, one pip call each in this order (torch first,
+    so a CPU build is there before a package that would pull a CUDA one); returns its ``NAME``."""
+    venv = work / f"{name}-venv"
+    exe = venv / "bin" / name
+    if not exe.is_file():
+        run_checked([sys.executable, "-m", "venv", str(venv)], work / f"{name}-venv.log")
+        for package in packages:
+            run_checked([str(venv / "bin" / "pip"), "install", "-q", package],
+                        work / f"{name}-venv-{package.split('==')[0]}.log")
+    return exe
+
+
 def cryodrgn_venv(work: Path) -> Path:
     """WORK/cryodrgn-venv with torch (CPU build) and cryodrgn installed; returns its ``cryodrgn``."""
-    venv = work / "cryodrgn-venv"
-    exe = venv / "bin" / "cryodrgn"
-    if not exe.is_file():
-        log = work / "cryodrgn-venv.log"
-        run_checked([sys.executable, "-m", "venv", str(venv)], log)
-        pip = str(venv / "bin" / "pip")
-        run_checked([pip, "install", "-q", f"torch=={TORCH_VERSION}"], work / "cryodrgn-venv-torch.log")
-        run_checked([pip, "install", "-q", f"cryodrgn=={CRYODRGN_VERSION}"], work / "cryodrgn-venv-cryodrgn.log")
-    return exe
+    return peer_venv(work, "cryodrgn", [f"torch=={TORCH_VERSION}", f"cryodrgn=={CRYODRGN_VERSION}"])
 
 
 def read_latents(path: Path) -> np.ndarray:
@@ -257,7 +262,8 @@ def read_latents(path: Path) -> np.ndarray:
 
 def write_zfile(path: Path, latents: np.ndarray, labels: np.ndarray) -> dict[int, int]:
     """Write the latents of the images nearest each state's mean latent (one row per state, in
-    state order) for ``eval_vol --zfile``; returns {state: image index}."""
+    state order) for cryoDRGN's ``eval_vol --zfile`` and RECOVAR's ``compute_state
+    --latent-points``; returns {state: image index}."""
     reps = representative_images(latents, labels)
     rows = np.stack([latents[reps[k]] for k in sorted(reps)])
     write_text(path, "\n".join(" ".join(f"{v:.8g}" for v in row) for row in rows) + "\n")
@@ -342,14 +348,13 @@ def cryodrgn_side(preset: str, data: Path, work: Path, arch: str, budget_s: floa
         return {"preset": preset, "tool": label, "epochs": 0, **timing_fields(timing),
                 "note": note + f"; no epoch finished within {budget_s / 60:.0f} min", "curve": []}
     gt = load_ground_truth(data / "gt")
-    curve = []
-    for epoch in curve_epochs(finished, args.curve_points):
-        scored = score_cryodrgn_epoch(exe, out, work, epoch, gt, env)
-        curve.append({"label": f"epoch {epoch}", "epoch": epoch,
-                      "seconds": (out / f"weights.{epoch}.pkl").stat().st_mtime - timing["started"],
-                      "auc_mean": scored["scores"]["summary"]["mean_auc"]})
+    scores = {epoch: score_cryodrgn_epoch(exe, out, work, epoch, gt, env)
+              for epoch in curve_epochs(finished, args.curve_points)}  # the last epoch always among them
+    curve = [{"label": f"epoch {epoch}", "epoch": epoch,
+              "seconds": (out / f"weights.{epoch}.pkl").stat().st_mtime - timing["started"],
+              "auc_mean": scored["scores"]["summary"]["mean_auc"]} for epoch, scored in scores.items()]
     last = finished[-1]
-    scored = score_cryodrgn_epoch(exe, out, work, last, gt, env)
+    scored = scores[last]
     latent = latent_score(read_latents(out / f"z.{last}.pkl"), gt.labels, simulated_preset(data, preset))
     stop = f"stopped at the budget ({budget_s / 60:.0f} min)" if timing["stopped"] else "all epochs done"
     row = row_fields(preset, label, scored, timing, len(gt.labels), last, latent, curve,
@@ -365,13 +370,7 @@ def cryodrgn_side(preset: str, data: Path, work: Path, arch: str, budget_s: floa
 
 def recovar_venv(work: Path) -> Path:
     """WORK/recovar-venv with recovar (and its CPU JAX) installed; returns its ``recovar``."""
-    venv = work / "recovar-venv"
-    exe = venv / "bin" / "recovar"
-    if not exe.is_file():
-        run_checked([sys.executable, "-m", "venv", str(venv)], work / "recovar-venv.log")
-        run_checked([str(venv / "bin" / "pip"), "install", "-q", f"recovar=={RECOVAR_VERSION}"],
-                    work / "recovar-venv-recovar.log")
-    return exe
+    return peer_venv(work, "recovar", [f"recovar=={RECOVAR_VERSION}"])
 
 
 def recovar_env(env: dict[str, str], threads: int) -> dict[str, str]:
@@ -415,10 +414,9 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
                      str(latents_path)], work / "latents.log", xenv)
     latents = np.load(latents_path).astype(np.float64)
     states_dir, points = work / "states", work / "z_states.txt"
-    reps = representative_images(latents, gt.labels)
+    reps = write_zfile(points, latents, gt.labels)
     maps = [states_dir / f"state{i:03d}.mrc" for i in range(len(reps))]
     if not all(p.is_file() for p in maps):
-        write_text(points, "\n".join(" ".join(f"{v:.8g}" for v in latents[reps[k]]) for k in sorted(reps)) + "\n")
         run_checked([str(exe), "compute_state", str(out), "-o", str(states_dir), "--latent-points", str(points)],
                     work / "compute_state.log", xenv)
     table = score_state_maps(gt, maps, reps, f"per-conformation FSC: RECOVAR {out}")
@@ -564,7 +562,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="wall-clock budget of each peer (default: the cryospire run's wall time on that data)")
     parser.add_argument("--epochs", type=int, default=1000,
                         help="cryoDRGN's -n: an upper bound, the budget stops it first (default 1000)")
-    parser.add_argument("--curve-points", type=int, default=6, help="cryoDRGN epochs scored for the plot (default 6)")
+    parser.add_argument("--curve-points", type=int, default=6,
+                        help="cryoDRGN epochs scored for the plot, the last included (default 6, at least 1)")
     parser.add_argument("--cryodrgn-arch", nargs="+", choices=ARCHS, default=["small", "large"],
                         help="large: 3x1024 (cryoDRGN 4.x default); small: 3x256 (its tutorial's first pass)")
     parser.add_argument("--box", type=int, default=64)
@@ -577,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", action="append", default=[], help="a line added to the table's footer (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.txt"))
     args = parser.parse_args(argv)
+    if args.curve_points < 1:
+        parser.error("--curve-points: at least 1 (the scored epoch is always a point)")
     args.work = args.work.resolve()
     data_dirs = _pairs(args.data, "--data")
     unknown = [p for p in args.presets if p not in PRESETS and p not in data_dirs]
