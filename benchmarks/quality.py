@@ -19,10 +19,13 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
    picked by the same code as our evaluator, scored by the same FSC code against the same ground
    truth and mask), and up to ``--curve-points`` earlier epochs for the plot.
 
-The tools run one after the other, never side by side; each row records the load average
-while its training ran (``meter.measure``: wall and CPU time, peak RSS of the process tree).
-Every stage is cached in WORK: a finished stage leaves a ``*.json`` record and is skipped on a
-rerun. Children get ``--threads`` BLAS/OpenMP threads.
+Within one call the tools run one after the other, never side by side; each row records the
+load average while its training ran (``meter.measure``: wall and CPU time, peak RSS of the
+process tree). Every stage is cached in WORK: a finished stage leaves a ``*.json`` record and is
+skipped on a rerun, so calls on different presets or peers (``--tools``, ``--cryodrgn-arch``)
+can run at different times, or side by side pinned to separate cores with ``--threads 1``
+(``taskset``), and a last call with everything cached writes the whole table; say how they ran
+with ``--note``. Children get ``--threads`` BLAS/OpenMP threads.
 
 Columns besides the AUCs: the AUC over f <= 0.25 cycles/px (where heterogeneity shows: the
 trapezoid over those shells, so its maximum is 0.25), and a latent score: for a preset whose
@@ -506,7 +509,7 @@ def plot_curves(rows: list[dict], preset: str, path: Path) -> Path | None:
             for x, y, p in zip(minutes, aucs, r["curve"]):
                 ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
                             color=line.get_color())
-    ax.set_xlabel("wall-clock time (min, same machine, one tool at a time)")
+    ax.set_xlabel("wall-clock time (min, same machine; how the tools shared it: the table's notes)")
     ax.set_ylabel("per-conformation FSC AUC (mean over states)")
     ax.set_title(f"{preset}: map quality against training time")
     ax.grid(alpha=0.3)
@@ -613,8 +616,8 @@ def main(argv: list[str] | None = None) -> None:
         "AUC: per-conformation FSC AUC (mean, median over states); AUC f<=.25: the same curves integrated up to "
         "0.25 cycles/px only (max 0.25); res0.5: FSC=0.5 resolution in Å, median over states.",
         "wall s / CPU s / peak GB: training only (evaluation excluded), wall clock, user+system CPU time and peak RSS "
-        f"of the process tree, {args.threads} thread(s); load: mean 1-minute load average while it trained (the tools "
-        "ran one after the other); '-' = not measured (a reused run).",
+        f"of the process tree, {args.threads} thread(s); load: mean 1-minute load average of the machine while it "
+        "trained (what else ran is in the notes below); '-' = not measured (a reused run).",
         "img/s = images x epochs / wall (cryospire: epochs summed over consensus, stage 1 and stage 2).",
         "latent: R2 = linear fit of the ground-truth state index from the latents (path presets); acc = share of images "
         "whose nearest state-mean latent is their own state's.",
