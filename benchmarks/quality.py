@@ -382,6 +382,13 @@ def recovar_env(env: dict[str, str], threads: int) -> dict[str, str]:
     return {**env, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
+
+def recovar_pipeline_cmd(exe: Path, particles: Path, poses: Path, ctf: Path, out: Path) -> list[str]:
+    """``recovar pipeline`` as this benchmark runs it: spherical mask, zdim ``RECOVAR_ZDIM``, on the CPU."""
+    return [str(exe), "pipeline", str(particles), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",
+            "-o", str(out), "--zdim", str(RECOVAR_ZDIM), "--accept-cpu"]
+
+
 #: Reads a finished pipeline's latents with RECOVAR's own reader, in its own interpreter.
 _RECOVAR_LATENTS = ("import sys, numpy as np; from recovar.output import output as o; "
                     "po = o.PipelineOutput(sys.argv[1]); "
@@ -400,10 +407,8 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     note = f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask"
 
     def train() -> dict:
-        m = run_checked([str(exe), "pipeline", str(data / "particles.mrcs"), "--poses", str(data / "poses.pkl"),
-                         "--ctf", str(data / "ctf.pkl"), "--mask", "sphere", "-o", str(out),
-                         "--zdim", str(RECOVAR_ZDIM), "--accept-cpu"], work / "pipeline.log", xenv,
-                        RECOVAR_BUDGET_FACTOR * budget_s)
+        m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out),
+                        work / "pipeline.log", xenv, RECOVAR_BUDGET_FACTOR * budget_s)
         return {**m.to_dict(), "budget_s": budget_s}
 
     timing = cached(work / "train.json", train)

@@ -9,9 +9,10 @@ file-convention mismatch on our side from a problem inside RECOVAR, on two data 
 - ``cryospire-sim``: a ``cryospire simulate`` stack with our poses.pkl / ctf.pkl, the files
   `quality.py` gives every peer (scored against the noise-free population-mean map).
 
-On each, RECOVAR's homogeneous mean (``recovar pipeline --only-mean``: ``mean.mrc`` and the
-unfiltered half map) and ``cryospire backproject`` (direct Fourier inversion) of the same images
-are scored against the truth by the per-conformation FSC AUC of `quality.py`. If
+On each, RECOVAR's homogeneous mean (``recovar pipeline`` with `quality.py`'s options and
+``--only-mean``: ``mean.mrc`` and the unfiltered half map) and ``cryospire backproject``
+(direct Fourier inversion) of the same images are scored against the truth by the
+per-conformation FSC AUC of `quality.py`. If
 ``cryospire backproject`` scores high on RECOVAR's own files, their pose/CTF conventions read
 as ours; if RECOVAR then scores low on its own simulation too, the low scores are RECOVAR's,
 not a conversion of ours.
@@ -32,7 +33,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from meter import run_checked  # noqa: E402
-from quality import RECOVAR_VERSION, child_env, cryospire_cmd, recovar_env, recovar_venv  # noqa: E402
+from quality import (  # noqa: E402
+    RECOVAR_VERSION,
+    RECOVAR_ZDIM,
+    child_env,
+    cryospire_cmd,
+    recovar_env,
+    recovar_pipeline_cmd,
+    recovar_venv,
+    simulate,
+)
 
 from cryospire_core.analysis.metrics import (  # noqa: E402
     freq_to_angstrom,
@@ -60,8 +70,8 @@ def reconstruct(label: str, stack: Path, poses: Path, ctf: Path, invert: str, wo
     out = work / f"{label}_recovar"
     volumes = out / "output" / "volumes"
     if not (volumes / "mean.mrc").is_file():
-        run_checked([str(exe), "pipeline", str(stack), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",
-                     "-o", str(out), "--zdim", "10", "--accept-cpu", "--only-mean"], work / f"{label}_recovar.log", xenv)
+        run_checked([*recovar_pipeline_cmd(exe, stack, poses, ctf, out), "--only-mean"], work / f"{label}_recovar.log",
+                    xenv)
     bp = work / f"{label}_backproject.mrc"
     if not bp.is_file():
         run_checked(cryospire_cmd("backproject", str(stack), "--poses", str(poses), "--ctf", str(ctf), "--invert",
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--snr", type=float, default=1.0, help="SNR of the cryospire simulation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cryospire simulation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recovar_selfcheck.txt"))
     args = parser.parse_args(argv)
@@ -87,11 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     exe = recovar_venv(args.work)
     xenv = recovar_env(env, args.threads)
 
-    ours = work / "cryospire-sim"
-    if not (ours / "metadata.json").is_file():
-        run_checked(cryospire_cmd("simulate", "--preset", "hinge", "--box", str(args.box), "--n", str(args.n), "--snr",
-                                  str(args.snr), "--seed", "0", "--out", str(ours), "--overwrite", "--quiet"),
-                    work / "simulate.log", env)
+    ours = simulate("hinge", work / "cryospire-sim", args, env)
     gt = load_ground_truth(ours / "gt")
     theirs = work / "recovar-sim"
     stack = theirs / f"particles.{args.box}.mrcs"
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
               f"level {RECOVAR_SIM_NOISE}), reconstructed from RECOVAR's own files; cryospire-sim: `cryospire simulate "
               f"--preset hinge --snr {args.snr:g}` read from the poses.pkl / ctf.pkl quality.py gives the peers, scored "
               "against the noise-free population-mean map.",
-              "RECOVAR: `recovar pipeline --only-mean --mask sphere --accept-cpu` (its CPU path); cryospire: "
+              f"RECOVAR: `recovar pipeline --mask sphere --zdim {RECOVAR_ZDIM} --accept-cpu --only-mean` (its CPU path); cryospire: "
               "`cryospire backproject` (direct Fourier inversion, no regularisation beyond its Wiener constant)."]
     text = "\n".join(lines)
     print(text)
