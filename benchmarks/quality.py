@@ -25,7 +25,9 @@ process tree). Every stage is cached in WORK: a finished stage leaves a ``*.json
 skipped on a rerun, so calls on different presets or peers (``--tools``, ``--cryodrgn-arch``)
 can run at different times, or side by side pinned to separate cores with ``--threads 1``
 (``taskset``), and a last call with everything cached writes the whole table; say how they ran
-with ``--note``. Children get ``--threads`` BLAS/OpenMP threads.
+with ``--note``. ``--carry`` reuses the measured rows of an earlier table's JSON (the committed
+``benchmarks/results/quality.json``), so a table can grow across machines whose caches are gone:
+a carried cryospire row still sets the peers' budget. Children get ``--threads`` BLAS/OpenMP threads.
 
 Columns besides the AUCs: the AUC over f <= 0.25 cycles/px (where heterogeneity shows: the
 trapezoid over those shells, so its maximum is 0.25), and a latent score: for a preset whose
@@ -45,7 +47,7 @@ Usage::
     python benchmarks/quality.py --work /tmp/quality \\
         [--presets hinge mixed] [--data hinge=/tmp/lead/hinge20k] [--cryospire-run hinge=RUN] \\
         [--budget-minutes 60] [--cryodrgn-arch small large] [--epochs 200] [--curve-points 6] \\
-        [--tools cryospire cryodrgn] [--n 20000] [--threads 1] [--note TEXT] \\
+        [--tools cryospire cryodrgn] [--n 20000] [--threads 1] [--carry OLD.json] [--note TEXT] \\
         [--out benchmarks/results/quality.txt]
 
 Prints one table and writes it to --out, the rows and curves as JSON beside it (same name,
@@ -547,6 +549,18 @@ def not_run_pairs(tokens: list[str]) -> set[tuple[str, str]]:
     return pairs
 
 
+def carried_rows(path: Path | None) -> dict[tuple[str, str], dict]:
+    """The measured rows of an earlier table's JSON (``--carry``) as {(preset, tool label): row}:
+    a run folder does not outlive its machine, the committed JSON does."""
+    if path is None:
+        return {}
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--carry {path}: expected a table's JSON with a 'rows' list ({exc})") from None
+    return {(r["preset"], r["tool"]): r for r in rows if r.get("seconds") is not None}
+
+
 def budget_seconds(args: argparse.Namespace, cryospire_row: dict | None) -> float:
     """The peers' wall-clock budget: ``--budget-minutes``, else the cryospire row's wall time."""
     if args.budget_minutes is not None:
@@ -581,6 +595,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="compute threads of every child program (default 1)")
     parser.add_argument("--not-run", nargs="+", default=[], metavar="PRESET:TOOL",
                         help="list these rows as not run instead of running them (e.g. assembly:cryodrgn)")
+    parser.add_argument("--carry", type=Path,
+                        help="an earlier table's JSON: its measured rows are reused instead of run again")
     parser.add_argument("--note", action="append", default=[], help="a line added to the table's footer (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.txt"))
     args = parser.parse_args(argv)
@@ -594,6 +610,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = _pairs(args.cryospire_run, "--cryospire-run")
     env = child_env(args.threads)
     skipped = not_run_pairs(args.not_run)
+    carried = carried_rows(args.carry)
     rows = []
     for preset in args.presets:
         data = data_dirs.get(preset) or simulate(preset, args.work / preset / "data", args, env)
@@ -604,16 +621,19 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"preset": preset, "tool": tool, "note": "not run"})
                 continue
             if tool == "cryospire":
-                ours = cryospire_side(preset, data, args.work / preset / "cryospire", runs.get(preset), args, env)
+                ours = carried.get((preset, "cryospire")) or cryospire_side(
+                    preset, data, args.work / preset / "cryospire", runs.get(preset), args, env)
                 rows.append(ours)
             elif tool == "recovar":
                 budget = budget_seconds(args, ours)
-                rows.append(recovar_side(preset, data, args.work / preset / f"recovar_b{budget:.0f}s", budget, args, env))
+                rows.append(carried.get((preset, "RECOVAR")) or recovar_side(
+                    preset, data, args.work / preset / f"recovar_b{budget:.0f}s", budget, args, env))
             else:
                 budget = budget_seconds(args, ours)
                 for arch in args.cryodrgn_arch:
                     tag = f"cryodrgn_{arch}_b{budget:.0f}s"
-                    rows.append(cryodrgn_side(preset, data, args.work / preset / tag, arch, budget, args, env))
+                    rows.append(carried.get((preset, f"cryoDRGN {arch}")) or cryodrgn_side(
+                        preset, data, args.work / preset / tag, arch, budget, args, env))
             print("\n".join(format_table(rows[before:], "", []).splitlines()[2:]), flush=True)
     header = (f"quality at equal wall time: {args.box} px, SNR {args.snr}, seed {args.seed}; CryoBench per-conformation "
               f"FSC vs ground truth inside its mask (`benchmarks/quality.py`)")

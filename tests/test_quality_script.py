@@ -6,6 +6,7 @@ programs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 import sys
 import time
@@ -167,6 +168,28 @@ def test_budget_is_the_cryospire_wall_time_unless_given():
     totals = quality.combined([{"seconds": 10.0, "cpu_seconds": 9.0, "peak_rss": 5, "load_mean": 1.0, "load_max": 1.5},
                                {"seconds": 30.0, "cpu_seconds": 20.0, "peak_rss": 7, "load_mean": 2.0, "load_max": 2.5}])
     assert totals == {"seconds": 40.0, "cpu_seconds": 29.0, "peak_rss": 7, "load_mean": 1.75, "load_max": 2.5}
+
+
+def test_carried_rows_are_reused_and_set_the_peers_budget(tmp_path):
+    curve = [{"label": "consensus", "seconds": 10.0, "auc_mean": 0.3}, {"label": "stage 2", "seconds": 90.0,
+                                                                         "auc_mean": 0.4}]
+    ours = {"preset": "hinge", "tool": "cryospire", "auc_mean": 0.4, "seconds": 90.0, "curve": curve}
+    theirs = {"preset": "hinge", "tool": "cryoDRGN small", "auc_mean": 0.35, "seconds": 89.0, "curve": []}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rows": [ours, theirs, {"preset": "hinge", "tool": "cryoDRGN large", "note": "not run"}]}))
+    carried = quality.carried_rows(old)
+    assert set(carried) == {("hinge", "cryospire"), ("hinge", "cryoDRGN small")}  # a row never run is not carried
+    assert quality.budget_seconds(type("A", (), {"budget_minutes": None})(), carried[("hinge", "cryospire")]) == 90.0
+    out = tmp_path / "table.txt"
+    # nothing can run here (no simulation, no cryoDRGN): the table must come from the carried rows alone
+    quality.main(["--work", str(tmp_path / "work"), "--presets", "hinge", "--data", f"hinge={tmp_path / 'none'}",
+                  "--tools", "cryospire", "cryodrgn", "--cryodrgn-arch", "small", "--carry", str(old), "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["tool"], r["auc_mean"]) for r in rows] == [("cryospire", 0.4), ("cryoDRGN small", 0.35)]
+    assert (tmp_path / "table_hinge.png").is_file()
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(SystemExit, match="bad.json"):
+        quality.carried_rows(tmp_path / "bad.json")
 
 
 def test_measure_reports_the_peak_memory_and_cpu_of_the_child_tree(tmp_path):

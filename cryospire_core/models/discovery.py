@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from sklearn.cluster import KMeans
 from torch import nn
 from torch.nn.utils import skip_init
@@ -54,8 +55,11 @@ PAIR_CHUNK_ELEMENTS = 2**20
 @dataclass(kw_only=True)
 class DiscoveryConfig(StageConfig):
     """Every knob of stage 1: the shared ones (:class:`~cryospire_core.models.stage.StageConfig`)
-    at stage 1's sizes, and latent_init_std/feature_init_std, the spread of the random initial
-    codes/features."""
+    at stage 1's sizes; latent_init_std/feature_init_std, the spread of the random initial
+    codes/features; feature_tv, the weight of the features' total variation over neighbouring
+    Gaussians (:func:`feature_total_variation`; 0: off). It is off by default because it did not
+    hold up over stage-1 seeds: at 1e-4 it made the parts of a complex whose chains come and go
+    better and those of a two-domain hinge worse (``benchmarks/results/parts_seeds.txt``)."""
 
     n_gaussians: int = 2048
     hidden: int = 32
@@ -64,7 +68,34 @@ class DiscoveryConfig(StageConfig):
     epochs: int = 15
     latent_init_std: float = 0.1
     feature_init_std: float = 1.0
+    feature_tv: float = 0.0
 
+
+
+#: Each Gaussian's nearest neighbours (by seed centre) that the feature total variation compares it with.
+TV_NEIGHBOURS = 8
+
+
+def neighbour_pairs(centres: np.ndarray, k: int = TV_NEIGHBOURS) -> torch.Tensor:
+    """(P, 2) int64 index pairs i < j, each Gaussian with its ``k`` nearest others (centres (G, 3) Å)."""
+    centres = np.asarray(centres, np.float64)
+    k = min(k, len(centres) - 1)
+    if k < 1:
+        return torch.zeros((0, 2), dtype=torch.int64)
+    _, near = cKDTree(centres).query(centres, k=k + 1)
+    pairs = np.stack([np.repeat(np.arange(len(centres)), k), near[:, 1:].reshape(-1)], axis=1)
+    return torch.as_tensor(np.unique(np.sort(pairs, axis=1), axis=0), dtype=torch.int64)
+
+
+def feature_total_variation(features: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Mean over neighbour ``pairs`` (P, 2) of |f_i - f_j| (Euclidean) for features (G, F): the
+    graph total variation, which favours features that are constant over spatial patches and
+    change in a step between them (a rigid domain and its neighbour), unlike a squared penalty
+    that blurs the step. A tiny floor keeps the gradient finite where two features are equal."""
+    if len(pairs) == 0:
+        return features.sum() * 0.0
+    diff = features[pairs[:, 0]] - features[pairs[:, 1]]
+    return torch.sqrt(diff.pow(2).sum(1) + 1e-12).mean()
 
 
 def seeded_linear(n_in: int, n_out: int, generator: torch.Generator, bias: bool = True) -> nn.Linear:
@@ -213,6 +244,8 @@ class PartDiscoveryModel(StageModel):
                    rank=cfg.rank, generator=rng)
         self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
         self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
+        # not saved: rebuilt from the seed centres, so older checkpoints load unchanged
+        self.register_buffer("tv_pairs", neighbour_pairs(centres), persistent=False)
 
     @classmethod
     def from_consensus(cls, gaussians: Mapping, n_particles: int, cfg: DiscoveryConfig,
@@ -274,11 +307,17 @@ class PartDiscoveryModel(StageModel):
     # -- training -----------------------------------------------------------------------------
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Normalised L2 + latent prior (see the module docstring)."""
+        """Normalised L2 + latent prior (see the module docstring) + the features' total variation
+        when ``feature_tv`` > 0."""
         z = self.latents(batch.index)
         data = self.data_term(batch, z)
         prior = self.cfg.prior_weight * z.pow(2).sum(1).mean() / self.lattice.box**2
-        return data + prior, {"data": float(data.detach()), "prior": float(prior.detach())}
+        terms = {"data": float(data.detach()), "prior": float(prior.detach())}
+        loss = data + prior
+        if self.cfg.feature_tv > 0:
+            tv = self.cfg.feature_tv * feature_total_variation(self.feature, self.tv_pairs)
+            loss, terms["feature_tv"] = loss + tv, float(tv.detach())
+        return loss, terms
 
     def make_optimizer(self) -> MultiOptimizer:
         """Adam over the mixture, features and MLPs; SparseAdam over the latents."""

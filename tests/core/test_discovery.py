@@ -17,7 +17,9 @@ from cryospire_core.models.discovery import (
     PairMLP,
     PartDiscoveryModel,
     coarsen,
+    feature_total_variation,
     image_variance,
+    neighbour_pairs,
 )
 from cryospire_core.models.engine import Batch, LoopConfig, run_loop
 
@@ -127,6 +129,42 @@ def test_gradients_reach_latents_features_and_mlps(form):
     moved = np.flatnonzero(np.abs(model.latents.numpy() - before).max(1) > 0)
     assert moved.tolist() == list(range(10, 18))
     assert_every_parameter_gets_gradient(model, opt, batch)
+
+
+def test_neighbour_pairs_link_each_gaussian_to_its_nearest_others_once():
+    centres = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0], [30, 0, 0]], np.float32)
+    assert neighbour_pairs(centres, k=1).tolist() == [[0, 1], [2, 3], [3, 4]]
+    pairs = neighbour_pairs(tiny_mixture(g=40)["centres"])
+    assert len(pairs) == len(np.unique(pairs.numpy(), axis=0)) and bool((pairs[:, 0] < pairs[:, 1]).all())
+    assert len(neighbour_pairs(centres[:1])) == 0
+
+
+def test_feature_total_variation_is_the_mean_step_between_neighbours():
+    pairs = torch.tensor([[0, 1], [1, 2], [2, 3]])
+    flat = torch.ones(4, 5)
+    steps = torch.tensor([[0.0, 0], [0, 0], [3, 4], [3, 4]])  # one step of length 5 between two patches
+    assert float(feature_total_variation(flat, pairs)) == pytest.approx(0.0, abs=1e-5)
+    assert float(feature_total_variation(steps, pairs)) == pytest.approx(5 / 3, rel=1e-5)
+    # a step costs the same split into two half steps: total variation does not favour blurring it
+    ramp = torch.tensor([[0.0, 0], [0, 0], [1.5, 2], [3, 4]])
+    assert float(feature_total_variation(ramp, pairs)) == pytest.approx(5 / 3, rel=1e-5)
+    flat.requires_grad_(True)
+    feature_total_variation(flat, pairs).backward()
+    assert torch.isfinite(flat.grad).all()  # equal neighbours: no NaN from the norm's kink
+
+
+def test_feature_tv_joins_the_loss_only_when_weighted():
+    g = tiny_mixture()
+    batch = random_batch(np.arange(4))
+    plain = PartDiscoveryModel.from_consensus(g, 10, DiscoveryConfig(n_gaussians=100))
+    tv = PartDiscoveryModel.from_consensus(g, 10, DiscoveryConfig(n_gaussians=100, feature_tv=0.01))
+    (a, ma), (b, mb) = plain.loss(batch), tv.loss(batch)
+    assert set(ma) == {"data", "prior"} and set(mb) == {"data", "prior", "feature_tv"}
+    want = 0.01 * float(feature_total_variation(tv.feature.detach(), tv.tv_pairs))
+    assert float(b.detach() - a.detach()) == pytest.approx(want, rel=1e-4)
+    b.backward()
+    assert tv.feature.grad is not None and float(tv.feature.grad.abs().sum()) > 0
+    assert "tv_pairs" not in tv.state_dict()  # checkpoints keep their keys
 
 
 def test_latents_of_two_hinge_states_separate(hinge_two_states, tmp_path):
