@@ -155,7 +155,9 @@ def main() -> int:
         print(f"{name}: trained {wall / 60:.1f} min this call; AUC mean {rows[-1]['auc_mean']:.4f}, "
               f"split ARI {rows[-1]['split_ari']:.3f}", flush=True)
     text = "\n".join([f"# python benchmarks/realistic.py {' '.join(sys.argv[1:])}",
-                      f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", table(rows)])
+                      # the parts vary with the thread count (floating-point order), so it is recorded
+                      f"# {os.cpu_count()} CPUs, {args.threads} thread(s) per training, "
+                      f"load average {os.getloadavg()[0]:.2f}", table(rows)])
     print(text)
     if args.out:
         with open(args.out, "a") as f:
