@@ -24,6 +24,7 @@ Prints a table (split-tolerant ARI per seed, their mean, min and max; parts foun
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -42,16 +43,19 @@ from cryospire_core.models.parts import PartClustering
 CRYOSPIRE = [sys.executable, "-m", "cryospire_core.cli.main"]
 
 
-def overrides(items: list[str]) -> dict[str, float]:
-    """``--set FIELD=VALUE`` items as {field: number}, fields of :class:`DiscoveryConfig` only."""
-    fields = set(DiscoveryConfig.__dataclass_fields__) - {"seed"}
+def overrides(items: list[str]) -> dict[str, int | float]:
+    """``--set FIELD=VALUE`` items as {field: number of the field's type}, numeric fields of
+    :class:`DiscoveryConfig` only (the seed is ``--seeds``)."""
+    kinds = {"int": int, "float": float}  # the fields' annotations, as strings
+    fields = {f.name: kinds[f.type] for f in dataclasses.fields(DiscoveryConfig) if f.type in kinds and f.name != "seed"}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set: expected FIELD=NUMBER with FIELD a stage-1 option ({', '.join(sorted(fields))}), "
-                             f"found {item!r}")
-        out[key] = float(value)
+        try:
+            out[key] = fields[key](value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"--set: expected FIELD=NUMBER with FIELD a numeric stage-1 option "
+                             f"({', '.join(sorted(fields))}), found {item!r}") from None
     return out
 
 

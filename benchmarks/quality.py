@@ -384,7 +384,6 @@ def recovar_env(env: dict[str, str], threads: int) -> dict[str, str]:
     return {**env, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
-
 def recovar_pipeline_cmd(exe: Path, particles: Path, poses: Path, ctf: Path, out: Path) -> list[str]:
     """``recovar pipeline`` as this benchmark runs it: spherical mask, zdim ``RECOVAR_ZDIM``, on the CPU."""
     return [str(exe), "pipeline", str(particles), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",

@@ -19,7 +19,9 @@ _SPEC.loader.exec_module(parts_seeds)
 
 def test_only_stage1_fields_can_be_changed():
     assert parts_seeds.overrides(["feature_tv=1e-4", "prior_weight=0.2"]) == {"feature_tv": 1e-4, "prior_weight": 0.2}
-    for bad in (["seed=3"], ["feature_tv"], ["no_such_field=1"]):
+    hidden = parts_seeds.overrides(["hidden=64"])["hidden"]
+    assert hidden == 64 and isinstance(hidden, int)  # an int field stays an int in the run's config
+    for bad in (["seed=3"], ["feature_tv"], ["no_such_field=1"], ["hidden=6.5"], ["mlp_form=lowrank"]):
         with pytest.raises(SystemExit, match="--set"):
             parts_seeds.overrides(bad)
 

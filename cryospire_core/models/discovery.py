@@ -71,7 +71,6 @@ class DiscoveryConfig(StageConfig):
     feature_tv: float = 0.0
 
 
-
 #: Each Gaussian's nearest neighbours (by seed centre) that the feature total variation compares it with.
 TV_NEIGHBOURS = 8
 
@@ -244,8 +243,10 @@ class PartDiscoveryModel(StageModel):
                    rank=cfg.rank, generator=rng)
         self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
         self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
-        # not saved: rebuilt from the seed centres, so older checkpoints load unchanged
-        self.register_buffer("tv_pairs", neighbour_pairs(centres), persistent=False)
+        # not saved: rebuilt from the seed centres, so older checkpoints load unchanged; built only
+        # when the penalty is on, so loading a model (the GUI does it often) does no neighbour search
+        pairs = neighbour_pairs(centres) if cfg.feature_tv > 0 else torch.zeros((0, 2), dtype=torch.int64)
+        self.register_buffer("tv_pairs", pairs, persistent=False)
 
     @classmethod
     def from_consensus(cls, gaussians: Mapping, n_particles: int, cfg: DiscoveryConfig,
