@@ -243,10 +243,11 @@ class PartDiscoveryModel(StageModel):
                    rank=cfg.rank, generator=rng)
         self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
         self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
-        # not saved: rebuilt from the seed centres, so older checkpoints load unchanged; built only
-        # when the penalty is on, so loading a model (the GUI does it often) does no neighbour search
-        pairs = neighbour_pairs(centres) if cfg.feature_tv > 0 else torch.zeros((0, 2), dtype=torch.int64)
-        self.register_buffer("tv_pairs", pairs, persistent=False)
+        if cfg.feature_tv > 0:
+            # Only with the penalty on: loading a model (the GUI does it often) needs no neighbour
+            # search, and a run without it has the module's usual buffers (DDP broadcasts them).
+            # Not saved: rebuilt from the seed centres, so checkpoints keep their keys.
+            self.register_buffer("tv_pairs", neighbour_pairs(centres), persistent=False)
 
     @classmethod
     def from_consensus(cls, gaussians: Mapping, n_particles: int, cfg: DiscoveryConfig,
