@@ -206,8 +206,23 @@ def dynamics_signature(
     N, G = gates.shape
     if shifts.shape != (N, G, 3):
         raise ValueError(f"shifts must be ({N}, {G}, 3) to match gates {gates.shape}, got {shifts.shape}")
-    w = np.abs(np.asarray(masses, dtype=np.float64)) + 1e-12
     profile = np.concatenate([shifts.transpose(1, 0, 2).reshape(G, 3 * N) / apix, gates.T * GATE_PX], axis=1)
+    return reduce_profile(profile, centres, masses, neighbours, components)
+
+
+def reduce_profile(
+    profile: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    neighbours: int = DYNAMICS_NEIGHBOURS,
+    components: int = DYNAMICS_COMPONENTS,
+) -> np.ndarray:
+    """(G, C) float32: per-Gaussian profiles (G, P) averaged, mass-weighted, over each Gaussian's
+    ``neighbours`` nearest (centres (G, 3) Å, masses (G,)), centred, and projected on their first
+    ``components`` principal axes (Euclidean distances between rows keep the profiles' units)."""
+    profile = np.asarray(profile, dtype=np.float64)
+    G = len(profile)
+    w = np.abs(np.asarray(masses, dtype=np.float64)) + 1e-12
     _, near = cKDTree(np.asarray(centres, np.float64)).query(centres, k=min(neighbours, G))
     near = near.reshape(G, -1)
     profile = np.einsum("gk,gkp->gp", w[near], profile[near]) / w[near].sum(1, keepdims=True)

@@ -222,13 +222,29 @@ def _stage1_outputs(run: RunFolder, n_particles: int, zdim: int) -> dict[str, np
     return out
 
 
-def _stage_parts(ctx: StageContext) -> str:
-    run, cfg, ps = ctx.run, ctx.cfg, ctx.particles
-    if run.stage_done("parts") or not ctx.dist.is_main:  # quick: rank 0 alone clusters
-        return "finished"
-    ctx.phase("parts: clustering the Gaussians into parts").step(0)
+@dataclass
+class Stage1Motion:
+    """What stage 1 decoded at its gate sample, the inputs of part discovery.
+
+    features: (G, F); centres: (G, 3) Å; masses: (G,) |amplitude x width^3|; sample: (S,) image
+    indices; shifts: (S, G, 3) Å and gates: (S, G) in [0, 1] at those images' latents; apix:
+    stage 1's pixel, Å.
+    """
+
+    features: np.ndarray
+    centres: np.ndarray
+    masses: np.ndarray
+    sample: np.ndarray
+    shifts: np.ndarray
+    gates: np.ndarray
+    apix: float
+
+
+def stage1_motion(run: RunFolder, n_particles: int, cfg: TrainConfig) -> Stage1Motion:
+    """The finished stage 1 of ``run`` decoded at its gate sample (InputError naming
+    RUN/discovery/outputs.npz when it does not match the model)."""
     model = run.model("discovery")
-    outputs = _stage1_outputs(run, len(ps), cfg.discovery.zdim)
+    outputs = _stage1_outputs(run, n_particles, cfg.discovery.zdim)
     with torch.no_grad():
         centres = model.base.centres.numpy()
         masses = (model.base.amplitudes * model.widths**3).abs().numpy()
@@ -238,11 +254,21 @@ def _stage_parts(ctx: StageContext) -> str:
         raise InputError(run.outputs_path, "gates_sample, features",
                          f"one column/row per stage-1 Gaussian ({len(centres)})",
                          f"shapes {gates.shape}, {outputs['features'].shape}")
-    apix = model.lattice.apix  # stage 1's pixel
+    return Stage1Motion(outputs["features"], centres, masses, outputs["gate_sample_index"], shifts, gates,
+                        model.lattice.apix)
+
+
+def _stage_parts(ctx: StageContext) -> str:
+    run, cfg, ps = ctx.run, ctx.cfg, ctx.particles
+    if run.stage_done("parts") or not ctx.dist.is_main:  # quick: rank 0 alone clusters
+        return "finished"
+    ctx.phase("parts: clustering the Gaussians into parts").step(0)
+    m = stage1_motion(run, len(ps), cfg)
 
     def cluster() -> PartClustering:  # an SVD and k-means: seconds that cannot ask should_stop themselves
-        dynamics = dynamics_signature(shifts, gates, centres, masses, apix) if cfg.parts_signal == "dynamics" else None
-        return discover_parts(outputs["features"], centres, masses, dynamics, gates.mean(0), cfg.parts_level1,
+        dynamics = (dynamics_signature(m.shifts, m.gates, m.centres, m.masses, m.apix)
+                    if cfg.parts_signal == "dynamics" else None)
+        return discover_parts(m.features, m.centres, m.masses, dynamics, m.gates.mean(0), cfg.parts_level1,
                               cfg.parts_level2, seed=cfg.seed)
 
     clustering = interruptible(cluster, ctx.stop)
