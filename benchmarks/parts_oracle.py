@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     lines = [f"# python benchmarks/parts_oracle.py {' '.join(sys.argv[1:] if argv is None else argv)}"]
     for name in args.sets:
-        lines += oracle(args.work / name, args.run)
-        print("\n".join(lines[-6:]), flush=True)
+        report = oracle(args.work / name, args.run)
+        print("\n".join(report), flush=True)
+        lines += report
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n".join(lines) + "\n\n")
