@@ -540,11 +540,13 @@ def _pairs(items: list[str], flag: str) -> dict[str, Path]:
 
 
 def not_run_pairs(tokens: list[str]) -> set[tuple[str, str]]:
-    """``PRESET:TOOL`` tokens (a row listed as not run) as {(preset, tool)}."""
+    """``PRESET:TOOL`` tokens (a row listed as not run) as {(preset, tool)}; TOOL is one of
+    TOOLS, or ``cryodrgn-ARCH`` for one cryoDRGN model only."""
+    names = [*TOOLS, *(f"cryodrgn-{arch}" for arch in ARCHS)]
     pairs = {tuple(t.split(":", 1)) for t in tokens}
-    bad = [t for t in tokens if ":" not in t or t.split(":", 1)[1] not in TOOLS]
+    bad = [t for t in tokens if ":" not in t or t.split(":", 1)[1] not in names]
     if bad:
-        raise SystemExit(f"--not-run: expected PRESET:TOOL (TOOL one of {', '.join(TOOLS)}), found {bad[0]!r}")
+        raise SystemExit(f"--not-run: expected PRESET:TOOL (TOOL one of {', '.join(names)}), found {bad[0]!r}")
     return pairs
 
 
@@ -593,7 +595,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="compute threads of every child program (default 1)")
     parser.add_argument("--not-run", nargs="+", default=[], metavar="PRESET:TOOL",
-                        help="list these rows as not run instead of running them (e.g. assembly:cryodrgn)")
+                        help="list these rows as not run instead of running them (e.g. assembly:cryodrgn, "
+                             "or assembly:cryodrgn-large for one model)")
     parser.add_argument("--carry", type=Path,
                         help="an earlier table's JSON: its measured rows are reused instead of run again")
     parser.add_argument("--note", action="append", default=[], help="a line added to the table's footer (repeatable)")
@@ -630,6 +633,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 budget = budget_seconds(args, ours)
                 for arch in args.cryodrgn_arch:
+                    if (preset, f"cryodrgn-{arch}") in skipped:
+                        rows.append({"preset": preset, "tool": f"cryoDRGN {arch}", "note": "not run"})
+                        continue
                     tag = f"cryodrgn_{arch}_b{budget:.0f}s"
                     rows.append(carried.get((preset, f"cryoDRGN {arch}")) or cryodrgn_side(
                         preset, data, args.work / preset / tag, arch, budget, args, env))

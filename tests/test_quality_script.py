@@ -114,9 +114,11 @@ def test_rows_and_table(gt_folder, tmp_path):
     assert cells[-3:] == ["R2", "0.800", "-"]
     assert lines[3].split()[-8:] == ["-"] * 5 + ["acc", "0.950", "0.900"]  # a reused run: nothing timed
     assert lines[4].split() == ["mixed", "cryodrgn"] + ["-"] * 12 + ["not", "run"]
-    assert quality.not_run_pairs(["mixed:cryodrgn"]) == {("mixed", "cryodrgn")}
-    with pytest.raises(SystemExit):
-        quality.not_run_pairs(["mixed:relion"])
+    assert quality.not_run_pairs(["mixed:cryodrgn", "hinge:cryodrgn-large"]) == {("mixed", "cryodrgn"),
+                                                                                ("hinge", "cryodrgn-large")}
+    for bad in ("mixed:relion", "mixed:cryodrgn-huge"):
+        with pytest.raises(SystemExit):
+            quality.not_run_pairs([bad])
     png = quality.plot_curves([measured, reused], "hinge", tmp_path / "q_hinge.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert quality.plot_curves([measured], "assembly", tmp_path / "q_assembly.png") is None
