@@ -6,6 +6,12 @@ auto-decoder, see :mod:`latents`). Two MLPs read [z_n, f_i]: one shifts the cent
 Widths never depend on z. Gaussians that move or vanish together end up with similar features,
 which is what the part clustering (parts.py) reads.
 
+With ``handles`` > 0 (our option, off by default) the shift MLP is replaced by
+:class:`SkinnedMotion`: H rigid motions per image, blended per Gaussian. On the realistic hinge
+sets the paper's MLP decodes about a third of the true domain motion (slope 0.25-0.30) and the
+blend about 0.65-0.8 (``benchmarks/parts_oracle.py``); the parts clustering does not use the
+handles yet, see the README's "Results on real molecules".
+
 Loss normalisation (our choice). The paper's loss is, per image, the SUM of squared errors over
 the D^2 pixels plus 0.1 |z_n|^2, for images normalised to unit variance. We compute the mean
 over pixels and images, divided by ``image_var`` (the variance of the observed pixels, so any
@@ -36,13 +42,14 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from cryospire_core.imaging.lattice import Lattice
-from cryospire_core.imaging.precision import to_float32
+from cryospire_core.imaging.precision import float32_region, to_float32
 from cryospire_core.imaging.render import rasterize
 from cryospire_core.io.mixture import mixture_lattice
 from cryospire_core.io.particles import ParticleSet
 from cryospire_core.models.consensus import GaussianMixture
 from cryospire_core.models.engine import Batch
 from cryospire_core.models.latents import LatentTable, MultiOptimizer, make_optimizer
+from cryospire_core.models.rigid import rotvec_to_rotation
 from cryospire_core.models.stage import Decoded, StageConfig, StageModel
 from cryospire_core.progress import StopCheck, check_stop
 
@@ -59,7 +66,9 @@ class DiscoveryConfig(StageConfig):
     codes/features; feature_tv, the weight of the features' total variation over neighbouring
     Gaussians (:func:`feature_total_variation`; 0: off). It is off by default because it did not
     hold up over stage-1 seeds: at 1e-4 it made the parts of a complex whose chains come and go
-    better and those of a two-domain hinge worse (``benchmarks/results/parts_seeds.txt``)."""
+    better and those of a two-domain hinge worse (``benchmarks/results/parts_seeds.txt``).
+    handles: 0, every Gaussian is displaced by the shift MLP (the paper's); H > 0, by a blend of
+    H rigid motions per image (:class:`SkinnedMotion`)."""
 
     n_gaussians: int = 2048
     hidden: int = 32
@@ -69,6 +78,7 @@ class DiscoveryConfig(StageConfig):
     latent_init_std: float = 0.1
     feature_init_std: float = 1.0
     feature_tv: float = 0.0
+    handles: int = 0
 
 
 #: Each Gaussian's nearest neighbours (by seed centre) that the feature total variation compares it with.
@@ -176,6 +186,61 @@ class PairMLP(nn.Module):
         return to_float32(out)  # under autocast the MLP runs in bf16/fp16; what follows in float32
 
 
+class SkinnedMotion(nn.Module):
+    """Per-image displacements as a blend of H rigid motions (linear-blend skinning).
+
+    Each image's latent z (B, zdim) gives, through an MLP, H rigid motions: a rotation vector
+    (radians) about a fixed pivot p_h (Å) and a translation (pixels). Gaussian i carries
+    learnable blend weights w_i = softmax(logits_i) over the handles and moves by
+    ``sum_h w_ih [(R_h - I)(c_i - p_h) + t_h]``. A rigid domain is then moved rigidly however
+    far it is from the hinge axis, with 6 H numbers per image instead of 3 G.
+
+    centres: (G, 3) Å rest centres; masses: (G,) weights of the k-means that places the H pivots;
+    the initial logits are -|c_i - p_h|^2 / (2 s^2) with s half the median distance between
+    neighbouring pivots, so each handle starts as a soft spatial patch. The MLP's last layer
+    starts at zero: every Gaussian starts at rest.
+    """
+
+    def __init__(self, centres: np.ndarray, masses: np.ndarray, zdim: int, handles: int, hidden: int, depth: int,
+                 apix: float, *, seed: int, generator: torch.Generator) -> None:
+        super().__init__()
+        c = np.asarray(centres, np.float64)
+        H = int(min(handles, len(c)))
+        pivots = KMeans(n_clusters=H, n_init=1, random_state=seed).fit(c, sample_weight=masses).cluster_centers_
+        spacing = np.median(cKDTree(pivots).query(pivots, k=2)[0][:, 1]) if H > 1 else 1.0
+        d2 = ((c[:, None, :] - pivots[None]) ** 2).sum(-1)
+        self.handles, self.apix = H, float(apix)
+        self.register_buffer("pivots", torch.as_tensor(pivots, dtype=torch.float32))
+        self.logits = nn.Parameter(torch.as_tensor(-d2 / (2 * (spacing / 2) ** 2), dtype=torch.float32))
+        layers: list[nn.Module] = [seeded_linear(zdim, hidden, generator), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [seeded_linear(hidden, hidden, generator), nn.ReLU()]
+        self.mlp = nn.Sequential(*layers, zero_linear(hidden, 6 * H))
+
+    def weights(self) -> torch.Tensor:
+        """(G, H) blend weights, rows summing to 1."""
+        return torch.softmax(self.logits, dim=1)
+
+    def motions(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents z (B, zdim) -> each handle's (rotvec (B, H, 3) radians about its pivot,
+        translation (B, H, 3) Å)."""
+        out = to_float32(self.mlp(z)).view(len(z), self.handles, 6)
+        return out[..., :3], out[..., 3:] * self.apix
+
+    def forward(self, z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Latents z (B, zdim), rest centres (G, 3) Å -> displacements (B, G, 3) Å."""
+        rotvec, trans = self.motions(z)
+        with float32_region(z.device.type):  # rigid motions of Å-scale coordinates: float32 under autocast
+            # Handle h moves x to x + A_h x + b_h with A_h = R_h - I, b_h = t_h - A_h p_h; blending
+            # the 12 numbers (A_h, b_h) first is one (G, H) x (H, 12 B) product, instead of moving
+            # every Gaussian by every handle (B x H x G x 3, ~6x slower at G = 1,600, H = 24).
+            A = rotvec_to_rotation(rotvec) - torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)  # (B, H, 3, 3)
+            b = trans - torch.einsum("bhij,hj->bhi", A, self.pivots)
+            affine = torch.cat([A.flatten(2), b], 2)  # (B, H, 12)
+            blended = torch.einsum("gh,bhk->bgk", self.weights(), affine)  # (B, G, 12)
+            return torch.einsum("bgij,gj->bgi", blended[..., :9].unflatten(2, (3, 3)), centres) + blended[..., 9:]
+
+
 def coarsen(centres: np.ndarray, widths: np.ndarray, amplitudes: np.ndarray, n: int, seed: int = 0):
     """Reduce a mixture to at most ``n`` Gaussians: (centres (n, 3) Å, widths (n,) Å, amplitudes (n,)).
 
@@ -241,7 +306,12 @@ class PartDiscoveryModel(StageModel):
         self.latents = LatentTable(n_particles, cfg.zdim, cfg.latent_init_std, generator=rng)
         mlp = dict(zdim=cfg.zdim, fdim=cfg.feature_dim, hidden=cfg.hidden, depth=cfg.depth, form=cfg.mlp_form,
                    rank=cfg.rank, generator=rng)
-        self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
+        if cfg.handles > 0:
+            masses = np.abs(np.asarray(amplitudes, np.float64) * np.asarray(widths, np.float64) ** 3)
+            self.skinned = SkinnedMotion(centres, masses, cfg.zdim, cfg.handles, cfg.hidden, cfg.depth, lattice.apix,
+                                         seed=cfg.seed, generator=rng)
+        else:
+            self.shift_mlp = PairMLP(out=3, **mlp)  # pixels
         self.gate_mlp = PairMLP(out=1, out_bias=cfg.gate_bias, **mlp)
         if cfg.feature_tv > 0:
             # Only with the penalty on: loading a model (the GUI does it often) needs no neighbour
@@ -272,6 +342,8 @@ class PartDiscoveryModel(StageModel):
 
     def shifts(self, z: torch.Tensor) -> torch.Tensor:
         """(B, G, 3) Å centre displacements for latents z (B, zdim)."""
+        if self.cfg.handles > 0:
+            return self.skinned(z, self.base.centres)
         return self.shift_mlp(z, self.feature) * self.lattice.apix
 
     def gates(self, z: torch.Tensor) -> torch.Tensor:
@@ -325,11 +397,13 @@ class PartDiscoveryModel(StageModel):
         """Adam over the mixture, features and MLPs; SparseAdam over the latents."""
         cfg = self.cfg
         amp_scale = float(self.base.amplitudes.detach().abs().mean()) or 1.0
-        mlps = [p for mod in (self.shift_mlp, self.gate_mlp) for p in mod.parameters()]
+        motion = self.skinned.mlp if cfg.handles > 0 else self.shift_mlp
+        mlps = [p for mod in (motion, self.gate_mlp) for p in mod.parameters()]
+        per_gaussian = [self.feature, self.skinned.logits] if cfg.handles > 0 else [self.feature]
         groups = [
             {"params": [self.base.centres_px, self.base.width_raw], "lr": cfg.lr_gaussians},
             {"params": [self.base.amplitudes], "lr": cfg.lr_gaussians * amp_scale},
-            {"params": [self.feature], "lr": cfg.lr_features},
+            {"params": per_gaussian, "lr": cfg.lr_features},
             {"params": mlps, "lr": cfg.lr_mlp},
         ]
         return make_optimizer(groups, self.latents, cfg.lr_latent)

@@ -227,14 +227,15 @@ class Stage1Motion:
     """What stage 1 decoded at its gate sample, the inputs of part discovery.
 
     features: (G, F); centres: (G, 3) Å; masses: (G,) |amplitude x width^3|; sample: (S,) image
-    indices; shifts: (S, G, 3) Å and gates: (S, G) in [0, 1] at those images' latents; apix:
-    stage 1's pixel, Å.
+    indices; latents: (S, zdim) theirs; shifts: (S, G, 3) Å and gates: (S, G) in [0, 1] at those
+    latents; apix: stage 1's pixel, Å.
     """
 
     features: np.ndarray
     centres: np.ndarray
     masses: np.ndarray
     sample: np.ndarray
+    latents: np.ndarray
     shifts: np.ndarray
     gates: np.ndarray
     apix: float
@@ -248,13 +249,14 @@ def stage1_motion(run: RunFolder, n_particles: int, cfg: TrainConfig) -> Stage1M
     with torch.no_grad():
         centres = model.base.centres.numpy()
         masses = (model.base.amplitudes * model.widths**3).abs().numpy()
-        shifts = model.shifts(torch.as_tensor(outputs["latents"][outputs["gate_sample_index"]])).numpy()
+        latents = outputs["latents"][outputs["gate_sample_index"]]
+        shifts = model.shifts(torch.as_tensor(latents)).numpy()
     gates = outputs["gates_sample"]  # the same model at the same latents, computed after stage 1
     if gates.shape[1] != len(centres) or outputs["features"].shape[0] != len(centres):
         raise InputError(run.outputs_path, "gates_sample, features",
                          f"one column/row per stage-1 Gaussian ({len(centres)})",
                          f"shapes {gates.shape}, {outputs['features'].shape}")
-    return Stage1Motion(outputs["features"], centres, masses, outputs["gate_sample_index"], shifts, gates,
+    return Stage1Motion(outputs["features"], centres, masses, outputs["gate_sample_index"], latents, shifts, gates,
                         model.lattice.apix)
 
 

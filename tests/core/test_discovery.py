@@ -6,16 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 from sklearn.cluster import KMeans
 
 from cryospire_core.imaging.ctf import make_ctf_params
 from cryospire_core.imaging.geometry import random_rotations
 from cryospire_core.imaging.lattice import Lattice
+from cryospire_core.imaging.precision import autocast
 from cryospire_core.imaging.render import project, rasterize
 from cryospire_core.models.discovery import (
     DiscoveryConfig,
     PairMLP,
     PartDiscoveryModel,
+    SkinnedMotion,
     coarsen,
     feature_total_variation,
     image_variance,
@@ -52,10 +55,10 @@ def seed_images(g: dict, batch: Batch) -> torch.Tensor:
     return project(t("centres"), t("widths"), t("amplitudes"), batch.rotations, batch.shifts, LATTICE, ctf=batch.ctf)
 
 
-@pytest.mark.parametrize("form", ["dense", "lowrank"])
-def test_initial_model_reproduces_its_seed_for_any_latent(form):
+@pytest.mark.parametrize(("form", "handles"), [("dense", 0), ("lowrank", 0), ("dense", 4)])
+def test_initial_model_reproduces_its_seed_for_any_latent(form, handles):
     g = tiny_mixture()
-    model = PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100, mlp_form=form))
+    model = PartDiscoveryModel.from_consensus(g, 20, DiscoveryConfig(n_gaussians=100, mlp_form=form, handles=handles))
     batch = random_batch(np.arange(6))
     want = seed_images(g, batch)
     scale = want.abs().max()
@@ -113,10 +116,10 @@ def test_initialisation_depends_on_the_seed_alone():
     assert 0.05 < float(a.latents.numpy().std()) < 0.2
 
 
-@pytest.mark.parametrize("form", ["dense", "lowrank"])
-def test_gradients_reach_latents_features_and_mlps(form):
+@pytest.mark.parametrize(("form", "handles"), [("dense", 0), ("lowrank", 0), ("dense", 4)])
+def test_gradients_reach_latents_features_and_mlps(form, handles):
     g = tiny_mixture()
-    model = PartDiscoveryModel.from_consensus(g, 40, DiscoveryConfig(mlp_form=form))
+    model = PartDiscoveryModel.from_consensus(g, 40, DiscoveryConfig(mlp_form=form, handles=handles))
     opt = model.make_optimizer()
     before = model.latents.numpy()
     batch = random_batch(np.arange(10, 18))
@@ -129,6 +132,31 @@ def test_gradients_reach_latents_features_and_mlps(form):
     moved = np.flatnonzero(np.abs(model.latents.numpy() - before).max(1) > 0)
     assert moved.tolist() == list(range(10, 18))
     assert_every_parameter_gets_gradient(model, opt, batch)
+
+
+def test_skinned_motion_moves_each_handle_rigidly_and_blends_between():
+    rng = np.random.default_rng(2)
+    centres = np.concatenate([rng.normal(size=(40, 3)) * 5 + [-30, 0, 0], rng.normal(size=(40, 3)) * 5 + [30, 0, 0]])
+    motion = SkinnedMotion(centres, np.ones(80), zdim=4, handles=2, hidden=8, depth=1, apix=2.0, seed=0,
+                           generator=torch.Generator().manual_seed(0))
+    pivots = motion.pivots.numpy().astype(np.float64)
+    near = np.argmin(((centres[:, None] - pivots[None]) ** 2).sum(-1), 1)
+    assert sorted(np.bincount(near)) == [40, 40]  # k-means put one pivot on each blob
+    assert motion.weights().detach().numpy()[np.arange(80), near].min() > 0.5  # soft patches around the pivots
+    c = torch.as_tensor(centres, dtype=torch.float32)
+    assert motion(torch.randn(3, 4), c).abs().max() == 0  # starts at rest
+    rotvec, trans_px = np.array([0.0, 0.0, 0.3]), np.array([1.0, -2.0, 0.5])
+    with torch.no_grad():
+        motion.mlp[-1].bias[:6] = torch.as_tensor(np.concatenate([rotvec, trans_px]), dtype=torch.float32)
+        motion.logits.copy_(torch.as_tensor(np.where(np.eye(2)[near] > 0, 0.0, -50.0)))
+    got = motion(torch.randn(2, 4), c).detach().numpy()
+    moving = near == 0
+    want = (Rotation.from_rotvec(rotvec).as_matrix() - np.eye(3)) @ (centres[moving] - pivots[0]).T
+    np.testing.assert_allclose(got[:, moving], np.broadcast_to(want.T + trans_px * 2.0, got[:, moving].shape), atol=1e-4)
+    assert np.abs(got[:, ~moving]).max() < 1e-6
+    with torch.no_grad():
+        motion.logits.zero_()  # every Gaussian half on each handle: half the motion
+    np.testing.assert_allclose(motion(torch.randn(1, 4), c).detach().numpy()[0, moving], 0.5 * (want.T + trans_px * 2.0), atol=1e-4)
 
 
 def test_neighbour_pairs_link_each_gaussian_to_its_nearest_others_once():
@@ -212,3 +240,17 @@ def test_improved_map_seeds_parts_the_representative_conformation_lacks():
         want = rasterize(torch.as_tensor(g["centres"]), torch.as_tensor(g["widths"]),
                          torch.as_tensor(g["amplitudes"]) / torch.sigmoid(torch.tensor(3.0)), LATTICE)
     torch.testing.assert_close(got, want, atol=1e-4 * float(want.abs().max()), rtol=0)
+
+
+def test_skinned_motion_blends_in_float32_under_autocast():
+    centres = np.random.default_rng(0).normal(size=(100, 3)) * 30
+    motion = SkinnedMotion(centres, np.ones(100), zdim=4, handles=4, hidden=16, depth=1, apix=2.0, seed=0,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        motion.mlp[-1].bias.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        c, z = torch.as_tensor(centres, dtype=torch.float32), torch.randn(3, 4)
+        ref = motion(z, c)
+        with autocast(torch.device("cpu"), "bf16"):
+            low = motion(z, c)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 1e-2 * ref.abs().max()  # only the MLP ran in bf16

@@ -10,11 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from cryospire_core.models.discovery import DiscoveryConfig, PartDiscoveryModel
 from cryospire_core.models.engine import LoopConfig, run_loop
-from cryospire_core.models.hierarchical import (
-    HierarchicalConfig,
-    PartAwareModel,
-    rotvec_to_rotation,
-)
+from cryospire_core.models.hierarchical import HierarchicalConfig, PartAwareModel
+from cryospire_core.models.rigid import rotvec_to_rotation
 from cryospire_core.models.stage import StageModel
 
 from .model_checks import assert_every_parameter_gets_gradient, assert_resume_is_exact
