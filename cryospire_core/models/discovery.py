@@ -9,7 +9,7 @@ which is what the part clustering (parts.py) reads.
 With ``handles`` > 0 (our option, off by default) the shift MLP is replaced by
 :class:`SkinnedMotion`: H rigid motions per image, blended per Gaussian. On the realistic hinge
 sets the paper's MLP decodes about a third of the true domain motion (slope 0.25-0.30) and the
-blend about 0.65-0.8 (``benchmarks/parts_oracle.py``); the parts clustering does not use the
+blend 0.63-0.86 (``benchmarks/parts_oracle.py``, three seeds); the parts clustering does not use the
 handles yet, see the README's "Results on real molecules".
 
 Loss normalisation (our choice). The paper's loss is, per image, the SUM of squared errors over
