@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import publish  # noqa: E402
+
 CRYOSPIRE = [sys.executable, "-m", "cryospire_core.cli.main"]
 
 
@@ -143,11 +146,7 @@ def main() -> int:
         *(f"{q['stage']:<12}  {q['epoch']:>5}  {q['wall'] / 60:8.1f}  {q['mean']:8.4f}  {q['median']:10.4f}"
           for q in ledger.data["points"]),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n\n")
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -17,6 +17,9 @@ decoded motion at its gate sample with the truth and clusters both:
    and a ``twist`` profile: per image, the rigid motion (rotation and the translation it implies at
    the molecule's centre) that best fits the displacements of each Gaussian's ``TWIST_NEIGHBOURS``
    nearest, which is the same for every Gaussian of a rigid body however far it is from the axis.
+   Each is also reported after the rigid reassignment the product's parts end with
+   (:func:`~cryospire_core.models.parts.rigid_reassign`), and for a skinned stage 1 the
+   handles' own twist (:func:`skinned_twist_signature`).
 
 Example::
 
@@ -44,8 +47,6 @@ from cryospire_core.pipeline.train import stage1_motion
 TWIST_NEIGHBOURS = 32
 #: Neighbour counts the skinned-twist signature is averaged over (1: each Gaussian's own blend).
 SKINNED_NEIGHBOURS = (1, 4, 16)
-#: Neighbours whose reassignment costs a Gaussian averages (chosen on cftr-hinge2, tune: 4 and 8 tie).
-REASSIGN_NEIGHBOURS = 8
 #: Images whose local rigid motions are fitted at once (bounds the (images, G, neighbours, 3) array).
 TWIST_CHUNK = 64
 
@@ -60,6 +61,12 @@ def true_motion(beads: dict[str, np.ndarray], states: np.ndarray, centres: np.nd
     _, nearest = cKDTree(mean).query(np.asarray(centres, np.float64))
     shifts = beads["centres"][states][:, nearest] - mean[nearest][None]
     return shifts.astype(np.float64), beads["presence"][states][:, nearest].astype(np.float64)
+
+
+def centre_and_rg(centres: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """The weighted centre (3,) Å and radius of gyration (Å) of centres (G, 3) Å."""
+    centre = np.average(centres, axis=0, weights=weights)
+    return centre, float(np.sqrt(np.average(((centres - centre) ** 2).sum(1), weights=weights)))
 
 
 def twist_signature(shifts: np.ndarray, gates: np.ndarray, centres: np.ndarray, masses: np.ndarray,
@@ -81,18 +88,11 @@ def twist_signature(shifts: np.ndarray, gates: np.ndarray, centres: np.ndarray, 
     near = near.reshape(G, -1)
     wn = w[near] / w[near].sum(1, keepdims=True)
     local = np.einsum("gk,gkc->gc", wn, c[near])
-    r = c[near] - local[:, None]
-    inertia = np.einsum("gk,gk->g", wn, (r**2).sum(-1))[:, None, None] * np.eye(3) - np.einsum("gk,gki,gkj->gij", wn, r, r)
-    # A small ridge for neighbourhoods that are nearly a line (the rotation about it is not seen).
-    inertia += 0.05 * np.trace(inertia, axis1=1, axis2=2)[:, None, None] / 3 * np.eye(3)
-    inverse = np.linalg.inv(inertia)
-    centre = np.average(c, axis=0, weights=w)
-    rg = np.sqrt(np.average(((c - centre) ** 2).sum(1), weights=w))
+    centre, rg = centre_and_rg(c, w)
     omega, move = np.empty((S, G, 3)), np.empty((S, G, 3))
     for s in range(0, S, TWIST_CHUNK):
-        d = np.asarray(shifts[s:s + TWIST_CHUNK], np.float64)[:, near]  # (n, G, k, 3)
-        v = np.einsum("gk,ngkc->ngc", wn, d)
-        omega[s:s + TWIST_CHUNK] = np.einsum("gij,ngj->ngi", inverse, np.einsum("gk,ngkc->ngc", wn, np.cross(r[None], d)))
+        v, omega[s:s + TWIST_CHUNK] = parts.fit_rigid(np.asarray(shifts[s:s + TWIST_CHUNK], np.float64)[:, near],
+                                                      c[near] - local[:, None], wn, 0.05)
         move[s:s + TWIST_CHUNK] = v - np.cross(omega[s:s + TWIST_CHUNK], (local - centre)[None])
     profile = np.concatenate([omega.transpose(1, 0, 2).reshape(G, -1) * rg / apix,
                               move.transpose(1, 0, 2).reshape(G, -1) / apix,
@@ -109,8 +109,7 @@ def skinned_twist_signature(model, latents: np.ndarray, gates: np.ndarray, centr
     averaged over ``neighbours`` and reduced as the dynamics signature is."""
     c = np.asarray(centres, np.float64)
     w = np.abs(np.asarray(masses, np.float64)) + 1e-12
-    centre = np.average(c, axis=0, weights=w)
-    rg = np.sqrt(np.average(((c - centre) ** 2).sum(1), weights=w))
+    centre, rg = centre_and_rg(c, w)
     with torch.no_grad():
         rotvec, trans = (t.double().numpy() for t in model.skinned.motions(torch.as_tensor(latents)))
         blend = model.skinned.weights().double().numpy()  # (G, H)
@@ -120,51 +119,6 @@ def skinned_twist_signature(model, latents: np.ndarray, gates: np.ndarray, centr
                              move.transpose(1, 0, 2).reshape(len(pivots), -1) / apix], axis=1)
     profile = np.concatenate([blend @ handle, np.asarray(gates, np.float64).T * parts.GATE_PX], axis=1)
     return parts.reduce_profile(profile, c, w, neighbours)
-
-
-def rigid_prediction(shifts: np.ndarray, centres: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """(S, G, 3) Å: the displacement of every Gaussian under the rigid motion (v + ω × (x − x̄),
-    linearised) fitted per image to the displacements (S, G, 3) Å of ``members`` (weights (G,))."""
-    wi = weights[members] / weights[members].sum()
-    local = wi @ centres[members]
-    r = centres[members] - local
-    inertia = (wi * (r**2).sum(1)).sum() * np.eye(3) - np.einsum("k,ki,kj->ij", wi, r, r)
-    inertia += (1e-3 * np.trace(inertia) / 3 + 1.0) * np.eye(3)  # + 1 Å^2: a part of one Gaussian translates
-    d = shifts[:, members]
-    v = np.einsum("k,skc->sc", wi, d)
-    omega = np.einsum("ij,sj->si", np.linalg.inv(inertia), np.einsum("k,skc->sc", wi, np.cross(r[None], d)))
-    return v[:, None, :] + np.cross(omega[:, None, :], (centres - local)[None])
-
-
-def rigid_reassign(shifts: np.ndarray, gates: np.ndarray, centres: np.ndarray, masses: np.ndarray, apix: float,
-                   labels: np.ndarray, neighbours: int = REASSIGN_NEIGHBOURS, iterations: int = 10) -> np.ndarray:
-    """(G,) part labels refined by motion segmentation: each part's rigid motion is fitted per
-    image (:func:`rigid_prediction`) and each Gaussian moves to the part whose motion and
-    presence explain it best (squared residual in pixels, plus the gate's difference from the
-    part's mean gate × GATE_PX, summed over images, averaged over its ``neighbours`` nearest);
-    repeated until nothing changes. shifts (S, G, 3) Å (the mean shift of each image removed
-    first); gates (S, G); labels (G,) the starting parts; returns labels 0..K'-1."""
-    c = np.asarray(centres, np.float64)
-    w = np.abs(np.asarray(masses, np.float64)) + 1e-12
-    gates = np.asarray(gates, np.float64)
-    shifts = np.asarray(shifts, np.float64)
-    shifts = shifts - np.average(shifts, axis=1, weights=w)[:, None]
-    _, near = cKDTree(c).query(c, k=min(neighbours, len(c)))
-    near = near.reshape(len(c), -1)
-    labels = np.asarray(labels).copy()
-    for _ in range(iterations):
-        ks = np.unique(labels)
-        cost = []
-        for k in ks:
-            members = np.flatnonzero(labels == k)
-            motion = ((rigid_prediction(shifts, c, w, members) - shifts) ** 2).sum((0, 2)) / apix**2
-            presence = gates[:, members] @ (w[members] / w[members].sum())  # (S,)
-            cost.append(motion + parts.GATE_PX**2 * ((gates - presence[:, None]) ** 2).sum(0))
-        new = ks[np.argmin(np.stack(cost, 1)[near].mean(1), axis=1)]
-        if np.array_equal(new, labels):
-            break
-        labels = new
-    return np.unique(labels, return_inverse=True)[1]  # 0..K-1 again if a part emptied
 
 
 def fidelity(true: np.ndarray, decoded: np.ndarray, groups: np.ndarray, centres: np.ndarray,
@@ -207,14 +161,18 @@ def oracle(folder: Path, run_name: str) -> list[str]:
         lines.append(f"  fidelity {label:>12}: " + "; ".join(
             f"{n} rms {a:.2f}/{b:.2f} Å slope {s:.2f} corr {c:.2f}" for n, (a, b, s, c) in zip(names, rows)))
 
+    def scored(signature: np.ndarray, gates: np.ndarray, shifts: np.ndarray | None = None):
+        """The parts from ``signature`` (and, given the shifts (S, G, 3) Å, rigidly reassigned), scored."""
+        clustering = parts.discover_parts(motion.features, motion.centres, motion.masses, signature, gates.mean(0),
+                                          motion=None if shifts is None else shifts / motion.apix,
+                                          gates=None if shifts is None else gates)
+        return part_scores(clustering, scored_beads)
+
     def split_ari(shifts, gates, kind) -> str:
         make = parts.dynamics_signature if kind == "displacement" else twist_signature
         signature = make(shifts, gates, motion.centres, motion.masses, motion.apix)
-        clustering = parts.discover_parts(motion.features, motion.centres, motion.masses, signature, gates.mean(0))
-        scores = part_scores(clustering, scored_beads)
-        labels = rigid_reassign(shifts, gates, motion.centres, motion.masses, motion.apix, clustering.part_index)
-        refined = part_scores(parts.with_part_index(clustering, labels), scored_beads)
-        return f"{scores.split_ari:.3f} ({scores.n_parts} parts; reassigned {refined.split_ari:.3f})"
+        plain, refined = scored(signature, gates), scored(signature, gates, shifts)
+        return f"{plain.split_ari:.3f} ({plain.n_parts} parts; reassigned {refined.split_ari:.3f})"
 
     saved = part_scores(run.clustering(), scored_beads)
     lines.append(f"  split ARI  run's parts {saved.split_ari:.3f} ({saved.n_parts} parts)")
@@ -223,15 +181,10 @@ def oracle(folder: Path, run_name: str) -> list[str]:
                      f"true {split_ari(true, presence, kind)}")
     model = run.model("discovery")
     if model.cfg.handles > 0:
-        scores = []
-        for k in SKINNED_NEIGHBOURS:
-            signature = skinned_twist_signature(model, motion.latents, motion.gates, motion.centres, motion.masses,
-                                                motion.apix, k)
-            clustering = parts.discover_parts(motion.features, motion.centres, motion.masses, signature,
-                                              motion.gates.mean(0))
-            s = part_scores(clustering, scored_beads)
-            scores.append(f"{k} nbr {s.split_ari:.3f} ({s.n_parts} parts)")
-        lines.append(f"  split ARI  skinned twist ({model.cfg.handles} handles): " + ", ".join(scores))
+        found = [scored(skinned_twist_signature(model, motion.latents, motion.gates, motion.centres, motion.masses,
+                                                motion.apix, k), motion.gates) for k in SKINNED_NEIGHBOURS]
+        lines.append(f"  split ARI  skinned twist ({model.cfg.handles} handles): " + ", ".join(
+            f"{k} nbr {s.split_ari:.3f} ({s.n_parts} parts)" for k, s in zip(SKINNED_NEIGHBOURS, found)))
     return lines
 
 

@@ -31,6 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import publish  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SETS = HERE / "realistic" / "sets.json"
 STRUCTURES = HERE / "structures"
@@ -158,10 +161,7 @@ def main() -> int:
                       # the parts vary with the thread count (floating-point order), so it is recorded
                       f"# {os.cpu_count()} CPUs, {args.threads} thread(s) per training, "
                       f"load average {os.getloadavg()[0]:.2f}", table(rows)])
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n\n")
+    publish(text, args.out)
     return 0
 
 

@@ -130,6 +130,8 @@ class Numbers(Range):
 
 COUNT = Whole(1)
 """Epochs, batch sizes, Gaussian counts, candidates, maps: at least one."""
+HANDLES = Whole(0)
+"""Stage 1's rigid handles (0: none, the paper's per-Gaussian shift MLP)."""
 SEED = Whole(0, 2**32 - 1)
 """Random seeds: what numpy, torch and scikit-learn all accept."""
 MINUTES = Real(0)
@@ -155,7 +157,8 @@ FIELD_RANGES: dict[str, Range] = {
     "map_fit_steps": Whole(0), "init_width_px": Real(0, lo_open=True), "min_width_px": Real(0, lo_open=True),
     "zdim": COUNT, "feature_dim": COUNT, "hidden": COUNT, "depth": COUNT, "rank": COUNT,
     "prior_weight": Real(0), "offset_weight": Real(0), "image_var": Real(0, lo_open=True), "gate_bias": Real(),
-    "latent_init_std": Real(0), "feature_init_std": Real(0), "feature_tv": Real(0), "handles": Whole(0), "gate_sample": COUNT, "n_particles": COUNT,
+    "latent_init_std": Real(0), "feature_init_std": Real(0), "feature_tv": Real(0), "handles": HANDLES,
+    "gate_sample": COUNT, "n_particles": COUNT,
     "parts_level1": OrAuto(COUNT), "parts_level2": OrAuto(COUNT), "box": BOX, "window_radius": WINDOW_RADIUS,
 }
 """The range of each numeric field of a run's config: by ``section.field`` where one section

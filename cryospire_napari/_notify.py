@@ -47,6 +47,7 @@ GUI_WORDS: tuple[tuple[str, str], ...] = tuple((re.compile(_OPTION.format(option
     (r"--box-2", "the stage-2 box"),
     (r"--gaussians-1", "the stage-1 Gaussian count"),
     (r"--gaussians-2", "the stage-2 Gaussian count"),
+    (r"--handles-1", "the stage-1 handle count"),
     (r"--parts-level2", "the level-2 part count"),
     (r"--parts", "the part count"),
     (r"--select", "the particle selection"),

@@ -1,8 +1,7 @@
 """benchmarks/parts_oracle.py's pieces on arrays made here: the true motion of Gaussians from a
 simulation's beads, the fidelity numbers, the twist signature finding a rigid domain whose
 Gaussians near the hinge hardly move (where the displacement signature cuts the domain by
-how far each Gaussian moves), the same read from a skinned stage 1's handles, and the rigid
-reassignment of misplaced Gaussians."""
+how far each Gaussian moves), and the same read from a skinned stage 1's handles."""
 
 from __future__ import annotations
 
@@ -79,27 +78,6 @@ def test_twist_signature_keeps_a_swinging_arm_whole():
     displacement = ari(dynamics_signature(shifts, gates, centres, masses, apix=2.0))
     assert twist > 0.9
     assert displacement < twist - 0.2  # the arm's Gaussians near the hinge look static
-
-
-def test_rigid_reassignment_moves_a_misplaced_slab_of_the_arm_back():
-    centres, shifts, domain = hinged_pair()
-    masses, gates = np.ones(len(centres)), np.ones(shifts.shape[:2])
-    start = domain.copy()
-    start[(domain == 1) & (centres[:, 0] > 25)] = 0  # the arm's far end given to the core
-    start[(domain == 0) & (centres[:, 0] < -25)] = 1  # and a slab of the core to the arm
-    labels = parts_oracle.rigid_reassign(shifts, gates, centres, masses, 2.0, start)
-    assert adjusted_rand(start, domain) < 0.6
-    assert adjusted_rand(labels, domain) > 0.9  # only Gaussians at the hinge, which hardly move, stay ambiguous
-
-
-def test_rigid_reassignment_keeps_parts_that_differ_by_presence_alone():
-    centres, _, domain = hinged_pair()
-    masses = np.ones(len(centres))
-    shifts = np.zeros((40, len(centres), 3))  # nothing moves; the arm comes and goes
-    gates = np.ones((40, len(centres)))
-    gates[::2, domain == 1] = 0.0
-    labels = parts_oracle.rigid_reassign(shifts, gates, centres, masses, 2.0, domain)
-    assert adjusted_rand(labels, domain) > 0.95  # the neighbour averaging may move a few at the interface
 
 
 def test_skinned_twist_signature_reads_the_handles_motions():

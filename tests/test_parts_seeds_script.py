@@ -54,3 +54,13 @@ def test_finished_runs_are_scored_per_seed(tmp_path, capsys):
     assert float(row[1]) == pytest.approx(1.0) and float(row[2]) < 0.2
     assert float(row[4]) == float(row[2]) and float(row[5]) == 1.0  # min, max
     assert "(reused)" in capsys.readouterr().out
+    # --parts-refine rigid scores the re-clustered copies (here seed 0's copy holds the wrong parts)
+    refined = folder / "seeds" / "default-rigid-s0" / "run" / "parts"
+    refined.mkdir(parents=True)
+    discover_parts(np.eye(80, 4, dtype=np.float32), centres, np.ones(80), dynamics=np.eye(2)[wrong].astype(np.float32),
+                   n_level1=2, n_level2=None).to_npz(refined / "clustering.npz")
+    assert parts_seeds.main(["--work", str(tmp_path), "--sets", "blobs", "--seeds", "0", "--parts-refine", "rigid",
+                             "--out", str(out)]) == 0
+    assert "parts refinement: rigid" in out.read_text()
+    last = [line for line in out.read_text().splitlines() if line.startswith("blobs")][-1]
+    assert float(last.split()[1]) < 0.2

@@ -27,12 +27,20 @@ from cryospire_core.imaging.precision import PRECISIONS
 from cryospire_core.imaging.window import DEFAULT_WINDOW_RADIUS
 from cryospire_core.models.distributed import Distributed, from_environment, shutdown
 from cryospire_core.models.parts import PartClustering
-from cryospire_core.pipeline.config import PART_SIGNALS, STAGES
+from cryospire_core.pipeline.config import PART_REFINES, PART_SIGNALS, STAGES
 from cryospire_core.pipeline.preprocess import NORMALIZE_CHOICES
 from cryospire_core.pipeline.profiles import DEFAULT_PROFILE, profile_names
 from cryospire_core.pipeline.threads import ThreadBudget
 from cryospire_core.progress import TerminalProgress
-from cryospire_core.ranges import BOX, COUNT, MINUTES, SEED, WINDOW_RADIUS, OrAuto
+from cryospire_core.ranges import (
+    BOX,
+    COUNT,
+    HANDLES,
+    MINUTES,
+    SEED,
+    WINDOW_RADIUS,
+    OrAuto,
+)
 from cryospire_core.services.training import TrainOptions, TrainRequest, training_run
 
 PART_COUNT = OrAuto(COUNT)
@@ -49,6 +57,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts-signal", choices=PART_SIGNALS,
                         help="what level 1 clusters: dynamics (each Gaussian's decoded motion and presence; "
                              "default) or features (the learned features, as in the paper)")
+    parser.add_argument("--parts-refine", choices=PART_REFINES,
+                        help="after both levels: none (default) or rigid (each Gaussian goes to the part whose rigid "
+                             "motion and presence explain its own best; for a stage 1 with rigid handles)")
     parser.add_argument("--select", help="particles stage 2 keeps: 0-based indices (.npy/.txt) or a .star/.cs subset "
                                          "of PARTICLES (drop junk after looking at stage 1; with --resume it applies "
                                          "when stage 2 has not started)")
@@ -63,6 +74,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="override the profile's stage-2 epochs (with --resume: more epochs continue a finished "
                              "stage 2)")
     parser.add_argument("--gaussians-1", type=COUNT, help="override the profile's stage-1 Gaussian count")
+    parser.add_argument("--handles-1", type=HANDLES,
+                        help="stage 1 moves Gaussians by a blend of this many rigid handles instead of the paper's "
+                             "per-Gaussian shift MLP (default 0: the shift MLP); with --parts-refine rigid")
     parser.add_argument("--gaussians-2", type=COUNT, help="override the profile's stage-2 Gaussian count")
     for option, which in (("--box-consensus", "the consensus"), ("--box-1", "stage 1"), ("--box-2", "stage 2")):
         parser.add_argument(option, type=BOX, help=f"the box (px) {which} sees the images at, Fourier-cropped as "

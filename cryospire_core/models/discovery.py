@@ -9,8 +9,10 @@ which is what the part clustering (parts.py) reads.
 With ``handles`` > 0 (our option, off by default) the shift MLP is replaced by
 :class:`SkinnedMotion`: H rigid motions per image, blended per Gaussian. On the realistic hinge
 sets the paper's MLP decodes about a third of the true domain motion (slope 0.25-0.30) and the
-blend 0.63-0.86 (``benchmarks/parts_oracle.py``, three seeds); the parts clustering does not use the
-handles yet, see the README's "Results on real molecules".
+blend 0.63-0.86 (``benchmarks/parts_oracle.py``, three seeds). What turns that into better parts is
+the rigid reassignment (``--parts-refine rigid``, :func:`~cryospire_core.models.parts.rigid_reassign`);
+both are off by default because together they break the ``hinge`` preset (see parts.py and the
+README's "Results on real molecules").
 
 Loss normalisation (our choice). The paper's loss is, per image, the SUM of squared errors over
 the D^2 pixels plus 0.1 |z_n|^2, for images normalised to unit variance. We compute the mean

@@ -1,6 +1,6 @@
 """Part discovery: cluster the stage-1 Gaussians into parts, and turn parts into maps and masks.
 
-Two levels (METHOD.md, "Stage 1"):
+Two levels (METHOD.md, "Stage 1") and an optional refinement:
 
 1. Level 1 groups Gaussians that move or appear together. By default it clusters each Gaussian's
    *dynamics*: its displacement and presence gate over a sample of images, as stage 1 decodes
@@ -26,8 +26,25 @@ Two levels (METHOD.md, "Stage 1"):
    and ``mixed`` presets score the same at both. (0.6 cut the ``assembly`` core in two: part ARI
    0.40 instead of 0.99.)
 
+3. Rigid reassignment (``--parts-refine rigid``; off by default, :func:`rigid_reassign`): motion
+   segmentation. Each part's rigid motion is fitted to its Gaussians' decoded displacements, image
+   by image, and every Gaussian moves to the part whose motion and presence explain its own best;
+   repeated until nothing moves. Level 1 clusters motion *profiles*, so a domain that turns is
+   cut across its axis (its Gaussians near the axis barely move and look like the core); the
+   fit of a rigid motion puts them back. It is only as good as the motion stage 1 decodes, so it
+   is meant for a stage 1 with rigid handles (``discovery.handles``). Split-tolerant ARI, 24
+   handles: cftr-hinge2 (a tuning set of ``benchmarks/realistic``) 0.823 / 0.814 / 0.831 at
+   stage-1 seeds 0-2 against 0.486 / 0.505 / 0.476 without it; cyt-twist (held out) 0.629 /
+   0.523 / 0.644 against 0.225 / 0.385 / 0.398; the ``mixed`` preset 0.971 against 0.967. It
+   is off by default because it breaks the ``hinge`` preset (0.291 against 0.958): there stage 1
+   decodes the Fab's 75-degree swing as presence changes, not motion (decoded against true
+   displacement: correlation 0.19), and the reassignment then re-fits parts to that noise. On
+   the paper's shift MLP, which decodes about a third of the motion, it makes the parts worse
+   (cftr-hinge2 0.738 -> 0.618, cyt-twist 0.507 -> 0.144, ``mixed`` 0.981 -> 0.404).
+
 The clustering works on plain arrays (no model objects), so the GUI can re-cluster in well
-under a second (:func:`recluster`) from the inputs saved in ``RUN/parts/clustering.npz``.
+under a second (:func:`recluster`; about 2 s more with the rigid reassignment) from the inputs
+saved in ``RUN/parts/clustering.npz``.
 """
 
 from __future__ import annotations
@@ -76,6 +93,18 @@ DYNAMICS_COMPONENTS = 8
 #: 5-30 px and drops on mixed at 3 px (0.75), where a half-present cap's on/off signal is
 #: outweighed by its neighbours' motion.
 GATE_PX = 10.0
+#: Neighbours (the Gaussian included) whose reassignment costs a Gaussian averages, so a light
+#: Gaussian follows its neighbourhood (chosen on cftr-hinge2, a tuning set: 4 and 8 tie).
+REASSIGN_NEIGHBOURS = 8
+#: A Gaussian changes part only when another part's motion and presence explain its own better
+#: by more than this many px^2 per image (0.14 px rms), so two parts that move alike keep their
+#: Gaussians instead of one slowly taking the other's (two static domains of the ``hinge`` preset,
+#: shift-MLP stage 1: split ARI 0.290 without a margin, 0.979 with; cftr-hinge2, 24 handles,
+#: seeds 0-2: 0.823 / 0.814 / 0.831 against 0.810 / 0.821 / 0.838).
+REASSIGN_MARGIN_PX2 = 0.02
+#: At most this many reassignment rounds (each refits every part's motion); they end sooner
+#: when nothing moves.
+REASSIGN_ROUNDS = 10
 
 
 @dataclass
@@ -88,6 +117,9 @@ class ClusteringInputs:
     dynamics: (G, C) float32 or None: the dynamics signature (:func:`dynamics_signature`); when
     present level 1 clusters it, otherwise the standardised features. presence: (G,) float32
     or None, each Gaussian's mean gate over the sampled images. seed: k-means seed.
+    motion: (S, G, 3) float32 pixels and gates: (S, G) float32, or both None: the decoded
+    displacements and gates in S sampled images; when present the parts end with the rigid
+    reassignment (:func:`rigid_reassign`).
     """
 
     features: np.ndarray
@@ -96,6 +128,8 @@ class ClusteringInputs:
     dynamics: np.ndarray | None
     presence: np.ndarray | None
     seed: int
+    motion: np.ndarray | None = None
+    gates: np.ndarray | None = None
 
     def level1_matrix(self) -> np.ndarray:
         """(G, C or F) the vectors level 1 clusters."""
@@ -154,7 +188,7 @@ class PartClustering:
             "rule": np.asarray(self.rule), "features": self.inputs.features, "centres": self.inputs.centres,
             "masses": self.inputs.masses, "seed": np.int64(self.inputs.seed),
         }
-        for key in ("dynamics", "presence"):
+        for key in ("dynamics", "presence", "motion", "gates"):
             if getattr(self.inputs, key) is not None:
                 arrays[key] = getattr(self.inputs, key)
         write_npz(path, **arrays)
@@ -169,12 +203,12 @@ class PartClustering:
                   "features", "centres", "masses", "seed")
         data = read_npz(path, "part clustering", needed)
         try:
-            inputs = ClusteringInputs(data["features"], data["centres"], data["masses"], data.get("dynamics"),
-                                      data.get("presence"), int(data["seed"]))
+            inputs = clustering_inputs(data["features"], data["centres"], data["masses"], data.get("dynamics"),
+                                       data.get("presence"), int(data["seed"]), data.get("motion"), data.get("gates"))
             return cls(data["part_index"], data["level1"], data["anchor_index"], data["anchor_centres"],
                        data["anchor_features"], int(data["n_level1"]), data["level1_k"], data["level1_silhouette"],
                        data["part_rg"], float(data["molecule_rg"]), data["part_presence"], str(data["rule"]), inputs)
-        except (TypeError, ValueError, IndexError) as exc:  # a scalar saved as an array, ...
+        except (TypeError, ValueError, IndexError) as exc:  # a scalar saved as an array, a shape, ...
             raise InputError(path, "part clustering", "the arrays PartClustering.to_npz writes", exc) from exc
 
 
@@ -238,9 +272,11 @@ def clustering_inputs(
     dynamics: np.ndarray | None = None,
     presence: np.ndarray | None = None,
     seed: int = 0,
+    motion: np.ndarray | None = None,
+    gates: np.ndarray | None = None,
 ) -> ClusteringInputs:
     """Check shapes: features (G, F); centres (G, 3) Å; masses (G,); dynamics (G, C) or None;
-    presence (G,) or None."""
+    presence (G,) or None; motion (S, G, 3) pixels and gates (S, G), both or neither."""
     features = np.asarray(features, dtype=np.float32)
     centres = np.asarray(centres, dtype=np.float32)
     masses = np.asarray(masses, dtype=np.float32)
@@ -257,7 +293,13 @@ def clustering_inputs(
         presence = np.asarray(presence, dtype=np.float32)
         if presence.shape != (G,):
             raise ValueError(f"presence must be ({G},), got {presence.shape}")
-    return ClusteringInputs(features, centres, masses, dynamics, presence, int(seed))
+    if (motion is None) != (gates is None):
+        raise ValueError("motion and gates go together: give both or neither")
+    if motion is not None:
+        motion, gates = np.asarray(motion, dtype=np.float32), np.asarray(gates, dtype=np.float32)
+        if gates.ndim != 2 or gates.shape[1] != G or motion.shape != (*gates.shape, 3):
+            raise ValueError(f"motion must be (S, {G}, 3) and gates (S, {G}), got {motion.shape}, {gates.shape}")
+    return ClusteringInputs(features, centres, masses, dynamics, presence, int(seed), motion, gates)
 
 
 def discover_parts(
@@ -270,6 +312,8 @@ def discover_parts(
     n_level2: str | int | None = "auto",
     seed: int = 0,
     min_part_size: int | None = None,
+    motion: np.ndarray | None = None,
+    gates: np.ndarray | None = None,
 ) -> PartClustering:
     """Cluster G Gaussians into parts (see the module docstring for the rules).
 
@@ -277,10 +321,12 @@ def discover_parts(
     :func:`dynamics_signature` or None (cluster the features); presence: (G,) mean gates or None.
     n_level1: "auto" or a count; n_level2: "auto" (size/silhouette rule), a count of spatial
     parts per level-1 cluster, or None (no level 2). min_part_size: smallest part the automatic
-    level 2 may create (default max(8, G // 100)). Deterministic for a seed.
+    level 2 may create (default max(8, G // 100)). motion: (S, G, 3) pixels and gates (S, G),
+    the decoded displacements and gates in S images, or None (no rigid reassignment).
+    Deterministic for a seed.
     """
-    return recluster(clustering_inputs(features, centres, masses, dynamics, presence, seed), n_level1, n_level2,
-                     min_part_size)
+    inputs = clustering_inputs(features, centres, masses, dynamics, presence, seed, motion, gates)
+    return recluster(inputs, n_level1, n_level2, min_part_size)
 
 
 def recluster(
@@ -289,7 +335,8 @@ def recluster(
     n_level2: str | int | None = "auto",
     min_part_size: int | None = None,
 ) -> PartClustering:
-    """Re-run both levels on saved inputs (no model needed; ~0.2-0.5 s at G = 2,048).
+    """Re-run both levels, and the rigid reassignment when the inputs hold the motion, on saved
+    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus the reassignment's ~1 s).
 
     Arguments as in :func:`discover_parts`.
     Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing
@@ -343,7 +390,13 @@ def _recluster(inputs, n_level1, n_level2, min_part_size) -> PartClustering:
                  f"or 2-way silhouette > {SPLIT_SILHOUETTE}, parts >= {min_size} Gaussians")
     else:
         rule2 = "level 2: none" if n_level2 is None else f"level 2: {n_level2} per level-1 cluster (given)"
-    return _finish(inputs, part, np.asarray(part_level1, np.int64), k1, k_tried, sil, mol_rg, f"{rule1}; {rule2}")
+    part_level1 = np.asarray(part_level1, np.int64)
+    rule = f"{rule1}; {rule2}"
+    if inputs.motion is not None and len(part_level1) > 1:
+        moved = rigid_reassign(part, inputs.motion, inputs.gates, inputs.centres, weights)
+        rule += f"; rigid reassignment: {np.count_nonzero(moved != part)} Gaussians moved"
+        part, part_level1 = _compact(moved, part_level1[part])
+    return _finish(inputs, part, part_level1, k1, k_tried, sil, mol_rg, rule)
 
 
 def _finish(inputs, part, level1, k1, k_tried, sil, mol_rg, rule) -> PartClustering:
@@ -364,6 +417,96 @@ def _finish(inputs, part, level1, k1, k_tried, sil, mol_rg, rule) -> PartCluster
     return PartClustering(part, level1, anchor, inputs.centres[anchor].copy(), inputs.features[anchor].copy(), k1,
                           np.asarray(k_tried, np.int64), np.asarray(sil, np.float64), rg, float(mol_rg),
                           presence, rule, inputs)
+
+
+def fit_rigid(
+    displacements: np.ndarray, offsets: np.ndarray, weights: np.ndarray, relative_ridge: float, ridge: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the small rigid motion v + ω × r that best fits (weighted least squares) the
+    displacements of points at offsets r from their weighted centroid.
+
+    displacements: (S, ..., k, 3) in any length unit (the same for v); offsets: (..., k, 3) Å;
+    weights: (..., k) positive, summing to 1 over k. The inertia tensor gets a ridge of
+    ``relative_ridge`` x its mean diagonal + ``ridge`` Å^2, for points nearly on a line (the
+    rotation about it is not seen) and for a single point (which only translates). Returns v
+    (S, ..., 3) and ω (S, ..., 3) (unit per Å, a rotation vector when the unit is Å).
+    """
+    r = np.asarray(offsets, np.float64)
+    w = np.asarray(weights, np.float64)
+    inertia = (np.einsum("...k,...k->...", w, (r**2).sum(-1))[..., None, None] * np.eye(3)
+               - np.einsum("...k,...ki,...kj->...ij", w, r, r))
+    inertia += (relative_ridge * np.trace(inertia, axis1=-2, axis2=-1)[..., None, None] / 3 + ridge) * np.eye(3)
+    d = np.asarray(displacements, np.float64)
+    v = np.einsum("...k,s...kc->s...c", w, d)
+    torque = np.einsum("...k,s...kc->s...c", w, np.cross(r, d))
+    return v, np.einsum("...ij,s...j->s...i", np.linalg.inv(inertia), torque)
+
+
+def rigid_prediction(motion: np.ndarray, centres: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(S, G, 3): every Gaussian's displacement under the rigid motion of ``members`` (indices),
+    fitted per image (:func:`fit_rigid`, a 1 Å^2 ridge) to their displacements (motion (S, G, 3),
+    weights (G,), centres (G, 3) Å) and extrapolated linearly (v + ω × (x - centroid))."""
+    wi = weights[members] / weights[members].sum()
+    centroid = wi @ centres[members]
+    v, omega = fit_rigid(motion[:, members], centres[members] - centroid, wi, 1e-3, 1.0)
+    return v[:, None, :] + np.cross(omega[:, None, :], (centres - centroid)[None])
+
+
+def rigid_reassign(
+    part_index: np.ndarray,
+    motion: np.ndarray,
+    gates: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    neighbours: int = REASSIGN_NEIGHBOURS,
+    rounds: int = REASSIGN_ROUNDS,
+) -> np.ndarray:
+    """(G,) part labels refined by motion segmentation, in the numbering of ``part_index`` (a part
+    may end empty).
+
+    part_index: (G,) the starting parts; motion: (S, G, 3) decoded displacements, pixels (each
+    image's mean displacement is removed first: a common shift is no part); gates: (S, G);
+    centres: (G, 3) Å; masses: (G,) positive. Each round fits each part's rigid motion per image
+    (:func:`rigid_prediction`) and its mass-weighted mean gate per image, and gives each Gaussian
+    the part with the least cost: the squared residual of its displacements (px^2) plus its
+    gates' squared difference from the part's × ``GATE_PX``^2, summed over images and averaged,
+    mass-weighted, over its ``neighbours`` nearest Gaussians (a light Gaussian, whose decoded
+    motion is mostly noise, follows its neighbourhood and does not sway it), when that part's
+    cost is lower than its current part's by more than ``REASSIGN_MARGIN_PX2`` per image.
+    """
+    c = np.asarray(centres, np.float64)
+    w = np.asarray(masses, np.float64)
+    gates = np.asarray(gates, np.float64)
+    motion = np.asarray(motion, np.float64)
+    motion = motion - np.average(motion, axis=1, weights=w)[:, None]
+    _, near = cKDTree(c).query(c, k=min(neighbours, len(c)))
+    near = near.reshape(len(c), -1)
+    labels = np.asarray(part_index, np.int64)
+    for _ in range(rounds):
+        ks = np.unique(labels)
+        cost = np.empty((len(c), len(ks)))
+        for j, k in enumerate(ks):
+            members = np.flatnonzero(labels == k)
+            presence = gates[:, members] @ (w[members] / w[members].sum())  # (S,)
+            cost[:, j] = (((rigid_prediction(motion, c, w, members) - motion) ** 2).sum((0, 2))
+                          + GATE_PX**2 * ((gates - presence[:, None]) ** 2).sum(0))
+        cost = np.einsum("gk,gkj->gj", w[near] / w[near].sum(1, keepdims=True), cost[near])
+        current = cost[np.arange(len(c)), np.searchsorted(ks, labels)]
+        better = current - cost.min(1) > REASSIGN_MARGIN_PX2 * len(motion)
+        new = np.where(better, ks[np.argmin(cost, axis=1)], labels)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _compact(part_index: np.ndarray, level1_of_gaussian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Part labels renumbered 0..K-1 over the parts still used (order kept), and each part's
+    level-1 cluster: the most common one among its Gaussians (level1_of_gaussian (G,))."""
+    used, part_index = np.unique(part_index, return_inverse=True)
+    level1 = np.array([np.bincount(level1_of_gaussian[part_index == k]).argmax() for k in range(len(used))],
+                      dtype=np.int64)
+    return part_index.astype(np.int64), level1
 
 
 def _count(n: object, name: str, G: int) -> int:
@@ -497,8 +640,7 @@ def with_part_index(clustering: PartClustering, part_index: np.ndarray) -> PartC
     K = int(part_index.max()) + 1
     if part_index.shape != clustering.part_index.shape or len(np.unique(part_index)) != K:
         raise ValueError(f"part_index must be ({len(clustering.part_index)},) labels using every value 0..K-1")
-    old_level1 = clustering.level1[clustering.part_index]  # (G,) level-1 cluster of each Gaussian
-    level1 = np.array([np.bincount(old_level1[part_index == k]).argmax() for k in range(K)], dtype=np.int64)
+    _, level1 = _compact(part_index, clustering.level1[clustering.part_index])
     return _finish(clustering.inputs, part_index, level1, clustering.n_level1, clustering.level1_k,
                    clustering.level1_silhouette, clustering.molecule_rg, clustering.rule + "; edited by hand")
 

@@ -204,6 +204,7 @@ def _field_value(hint: Any, value: Any, path: str | os.PathLike, where: str,
 
 STAGES = ("consensus", "discovery", "parts", "hierarchical")
 PART_SIGNALS = ("dynamics", "features")
+PART_REFINES = ("rigid", "none")
 
 
 @dataclass
@@ -212,7 +213,10 @@ class TrainConfig:
 
     profile: ``cpu`` or ``paper`` (sizes of every stage); parts_level1/parts_level2: ``auto`` or
     a count (``--parts K`` fixes level 1); parts_signal: what level 1 clusters, ``dynamics`` (each
-    Gaussian's decoded motion and presence, our default) or ``features`` (the paper's); gate_sample:
+    Gaussian's decoded motion and presence, our default) or ``features`` (the paper's);
+    parts_refine: ``rigid`` (each Gaussian then goes to the part whose rigid motion and presence
+    explain its decoded ones best: :func:`~cryospire_core.models.parts.rigid_reassign`; meant
+    for a stage 1 with ``discovery.handles``) or ``none``; gate_sample:
     images whose stage-1 decoding feeds the clustering; select: a particle selection (index file,
     or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
     stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage; precision:
@@ -229,6 +233,7 @@ class TrainConfig:
     parts_level1: str | int = "auto"
     parts_level2: str | int | None = "auto"
     parts_signal: str = "dynamics"
+    parts_refine: str = "none"
     gate_sample: int = 512
     select: str | None = None
     checkpoint_minutes: float = 5.0
@@ -262,5 +267,6 @@ class TrainConfig:
 
 def choices() -> dict[str, tuple[str, ...]]:
     """The words each text field of a saved TrainConfig may hold (the profiles: those shipped)."""
-    return {"profile": profile_names(), "parts_signal": PART_SIGNALS, "precision": PRECISIONS, "mlp_form": MLP_FORMS,
+    return {"profile": profile_names(), "parts_signal": PART_SIGNALS, "parts_refine": PART_REFINES,
+            "precision": PRECISIONS, "mlp_form": MLP_FORMS,
             "normalize": NORMALIZE_CHOICES, "stack_normalization": NORMALIZATIONS}

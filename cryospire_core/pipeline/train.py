@@ -270,8 +270,9 @@ def _stage_parts(ctx: StageContext) -> str:
     def cluster() -> PartClustering:  # an SVD and k-means: seconds that cannot ask should_stop themselves
         dynamics = (dynamics_signature(m.shifts, m.gates, m.centres, m.masses, m.apix)
                     if cfg.parts_signal == "dynamics" else None)
+        motion = m.shifts / m.apix if cfg.parts_refine == "rigid" else None
         return discover_parts(m.features, m.centres, m.masses, dynamics, m.gates.mean(0), cfg.parts_level1,
-                              cfg.parts_level2, seed=cfg.seed)
+                              cfg.parts_level2, seed=cfg.seed, motion=motion, gates=None if motion is None else m.gates)
 
     clustering = interruptible(cluster, ctx.stop)
     run.stage_dir("parts")

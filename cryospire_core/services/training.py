@@ -53,7 +53,7 @@ class TrainOptions:
     resumed run keeps its saved config, changed only where a resume may change it
     (:func:`resumed_config`). parts/parts_level2: ``auto`` or a count; select: a particle
     selection file for stage 2; epochs_1/epochs_2, gaussians_1/gaussians_2: stage 1's and
-    stage 2's; box_consensus/box_1/box_2: the box (px) each stage reads the images at; batch_size:
+    stage 2's; handles_1: stage 1's rigid handles (``discovery.handles``); box_consensus/box_1/box_2: the box (px) each stage reads the images at; batch_size:
     every stage's; no_anchors: stage 2 without per-part rigid motions; window_radius,
     no_window, normalize, noise_weighting: how the data term sees the images
     (:class:`~cryospire_core.pipeline.preprocess.PreprocessConfig`).
@@ -64,12 +64,14 @@ class TrainOptions:
     parts: str | int | None = None
     parts_level2: str | int | None = None
     parts_signal: str | None = None
+    parts_refine: str | None = None
     select: str | None = None
     no_anchors: bool = False
     epochs_consensus: int | None = None
     epochs_1: int | None = None
     epochs_2: int | None = None
     gaussians_1: int | None = None
+    handles_1: int | None = None
     gaussians_2: int | None = None
     box_consensus: int | None = None
     box_1: int | None = None
@@ -206,7 +208,8 @@ def training_run(request: TrainRequest, dist: Distributed = Distributed(),
 # -- configs ----------------------------------------------------------------------------------------
 
 # The part options and the TrainConfig field each sets, and the other options set at the top level.
-_PART_FIELDS = {"parts": "parts_level1", "parts_level2": "parts_level2", "parts_signal": "parts_signal"}
+_PART_FIELDS = {"parts": "parts_level1", "parts_level2": "parts_level2", "parts_signal": "parts_signal",
+                "parts_refine": "parts_refine"}
 _TOP_LEVEL = {**_PART_FIELDS, "checkpoint_minutes": "checkpoint_minutes", "precision": "precision"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
@@ -232,6 +235,8 @@ def new_config(options: TrainOptions) -> TrainConfig:
     rep = dataclasses.replace
     if options.gaussians_1 is not None:
         cfg.discovery = rep(cfg.discovery, n_gaussians=options.gaussians_1)
+    if options.handles_1 is not None:
+        cfg.discovery = rep(cfg.discovery, handles=options.handles_1)
     if options.gaussians_2 is not None:
         cfg.hierarchical = rep(cfg.hierarchical, n_gaussians=options.gaussians_2)
     if options.no_anchors:
@@ -276,6 +281,7 @@ def resumed_config(options: TrainOptions, saved: dict, run: RunFolder, recluster
     cfg = TrainConfig.from_dict(saved["train"], run.config_path)
     fixed = {"--profile": (options.profile, cfg.profile), "--seed": (options.seed, cfg.seed),
              "--gaussians-1": (options.gaussians_1, cfg.discovery.n_gaussians),
+             "--handles-1": (options.handles_1, cfg.discovery.handles),
              "--gaussians-2": (options.gaussians_2, cfg.hierarchical.n_gaussians),
              "--batch-size": (options.batch_size, cfg.hierarchical.batch_size),
              "--no-anchors": (True if options.no_anchors else None, not cfg.hierarchical.anchors)}

@@ -362,6 +362,9 @@ CASES += [
     Case("run folder", "--resume with another Gaussian count", lambda ws: [*_RESUME, "--gaussians-1", "64"],
          error(r"run/config\.json: --gaussians-1: expected the run's 128 with --resume \(start a new run folder to "
                r"change it\), found 64$")),
+    Case("run folder", "--resume with rigid handles", lambda ws: [*_RESUME, "--handles-1", "24"],
+         error(r"run/config\.json: --handles-1: expected the run's 0 with --resume \(start a new run folder to "
+               r"change it\), found 24$")),
     Case("run folder", "--resume with another seed", lambda ws: [*_RESUME, "--seed", "3"],
          error(r"run/config\.json: --seed: expected the run's 0 with --resume")),
     Case("run folder", "--resume with more stage-1 epochs under a stage 2", lambda ws: [*_RESUME, "--epochs-1", "3"],

@@ -102,6 +102,62 @@ def test_dynamics_find_a_rigidly_moving_domain_that_features_miss():
                                truth) < parts.adjusted_rand(res.part_index, truth)
 
 
+def _misplaced(truth: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """truth with the swinging arm's far end given to the static domain and the static domain's
+    far end to the arm (what a clustering of motion profiles does near an axis, and worse)."""
+    start = truth.copy()
+    start[(truth == 1) & (centres[:, 0] > 36)] = 0
+    start[(truth == 0) & (centres[:, 0] < -36)] = 1
+    return start
+
+
+def test_rigid_reassignment_moves_misplaced_gaussians_back():
+    c, m, shifts, gates, truth, _ = _rigid_hinge()
+    start = _misplaced(truth, c)
+    moved = parts.rigid_reassign(start, shifts / 6.0, gates, c, m)
+    assert parts.adjusted_rand(start, truth) < 0.6
+    # The light Gaussians, whose decoded motion is noise, follow their neighbourhood without swaying it.
+    assert parts.adjusted_rand(moved, truth) > 0.95
+
+
+def test_rigid_reassignment_keeps_parts_that_differ_by_presence_alone():
+    c, m, _, _, truth, _ = _rigid_hinge()
+    shifts = np.zeros((40, len(c), 3))  # nothing moves; domain 1 comes and goes
+    gates = np.ones((40, len(c)))
+    gates[::2, truth == 1] = 0.0
+    moved = parts.rigid_reassign(truth, shifts, gates, c, m)
+    assert parts.adjusted_rand(moved, truth) > 0.95  # the neighbour averaging may move a few at the interface
+
+
+def test_parts_end_with_the_rigid_reassignment_when_given_the_motion(tmp_path):
+    """Level 1 on a displacement signature cut by hand into the wrong two groups (n_level1 given:
+    level 1 only sees the profiles); with the motion the parts come back to the rigid domains,
+    and the saved inputs re-cluster to the same parts."""
+    c, m, shifts, gates, truth, _ = _rigid_hinge()
+    feats = np.zeros((len(c), 4))
+    signature = np.eye(2, dtype=np.float32)[_misplaced(truth, c)] * 10  # level 1 finds exactly the wrong groups
+    plain = parts.discover_parts(feats, c, m, signature, gates.mean(0), n_level1=2, n_level2=None)
+    refined = parts.discover_parts(feats, c, m, signature, gates.mean(0), n_level1=2, n_level2=None,
+                                   motion=shifts / 6.0, gates=gates)
+    assert "rigid reassignment" not in plain.rule and "rigid reassignment" in refined.rule
+    assert parts.adjusted_rand(plain.part_index, truth) < 0.6
+    assert parts.adjusted_rand(refined.part_index, truth) > 0.95
+    assert sorted(refined.level1) == [0, 1]
+    refined.to_npz(tmp_path / "clustering.npz")
+    back = parts.PartClustering.from_npz(tmp_path / "clustering.npz")
+    assert back.inputs.motion.shape == shifts.shape and back.inputs.gates.shape == gates.shape
+    np.testing.assert_array_equal(parts.recluster(back.inputs, 2, None).part_index, refined.part_index)
+
+
+def test_motion_and_gates_are_checked_together():
+    c, m, shifts, gates, _, _ = _rigid_hinge()
+    feats = np.zeros((len(c), 4))
+    with pytest.raises(ValueError, match="both or neither"):
+        parts.clustering_inputs(feats, c, m, motion=shifts)
+    with pytest.raises(ValueError, match="motion must be"):
+        parts.clustering_inputs(feats, c, m, motion=shifts[:, :10], gates=gates)
+
+
 def test_gates_separate_gaussians_that_appear_together():
     """No motion at all, but half the Gaussians are switched off in half the images: the gates in
     the dynamics find the two groups, and each part's presence is its mean gate."""

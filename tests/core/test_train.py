@@ -3,6 +3,7 @@ and a cancelled run resumes."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -13,12 +14,15 @@ import pytest
 import torch
 
 from cryospire_core.analysis.partscores import load_beads, part_scores
+from cryospire_core.cli import train as train_cli
 from cryospire_core.cli.main import main
 from cryospire_core.io.load import load_particles
 from cryospire_core.io.mrc import read_map
+from cryospire_core.models.parts import PartClustering
 from cryospire_core.pipeline.config import TrainConfig
 from cryospire_core.pipeline.runfolder import RunFolder
 from cryospire_core.pipeline.train import STAGE_NAMES, train
+from cryospire_core.services.training import new_config
 
 SMALL = ["--epochs-consensus", "1", "--epochs-1", "1", "--epochs-2", "1", "--gaussians-1", "128",
          "--gaussians-2", "256", "--quiet"]
@@ -151,3 +155,27 @@ def test_evaluate_reports_part_scores_with_bead_ground_truth(trained, homogeneou
     assert re.search(r"^parts: \d+ found; ARI -?\d\.\d{3}; split-tolerant ARI -?\d\.\d{3}$", out, re.MULTILINE)
     assert re.search(r"^ *group +Gaussians +mass +parts +purity +recall$", out, re.MULTILINE)
     assert re.search(r"^ *fab_a +\d+ +[01]\.\d{3} +\d+ +(nan|[01]\.\d{3}) +[01]\.\d{3}$", out, re.MULTILINE)
+
+
+def test_rigid_refinement_reclusters_with_the_decoded_motion(trained, homogeneous_32, tmp_path):
+    """`--stage parts --parts-refine rigid` keeps stage 1's decoded motion with the parts (so the
+    Parts dock re-clusters the same way) and ends the clustering with the rigid reassignment."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("hierarchical"))
+    assert "rigid reassignment" not in PartClustering.from_npz(run / "parts" / "clustering.npz").rule
+    assert main(["train", str(homogeneous_32 / "particles.star"), "--out", str(run), "--resume", "--stage", "parts",
+                 "--parts", "2", "--parts-refine", "rigid", "--quiet"]) == 0
+    clustering = PartClustering.from_npz(run / "parts" / "clustering.npz")
+    assert "rigid reassignment" in clustering.rule and clustering.n_level1 == 2
+    assert clustering.inputs.motion.shape == (512, 128, 3) and clustering.inputs.gates.shape == (512, 128)
+    assert RunFolder(run).train_config().parts_refine == "rigid"
+
+
+def test_handles_and_the_rigid_refinement_come_from_the_command_line():
+    parser = argparse.ArgumentParser()
+    train_cli.add_args(parser)
+    args = parser.parse_args(["p.star", "--out", "r", "--handles-1", "24", "--parts-refine", "rigid"])
+    cfg = new_config(train_cli.options_from_args(args))
+    assert cfg.discovery.handles == 24 and cfg.parts_refine == "rigid"
+    plain = new_config(train_cli.options_from_args(parser.parse_args(["p.star", "--out", "r"])))
+    assert plain.discovery.handles == 0 and plain.parts_refine == "none"
