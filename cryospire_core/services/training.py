@@ -53,8 +53,8 @@ class TrainOptions:
     resumed run keeps its saved config, changed only where a resume may change it
     (:func:`resumed_config`). parts/parts_level2: ``auto`` or a count; select: a particle
     selection file for stage 2; epochs_1/epochs_2, gaussians_1/gaussians_2: stage 1's and
-    stage 2's; handles_1: stage 1's rigid handles (``discovery.handles``); box_consensus/box_1/box_2: the box (px) each stage reads the images at; batch_size:
-    every stage's; no_anchors: stage 2 without per-part rigid motions; window_radius,
+    stage 2's; handles_1: stage 1's rigid handles (``discovery.handles``); box_consensus/box_1/box_2:
+    the box (px) each stage reads the images at; batch_size: every stage's; no_anchors: stage 2 without per-part rigid motions; window_radius,
     no_window, normalize, noise_weighting: how the data term sees the images
     (:class:`~cryospire_core.pipeline.preprocess.PreprocessConfig`).
     """
