@@ -84,8 +84,7 @@ def twist_signature(shifts: np.ndarray, gates: np.ndarray, centres: np.ndarray, 
     S, G = np.asarray(gates).shape
     c = np.asarray(centres, np.float64)
     w = np.abs(np.asarray(masses, np.float64)) + 1e-12
-    _, near = cKDTree(c).query(c, k=min(neighbours, G))
-    near = near.reshape(G, -1)
+    near = parts.nearest(c, neighbours)
     wn = w[near] / w[near].sum(1, keepdims=True)
     local = np.einsum("gk,gkc->gc", wn, c[near])
     centre, rg = centre_and_rg(c, w)
@@ -129,8 +128,7 @@ def fidelity(true: np.ndarray, decoded: np.ndarray, groups: np.ndarray, centres:
     displacements are first averaged, mass-weighted, over its nearest ``neighbours``. The mean
     displacement of all Gaussians in each image is removed from both."""
     w = np.abs(np.asarray(masses, np.float64)) + 1e-12
-    _, near = cKDTree(np.asarray(centres, np.float64)).query(centres, k=neighbours)
-    near = near.reshape(len(w), -1)
+    near = parts.nearest(centres, neighbours)
     rows = []
     fields = []
     for x in (true, decoded):

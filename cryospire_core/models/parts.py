@@ -244,6 +244,14 @@ def dynamics_signature(
     return reduce_profile(profile, centres, masses, neighbours, components)
 
 
+def nearest(centres: np.ndarray, neighbours: int) -> np.ndarray:
+    """(G, k) int: each Gaussian's ``neighbours`` nearest (itself first; k = min(neighbours, G))
+    among centres (G, 3) Å."""
+    c = np.asarray(centres, np.float64)
+    _, near = cKDTree(c).query(c, k=min(neighbours, len(c)))
+    return near.reshape(len(c), -1)
+
+
 def reduce_profile(
     profile: np.ndarray,
     centres: np.ndarray,
@@ -255,10 +263,8 @@ def reduce_profile(
     ``neighbours`` nearest (centres (G, 3) Å, masses (G,)), centred, and projected on their first
     ``components`` principal axes (Euclidean distances between rows keep the profiles' units)."""
     profile = np.asarray(profile, dtype=np.float64)
-    G = len(profile)
     w = np.abs(np.asarray(masses, dtype=np.float64)) + 1e-12
-    _, near = cKDTree(np.asarray(centres, np.float64)).query(centres, k=min(neighbours, G))
-    near = near.reshape(G, -1)
+    near = nearest(centres, neighbours)
     profile = np.einsum("gk,gkp->gp", w[near], profile[near]) / w[near].sum(1, keepdims=True)
     profile -= np.average(profile, axis=0, weights=w)
     _, _, vt = np.linalg.svd(profile * np.sqrt(w / w.mean())[:, None], full_matrices=False)
@@ -336,7 +342,7 @@ def recluster(
     min_part_size: int | None = None,
 ) -> PartClustering:
     """Re-run both levels, and the rigid reassignment when the inputs hold the motion, on saved
-    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus the reassignment's ~1 s).
+    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus about 2 s for the reassignment).
 
     Arguments as in :func:`discover_parts`.
     Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing
@@ -479,8 +485,8 @@ def rigid_reassign(
     gates = np.asarray(gates, np.float64)
     motion = np.asarray(motion, np.float64)
     motion = motion - np.average(motion, axis=1, weights=w)[:, None]
-    _, near = cKDTree(c).query(c, k=min(neighbours, len(c)))
-    near = near.reshape(len(c), -1)
+    near = nearest(c, neighbours)
+    near_weights = w[near] / w[near].sum(1, keepdims=True)  # (G, k)
     labels = np.asarray(part_index, np.int64)
     for _ in range(rounds):
         ks = np.unique(labels)
@@ -490,7 +496,7 @@ def rigid_reassign(
             presence = gates[:, members] @ (w[members] / w[members].sum())  # (S,)
             cost[:, j] = (((rigid_prediction(motion, c, w, members) - motion) ** 2).sum((0, 2))
                           + GATE_PX**2 * ((gates - presence[:, None]) ** 2).sum(0))
-        cost = np.einsum("gk,gkj->gj", w[near] / w[near].sum(1, keepdims=True), cost[near])
+        cost = np.einsum("gk,gkj->gj", near_weights, cost[near])
         current = cost[np.arange(len(c)), np.searchsorted(ks, labels)]
         better = current - cost.min(1) > REASSIGN_MARGIN_PX2 * len(motion)
         new = np.where(better, ks[np.argmin(cost, axis=1)], labels)
