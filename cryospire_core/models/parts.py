@@ -31,16 +31,17 @@ Two levels (METHOD.md, "Stage 1") and an optional refinement:
    by image, and every Gaussian moves to the part whose motion and presence explain its own best;
    repeated until nothing moves. Level 1 clusters motion *profiles*, so a domain that turns is
    cut across its axis (its Gaussians near the axis barely move and look like the core); the
-   fit of a rigid motion puts them back. It is only as good as the motion stage 1 decodes, so it
-   is meant for a stage 1 with rigid handles (``discovery.handles``). Split-tolerant ARI, 24
-   handles: cftr-hinge2 (a tuning set of ``benchmarks/realistic``) 0.823 / 0.814 / 0.831 at
-   stage-1 seeds 0-2 against 0.486 / 0.505 / 0.476 without it; cyt-twist (held out) 0.629 /
-   0.523 / 0.644 against 0.225 / 0.385 / 0.398; the ``mixed`` preset 0.971 against 0.967. It
-   is off by default because it breaks the ``hinge`` preset (0.291 against 0.958): there stage 1
-   decodes the Fab's 75-degree swing as presence changes, not motion (decoded against true
-   displacement: correlation 0.19), and the reassignment then re-fits parts to that noise. On
-   the paper's shift MLP, which decodes about a third of the motion, it makes the parts worse
-   (cftr-hinge2 0.738 -> 0.618, cyt-twist 0.507 -> 0.144, ``mixed`` 0.981 -> 0.404).
+   fit of a rigid motion puts them back. The reassignment knows nothing of space, so it can join
+   two pieces that level 2 cut as separate blobs (two static domains move alike); with the
+   automatic level 2, the same rule then cuts every part again. It is only as good as the motion
+   stage 1 decodes, so it is meant for a stage 1 with rigid handles (``discovery.handles``).
+   Split-tolerant ARI, 24 handles: cftr-hinge2 (a tuning set of ``benchmarks/realistic``) 0.823
+   / 0.814 / 0.831 at stage-1 seeds 0-2 against 0.486 / 0.505 / 0.476 without it; cyt-twist (held
+   out) 0.629 / 0.523 / 0.644 against 0.225 / 0.385 / 0.398; the presets ``hinge`` 0.974 against
+   0.958 (0.291 before level 2 ran again: the reassignment had joined the static Fc and Fab_a),
+   ``mixed`` 0.971 against 0.967. On the paper's shift MLP, which decodes about a third of the
+   motion, it helps some sets and hurts others (stage-1 seed 0: cftr-hinge2 0.738 -> 0.650,
+   tcr-dimer 0.804 -> 0.911).
 
 The clustering works on plain arrays (no model objects), so the GUI can re-cluster in well
 under a second (:func:`recluster`; about 2 s more with the rigid reassignment) from the inputs
@@ -50,7 +51,7 @@ saved in ``RUN/parts/clustering.npz``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -376,33 +377,47 @@ def _recluster(inputs, n_level1, n_level2, min_part_size) -> PartClustering:
 
     weights = inputs.weights
     mol_rg = _rg(inputs.centres, weights)
-    part = np.empty(G, dtype=np.int64)
-    part_level1: list[int] = []
-    for c in range(k1):
-        members = np.flatnonzero(level1 == c)
+
+    def level2(members: np.ndarray) -> list[np.ndarray]:
         if n_level2 is None:
-            pieces = [members]
-        elif n_level2 == "auto":
-            pieces = _split_auto(members, inputs.centres, weights, MAX_PART_RG * mol_rg, min_size, inputs.seed)
-        else:
-            k2 = min(_count(n_level2, "n_level2", G), len(members))
-            sub = _kmeans(inputs.centres[members].astype(np.float64), k2, inputs.seed)
-            pieces = [members[sub == j] for j in range(k2) if np.any(sub == j)]
-        for p in sorted(pieces, key=lambda m: int(m.min())):  # deterministic part order
-            part[p] = len(part_level1)
-            part_level1.append(c)
+            return [members]
+        if n_level2 == "auto":
+            return _split_auto(members, inputs.centres, weights, MAX_PART_RG * mol_rg, min_size, inputs.seed)
+        k2 = min(_count(n_level2, "n_level2", G), len(members))
+        sub = _kmeans(inputs.centres[members].astype(np.float64), k2, inputs.seed)
+        return [members[sub == j] for j in range(k2) if np.any(sub == j)]
+
+    part, part_level1 = _cut(level1, np.arange(k1), level2)
     if n_level2 == "auto":
         rule2 = (f"level 2: split while Rg > {MAX_PART_RG} x molecule Rg ({MAX_PART_RG * mol_rg:.1f} Å) "
                  f"or 2-way silhouette > {SPLIT_SILHOUETTE}, parts >= {min_size} Gaussians")
     else:
         rule2 = "level 2: none" if n_level2 is None else f"level 2: {n_level2} per level-1 cluster (given)"
-    part_level1 = np.asarray(part_level1, np.int64)
     rule = f"{rule1}; {rule2}"
     if inputs.motion is not None and len(part_level1) > 1:
         moved = rigid_reassign(part, inputs.motion, inputs.gates, inputs.centres, weights)
         rule += f"; rigid reassignment: {np.count_nonzero(moved != part)} Gaussians moved"
         part, part_level1 = _compact(moved, part_level1[part])
+        if n_level2 == "auto":
+            # Two pieces that level 2 cut apart as separate blobs can end up one part when their
+            # decoded motions are alike (two static domains): the same rule cuts them again.
+            part, part_level1 = _cut(part, part_level1, level2)
+            rule += f", then level 2 again ({len(part_level1)} parts)"
     return _finish(inputs, part, part_level1, k1, k_tried, sil, mol_rg, rule)
+
+
+def _cut(groups: np.ndarray, group_level1: np.ndarray,
+         pieces: Callable[[np.ndarray], list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Parts from cutting each group of Gaussians (groups (G,) labels 0..K-1) with ``pieces``
+    (member indices -> list of index arrays): (part (G,), each part's level-1 cluster), numbered
+    group by group, a group's pieces in the order of their lowest index (deterministic)."""
+    part = np.empty(len(groups), dtype=np.int64)
+    part_level1: list[int] = []
+    for g, c in enumerate(group_level1):
+        for p in sorted(pieces(np.flatnonzero(groups == g)), key=lambda m: int(m.min())):
+            part[p] = len(part_level1)
+            part_level1.append(int(c))
+    return part, np.asarray(part_level1, np.int64)
 
 
 def _finish(inputs, part, level1, k1, k_tried, sil, mol_rg, rule) -> PartClustering:
