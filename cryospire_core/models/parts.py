@@ -33,18 +33,19 @@ Two levels (METHOD.md, "Stage 1") and an optional refinement:
    cut across its axis (its Gaussians near the axis barely move and look like the core); the
    fit of a rigid motion puts them back. The reassignment knows nothing of space, so it can join
    two pieces that level 2 cut as separate blobs (two static domains move alike); with the
-   automatic level 2, the same rule then cuts every part again. It is only as good as the motion
-   stage 1 decodes, so it is meant for a stage 1 with rigid handles (``discovery.handles``).
-   Split-tolerant ARI, 24 handles: cftr-hinge2 (a tuning set of ``benchmarks/realistic``) 0.823
-   / 0.814 / 0.831 at stage-1 seeds 0-2 against 0.486 / 0.505 / 0.476 without it; cyt-twist (held
-   out) 0.629 / 0.523 / 0.644 against 0.225 / 0.385 / 0.398; the presets ``hinge`` 0.974 against
-   0.958 (0.291 before level 2 ran again: the reassignment had joined the static Fc and Fab_a),
-   ``mixed`` 0.971 against 0.967. On the paper's shift MLP, which decodes about a third of the
-   motion, it helps some sets and hurts others (stage-1 seed 0: cftr-hinge2 0.738 -> 0.650,
-   tcr-dimer 0.804 -> 0.911).
+   automatic level 2, the same rule then cuts every part again. Last, a Gaussian that two parts
+   explain about equally well goes to the one that holds most of its neighbourhood
+   (:func:`settle_ties`). It is only as good as the motion stage 1 decodes, so it is meant for a
+   stage 1 with rigid handles (``discovery.handles``). Split-tolerant ARI, 24 handles, stage-1
+   seeds 0 / 1 / 2: cftr-hinge2 (a tuning set of ``benchmarks/realistic``) 0.837 / 0.837 / 0.842
+   against 0.486 / 0.505 / 0.476 without it; cyt-twist (held out) 0.644 / 0.622 / 0.654 against
+   0.225 / 0.385 / 0.398; the presets ``hinge`` 0.995 against 0.958 (0.291 when level 2 did not
+   run again: the reassignment had joined the static Fc and Fab_a), ``mixed`` 0.971 against
+   0.967. On the paper's shift MLP, which decodes about a third of the motion, it helps some sets
+   and hurts others (stage-1 seed 0: tcr-dimer 0.804 -> 0.911, cyt-twist 0.507 -> 0.206).
 
 The clustering works on plain arrays (no model objects), so the GUI can re-cluster in well
-under a second (:func:`recluster`; about 2 s more with the rigid reassignment) from the inputs
+under a second (:func:`recluster`; about 4 s more with the rigid reassignment) from the inputs
 saved in ``RUN/parts/clustering.npz``.
 """
 
@@ -106,6 +107,16 @@ REASSIGN_MARGIN_PX2 = 0.02
 #: At most this many reassignment rounds (each refits every part's motion); they end sooner
 #: when nothing moves.
 REASSIGN_ROUNDS = 10
+#: After the reassignment a Gaussian is a tie when another part explains its motion and presence
+#: within this many px^2 per image of its own part (a Gaussian near a turning domain's axis hardly
+#: moves, so the static core and the domain explain it alike): then space decides, ...
+TIE_PX2 = 0.1
+#: ... the mass-weighted majority of its this many nearest Gaussians (itself included) among the
+#: parts that explain it within ``TIE_PX2`` of the best. Both chosen on the tuning sets of
+#: ``benchmarks/realistic`` with 24 handles (cftr-hinge2 and tcr-complex, stage-1 seeds 0-2, over
+#: 0.05-0.5 and 12-64): split-tolerant ARI cftr-hinge2 0.837 / 0.837 / 0.842 against 0.823 /
+#: 0.814 / 0.831 without, tcr-complex unchanged.
+TIE_NEIGHBOURS = 16
 
 
 @dataclass
@@ -343,7 +354,7 @@ def recluster(
     min_part_size: int | None = None,
 ) -> PartClustering:
     """Re-run both levels, and the rigid reassignment when the inputs hold the motion, on saved
-    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus about 2 s for the reassignment).
+    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus about 4 s for the reassignment).
 
     Arguments as in :func:`discover_parts`.
     Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing
@@ -403,6 +414,9 @@ def _recluster(inputs, n_level1, n_level2, min_part_size) -> PartClustering:
             # decoded motions are alike (two static domains): the same rule cuts them again.
             part, part_level1 = _cut(part, part_level1, level2)
             rule += f", then level 2 again ({len(part_level1)} parts)"
+        tied = settle_ties(part, inputs.motion, inputs.gates, inputs.centres, weights)
+        rule += f"; ties settled by space: {np.count_nonzero(tied != part)} Gaussians"
+        part, part_level1 = _compact(tied, part_level1[part])
     return _finish(inputs, part, part_level1, k1, k_tried, sil, mol_rg, rule)
 
 
@@ -495,6 +509,47 @@ def rigid_reassign(
     motion is mostly noise, follows its neighbourhood and does not sway it), when that part's
     cost is lower than its current part's by more than ``REASSIGN_MARGIN_PX2`` per image.
     """
+    costs = _motion_costs(motion, gates, centres, masses, neighbours)
+    margin = REASSIGN_MARGIN_PX2 * len(motion)
+
+    def step(labels, ks, cost, current):
+        return np.where(current - cost.min(1) > margin, ks[np.argmin(cost, axis=1)], labels)
+
+    return _fixed_point(part_index, step, costs, rounds)
+
+
+def settle_ties(
+    part_index: np.ndarray,
+    motion: np.ndarray,
+    gates: np.ndarray,
+    centres: np.ndarray,
+    masses: np.ndarray,
+    rounds: int = REASSIGN_ROUNDS,
+) -> np.ndarray:
+    """(G,) part labels where the motion cannot tell, decided by space (a part may end empty).
+
+    Arguments and costs as in :func:`rigid_reassign`. A Gaussian is a tie when another part's
+    cost is within ``TIE_PX2`` per image of its own part's; it then takes the part that holds
+    the most mass among its ``TIE_NEIGHBOURS`` nearest Gaussians, of the parts whose cost is
+    within ``TIE_PX2`` per image of its best. Round by round until nothing changes.
+    """
+    costs = _motion_costs(motion, gates, centres, masses, REASSIGN_NEIGHBOURS)
+    w = np.asarray(masses, np.float64)
+    vote = nearest(centres, TIE_NEIGHBOURS)
+    tie = TIE_PX2 * len(motion)
+
+    def step(labels, ks, cost, current):
+        others = np.where(ks[None] == labels[:, None], np.inf, cost)
+        tally = np.einsum("gk,gkj->gj", w[vote], labels[vote][..., None] == ks)  # (G, K) mass nearby
+        tally[cost - cost.min(1, keepdims=True) >= tie] = -1.0  # only parts that explain it
+        return np.where(others.min(1) - current < tie, ks[np.argmax(tally, axis=1)], labels)
+
+    return _fixed_point(part_index, step, costs, rounds)
+
+
+def _motion_costs(motion, gates, centres, masses, neighbours):
+    """The cost function of :func:`rigid_reassign`: labels (G,) -> (the parts in use (K,), every
+    Gaussian's neighbour-averaged cost for each (G, K), and for its own part (G,))."""
     c = np.asarray(centres, np.float64)
     w = np.asarray(masses, np.float64)
     gates = np.asarray(gates, np.float64)
@@ -502,8 +557,9 @@ def rigid_reassign(
     motion = motion - np.average(motion, axis=1, weights=w)[:, None]
     near = nearest(c, neighbours)
     near_weights = w[near] / w[near].sum(1, keepdims=True)  # (G, k)
-    labels = np.asarray(part_index, np.int64)
-    for _ in range(rounds):
+    rows = np.arange(len(c))
+
+    def costs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ks = np.unique(labels)
         cost = np.empty((len(c), len(ks)))
         for j, k in enumerate(ks):
@@ -512,9 +568,16 @@ def rigid_reassign(
             cost[:, j] = (((rigid_prediction(motion, c, w, members) - motion) ** 2).sum((0, 2))
                           + GATE_PX**2 * ((gates - presence[:, None]) ** 2).sum(0))
         cost = np.einsum("gk,gkj->gj", near_weights, cost[near])
-        current = cost[np.arange(len(c)), np.searchsorted(ks, labels)]
-        better = current - cost.min(1) > REASSIGN_MARGIN_PX2 * len(motion)
-        new = np.where(better, ks[np.argmin(cost, axis=1)], labels)
+        return ks, cost, cost[rows, np.searchsorted(ks, labels)]
+
+    return costs
+
+
+def _fixed_point(labels, step, costs, rounds: int) -> np.ndarray:
+    """Apply ``step(labels, *costs(labels))`` until the labels stop changing, at most ``rounds`` times."""
+    labels = np.asarray(labels, np.int64)
+    for _ in range(rounds):
+        new = step(labels, *costs(labels))
         if np.array_equal(new, labels):
             break
         labels = new
