@@ -5,7 +5,7 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
 
 1. data: ``cryospire simulate --preset P --box 64 --n 20000 --snr 0.05 --seed 0`` into
    WORK/P/data (or reuse a simulation given by ``--data P=DIR``);
-2. cryospire: ``cryospire train`` (cpu profile) into WORK/P/cryospire, as three measured calls
+2. cryospire: ``cryospire train`` (``--profile``, cpu by default) into WORK/P/cryospire, as three measured calls
    (consensus; stage 1 and the parts; stage 2), each scored when it ends (the consensus map
    against every state: the floor; then ``cryospire evaluate --run``: CryoBench per-conformation
    FSC at the image latent nearest each state's mean latent). Or reuse a finished run given by
@@ -79,6 +79,7 @@ from cryospire_core.analysis.metrics import (  # noqa: E402
 )
 from cryospire_core.io.atomic import write_json, write_text  # noqa: E402
 from cryospire_core.io.safe_pickle import load_pickle  # noqa: E402
+from cryospire_core.pipeline.profiles import profile_names  # noqa: E402
 
 PRESETS = ("hinge", "random-hinge", "assembly", "mixed")
 #: Presets whose states are ordered along one path: their latents are scored by the R^2 of the state index.
@@ -208,7 +209,7 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         scores = evaluate("run", work / f"scores_reused_{reuse.name}.json")
         latent = latent_score(np.load(reuse / "latents.npy"), labels, simulated_preset(data, preset))
         return row_fields(preset, "cryospire", scores, None, len(labels), run_epochs(run), latent, [],
-                          note=f"cpu profile, reused run {reuse}", part_ari=scores.get("part_ari"))
+                          note=f"{args.profile} profile, reused run {reuse}", part_ari=scores.get("part_ari"))
 
     quick = [] if args.cryospire_epochs is None else [
         f"--epochs-{stage}={args.cryospire_epochs}" for stage in ("consensus", "1", "2")]
@@ -217,8 +218,9 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         tag = label.replace(" ", "")
 
         def train(stages=stages, kind=kind, tag=tag) -> dict:
-            m = run_checked(cryospire_cmd("train", str(data / "particles.star"), "--out", str(run), "--profile", "cpu",
-                                          "--threads", str(args.threads), "--resume", "--quiet", *quick,
+            m = run_checked(cryospire_cmd("train", str(data / "particles.star"), "--out", str(run), "--profile", args.profile,
+                                          "--device", args.device, "--threads", str(args.threads), "--resume",
+                                          "--quiet", *quick,
                                           *(a for st in stages for a in ("--stage", st))),
                             work / f"train_{tag}.log", env)
             # latents.npy is the last finished stage's: read it before the next stage replaces it
@@ -232,7 +234,7 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         curve.append({"label": label, "seconds": sum(r["seconds"] for r in records),
                       "auc_mean": scores["scores"]["summary"]["mean_auc"]})
     return row_fields(preset, "cryospire", scores, combined(records), len(labels), run_epochs(run), latent, curve,
-                      note="cpu profile", part_ari=scores.get("part_ari"))
+                      note=f"{args.profile} profile", part_ari=scores.get("part_ari"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +334,7 @@ def cryodrgn_side(preset: str, data: Path, work: Path, arch: str, budget_s: floa
     """Train cryoDRGN (architecture ``arch``) on ``data`` until ``budget_s`` seconds have passed
     (or ``--epochs`` are done), score its last finished epoch and, for the curve, up to
     ``--curve-points`` finished epochs: the table row's fields."""
-    exe = cryodrgn_venv(args.work)
+    exe = args.cryodrgn_exe or cryodrgn_venv(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = work / "train"
     layers, width = ARCHS[arch]
@@ -580,7 +582,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", nargs="*", default=[], help="NAME=DIR: a simulation to use (particles.*, gt/)")
     parser.add_argument("--cryospire-run", nargs="*", default=[], help="NAME=RUN: reuse a finished cryospire run")
     parser.add_argument("--cryospire-epochs", type=int,
-                        help="smoke tests only: this many epochs in every cryospire stage (default: the cpu profile's)")
+                        help="smoke tests only: this many epochs in every cryospire stage (default: the profile's)")
+    parser.add_argument("--profile", default="cpu", choices=profile_names(),
+                        help="cryospire's training profile (default cpu; paper on a GPU)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="cryospire's device (default auto: CUDA when present); cryoDRGN picks its own")
+    parser.add_argument("--cryodrgn-exe", type=Path,
+                        help="a cryodrgn program to run instead of making WORK/cryodrgn-venv (a machine without "
+                             "network: benchmarks/gpu_quality.sh)")
     parser.add_argument("--budget-minutes", type=float,
                         help="wall-clock budget of each peer (default: the cryospire run's wall time on that data)")
     parser.add_argument("--epochs", type=int, default=1000,

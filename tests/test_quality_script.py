@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from cryospire_core.io.mrc import write_map
 
@@ -192,6 +195,50 @@ def test_carried_rows_are_reused_and_set_the_peers_budget(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(SystemExit, match="bad.json"):
         quality.carried_rows(tmp_path / "bad.json")
+
+
+def test_profile_device_and_an_installed_cryodrgn_reach_the_commands(tmp_path, monkeypatch):
+    """What benchmarks/gpu_quality.sh relies on: cryospire trains with --profile and --device, and
+    --cryodrgn-exe is run instead of a virtual environment being made."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cmd, *args, **kwargs):
+        calls.append([str(c) for c in cmd])
+        raise Stop
+
+    monkeypatch.setattr(quality, "run_checked", record)
+    data = tmp_path / "data"
+    (data / "gt").mkdir(parents=True)
+    np.save(data / "gt" / "labels.npy", np.zeros(4, np.int64))
+    exe = tmp_path / "bin" / "cryodrgn"
+    args = quality.argparse.Namespace(threads=16, cryospire_epochs=None, profile="paper", device="cuda",
+                                      cryodrgn_exe=exe, work=tmp_path / "work", epochs=5, seed=0)
+    with pytest.raises(Stop):
+        quality.cryospire_side("assembly", data, tmp_path / "cs", None, args, {})
+    train = calls[-1]
+    assert train[train.index("--profile") + 1] == "paper" and train[train.index("--device") + 1] == "cuda"
+    with pytest.raises(Stop):
+        quality.cryodrgn_side("assembly", data, tmp_path / "cd", "large", 60.0, args, {})
+    assert calls[-1][:2] == [str(exe), "train_vae"]
+    assert not (tmp_path / "work" / "cryodrgn-venv").exists()
+
+
+def test_gpu_script_says_why_it_runs_nothing(tmp_path):
+    """benchmarks/gpu_quality.sh on a machine without CUDA stops at once, saying so (exit 0), and
+    without cryoDRGN's wheels it says where to get them (exit 2)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_quality.sh"
+    env = {**os.environ, "GPU_QUALITY_WHEELS": str(tmp_path / "none")}
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+        assert no_gpu.returncode == 0 and "no CUDA device visible to torch; nothing run" in no_gpu.stdout
+    no_wheels = subprocess.run(["bash", str(script)], env={**env, "GPU_QUALITY_DEVICE": "cpu"}, capture_output=True,
+                               text=True, timeout=120)
+    assert no_wheels.returncode == 2
+    assert "no cryodrgn wheel in " + str(tmp_path / "none") in no_wheels.stdout
+    assert "gpu_wheels.sh" in no_wheels.stdout
 
 
 def test_measure_reports_the_peak_memory_and_cpu_of_the_child_tree(tmp_path):
