@@ -12,8 +12,8 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
    ``--cryospire-run P=RUN`` (then nothing is timed and ``--budget-minutes`` is needed);
 3. cryoDRGN, with each ``--cryodrgn-arch`` (its default 3x1024 model and/or the 3x256 its
    tutorial starts with): ``cryodrgn train_vae`` on the same particles.mrcs / poses.pkl / ctf.pkl
-   in its own virtual environment (WORK/cryodrgn-venv, made by this script), run only as a
-   separate program, and stopped when the budget is spent: ``--budget-minutes``, by default the
+   in its own virtual environment (WORK/cryodrgn-venv, made by this script, or ``--cryodrgn-exe``),
+   run only as a separate program, and stopped when the budget is spent: ``--budget-minutes``, by default the
    wall time of the cryospire run on the same preset. Its last finished epoch is scored
    (``cryodrgn eval_vol`` at the latents of the particles nearest each state's mean latent,
    picked by the same code as our evaluator, scored by the same FSC code against the same ground
