@@ -154,6 +154,25 @@ def test_ties_near_a_twist_axis_go_to_the_spatial_majority():
     assert parts.adjusted_rand(settled, truth) > 0.98
 
 
+def test_a_subunit_that_comes_and_goes_with_the_core_still_is_cut_out_by_presence():
+    """Two touching domains that never move, the second absent from 30% of the images: one
+    level-1 cluster and one compact piece, so only presence can tell them apart. A part present
+    throughout, with noisy gates, stays whole."""
+    rng = np.random.default_rng(2)
+    n, S = 150, 80
+    c = np.concatenate([rng.normal(0, 7, (n, 3)) + [-15.0, 0, 0], rng.normal(0, 7, (n, 3)) + [15.0, 0, 0]])
+    truth = np.repeat([0, 1], n)
+    gates = np.clip(rng.normal(0.95, 0.05, (S, 2 * n)), 0, 1)
+    absent = rng.random(S) < 0.3
+    gates[np.ix_(absent, truth == 1)] = rng.uniform(0, 0.1, (absent.sum(), n))
+    m, feats, motion = np.ones(2 * n), np.zeros((2 * n, 4)), rng.normal(scale=0.1, size=(S, 2 * n, 3))
+    res = parts.discover_parts(feats, c, m, np.zeros((2 * n, 2), np.float32), n_level1=1, motion=motion, gates=gates)
+    assert "parts cut by presence: 1" in res.rule
+    assert parts.adjusted_rand(res.part_index, truth) > 0.9
+    whole = parts.split_by_presence(np.zeros(n, np.int64), gates[:, :n], c[:n], m[:n], min_size=8)
+    assert np.all(whole == 0)
+
+
 def test_parts_end_with_the_rigid_reassignment_when_given_the_motion(tmp_path):
     """Level 1 on a displacement signature cut by hand into the wrong two groups (n_level1 given:
     level 1 only sees the profiles); with the motion the parts come back to the rigid domains,
