@@ -59,7 +59,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "default) or features (the learned features, as in the paper)")
     parser.add_argument("--parts-refine", choices=PART_REFINES,
                         help="after both levels: none (default) or rigid (each Gaussian goes to the part whose rigid "
-                             "motion and presence explain its own best; for a stage 1 with rigid handles)")
+                             "motion and presence explain its own best, ties go to its neighbourhood's part, and a "
+                             "part whose Gaussians come and go in two patterns is cut in two; for a stage 1 with "
+                             "rigid handles)")
     parser.add_argument("--select", help="particles stage 2 keeps: 0-based indices (.npy/.txt) or a .star/.cs subset "
                                          "of PARTICLES (drop junk after looking at stage 1; with --resume it applies "
                                          "when stage 2 has not started)")

@@ -373,8 +373,9 @@ def recluster(
     n_level2: str | int | None = "auto",
     min_part_size: int | None = None,
 ) -> PartClustering:
-    """Re-run both levels, and the rigid reassignment when the inputs hold the motion, on saved
-    inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus about 4 s for the reassignment).
+    """Re-run both levels, and the rigid refinement when the inputs hold the motion (the module
+    docstring's step 3), on saved inputs (no model needed; ~0.2-0.5 s at G = 2,048, plus about
+    4 s for the refinement).
 
     Arguments as in :func:`discover_parts`.
     Runs single-threaded: these problems are small, and OpenMP/BLAS worker threads competing

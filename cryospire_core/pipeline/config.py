@@ -215,8 +215,9 @@ class TrainConfig:
     a count (``--parts K`` fixes level 1); parts_signal: what level 1 clusters, ``dynamics`` (each
     Gaussian's decoded motion and presence, our default) or ``features`` (the paper's);
     parts_refine: ``rigid`` (each Gaussian then goes to the part whose rigid motion and presence
-    explain its decoded ones best: :func:`~cryospire_core.models.parts.rigid_reassign`; meant
-    for a stage 1 with ``discovery.handles``) or ``none``; gate_sample:
+    explain its decoded ones best, ties go to space and parts that come and go in two patterns
+    are cut: :mod:`~cryospire_core.models.parts`, step 3; meant for a stage 1 with
+    ``discovery.handles``) or ``none``; gate_sample:
     images whose stage-1 decoding feeds the clustering; select: a particle selection (index file,
     or .star/.cs subset, see :mod:`selection`) that stage 2 keeps, dropping junk found after
     stage 1; checkpoint_minutes: between in-epoch checkpoints; seed: of every stage; precision:
