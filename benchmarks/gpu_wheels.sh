@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The wheels benchmarks/gpu_quality.sh installs on a GPU machine that cannot reach a package index:
-# cryoDRGN 4.3.1 and the packages its train_vae and eval_vol import that such a machine's image
+# cryoDRGN 4.3.1 and the packages its command line imports that such a machine's image
 # lacks (it holds torch, numpy, scipy, pandas, scikit-learn, matplotlib, seaborn, pyyaml, psutil,
 # pyarrow, tqdm, ...), each pinned to the version benchmarks/quality.py's CPU virtual environment
 # resolved (2026-12), for CPython $PYVER (default 3.12) on x86-64 Linux. They come from the
@@ -17,9 +17,9 @@ pyver=${PYVER:-3.12}
 py=python3
 [[ -x .venv/bin/python ]] && py=.venv/bin/python
 
-# What `import cryodrgn.command_line, cryodrgn.commands.train_vae, cryodrgn.commands.eval_vol`
-# loads, less what the GPU image has; IPython's own imports and nbformat's jupyter-core as well,
-# in case a code path of cryoDRGN reaches them.
+# What cryoDRGN's command line loads (it imports every command module: train_vae and eval_vol
+# need them all), less what the GPU image has (seaborn, werkzeug, jinja2, numba, ...); IPython's
+# own imports and nbformat's jupyter-core as well, in case a code path of cryoDRGN reaches them.
 packages=(
     cryodrgn==4.3.1 arrow==1.4.0 comm==0.2.3 fastjsonschema==2.22.3 fqdn==1.6.0 igraph==1.0.0
     ipython==9.19.1 ipywidgets==8.1.9 isoduration==20.11.0 jsonpointer==3.12 jsonschema==4.26.0
@@ -29,6 +29,8 @@ packages=(
     jedi==0.20.1 parso==0.8.7 prompt_toolkit==3.0.53 stack_data==0.6.3 asttokens==3.0.2 executing==2.3.0
     pure_eval==0.2.4 matplotlib-inline==0.2.2 pexpect==4.9.0 ptyprocess==0.7.0 ipython-pygments-lexers==1.1.1
     jupyter-core==5.9.1 platformdirs==4.14.9 tzdata==2026.6
+    flask==3.1.3 blinker==1.9.0 itsdangerous==2.2.0 cffi==2.1.1 pycparser==3.12 pynndescent==0.7.0 starfile==0.5.13
+    umap-learn==0.5.12
 )
 mkdir -p "$dest"
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation cp \
