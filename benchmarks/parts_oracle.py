@@ -37,7 +37,11 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cryospire_core.analysis.partscores import load_beads, part_scores
+from cryospire_core.analysis.partscores import (
+    gt_domains_for_gaussians,
+    load_beads,
+    part_scores,
+)
 from cryospire_core.io.arrays import read_npy
 from cryospire_core.models import parts
 from cryospire_core.pipeline.runfolder import RunFolder
@@ -151,7 +155,7 @@ def oracle(folder: Path, run_name: str) -> list[str]:
     scored_beads = load_beads(folder / "data" / "gt" / "beads.npz")
     states = read_npy(folder / "data" / "gt" / "labels.npy", "labels")[motion.sample]
     true, presence = true_motion(beads, states, motion.centres)
-    groups = parts.gt_domains_for_gaussians(motion.centres, scored_beads)
+    groups = gt_domains_for_gaussians(motion.centres, scored_beads)
     names = [str(n) for n in beads["domain_names"]]
     lines = [f"{folder.name} ({run_name}): {len(motion.centres)} Gaussians, {len(states)} sampled images"]
     for label, k in (("as decoded", 1), (f"{parts.DYNAMICS_NEIGHBOURS}-nbr mean", parts.DYNAMICS_NEIGHBOURS)):

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cryospire_core.analysis.partscores import load_beads, part_scores
+from cryospire_core.models.parts import PartClustering
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import publish  # noqa: E402
@@ -86,6 +90,13 @@ def evaluate(folder: Path, data: Path, run: Path, stage1: bool) -> dict:
     return scores
 
 
+def rescored_parts(folder: Path) -> dict:
+    """The part scores of ``folder``/run's saved parts against ``folder``/data/gt/beads.npz, by
+    today's code (the clustering or the ground-truth rule may have changed since it was evaluated)."""
+    clustering = PartClustering.from_npz(folder / "run" / "parts" / "clustering.npz")
+    return dataclasses.asdict(part_scores(clustering, load_beads(folder / "data" / "gt" / "beads.npz")))
+
+
 def row(name: str, s: dict, scores: dict) -> dict:
     r, f = scores["run"], scores["floor"]
     parts = r.get("parts", {})
@@ -134,7 +145,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--train-args", default="", help="more `cryospire train` options, quoted")
     p.add_argument("--report", action="store_true",
-                   help="run nothing: tabulate the scores already in --work (stage 2 where trained, else stage 1)")
+                   help="run nothing: tabulate the scores already in --work (stage 2 where trained, else stage 1), "
+                        "the parts scored again by the current rules where the run's clustering is there")
     p.add_argument("--out", type=Path, help="append the table to this file")
     args = p.parse_args()
 
@@ -149,6 +161,8 @@ def main() -> int:
             tag = "final" if (folder / "final_run.json").exists() else "stage1"
             if (folder / f"{tag}_run.json").exists():
                 scores = {k: json.loads((folder / f"{tag}_{k}.json").read_text()) for k in ("run", "floor")}
+                if (folder / "run" / "parts" / "clustering.npz").is_file():
+                    scores["run"]["parts"] = rescored_parts(folder)
                 rows.append({**row(name, s, scores), "model": "stage 2" if tag == "final" else "stage 1"})
             continue
         data = simulate(name, s, folder, args.n, args.snr)

@@ -39,7 +39,8 @@ def test_finished_runs_are_scored_per_seed(tmp_path, capsys):
     folder = tmp_path / "blobs"
     (folder / "data" / "gt").mkdir(parents=True)
     np.savez(folder / "data" / "gt" / "beads.npz", centres=centres[None], domains=np.repeat([0, 1], 40),
-             domain_names=np.array(["A", "B"]), presence=np.ones((1, 80)))
+             domain_names=np.array(["A", "B"]), presence=np.ones((1, 80)), sigmas=np.full(80, 3.0),
+             amplitudes=np.ones(80), populations=[1.0])
     right = np.repeat([0, 1], 40)
     wrong = (centres[:, 1] > 0).astype(int)
     for seed, labels in ((0, right), (1, wrong)):

@@ -59,7 +59,7 @@ saved in ``RUN/parts/clustering.npz``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -875,28 +875,3 @@ def adjusted_rand(part_index: np.ndarray, gt_domain: np.ndarray) -> float:
     """Adjusted Rand index of the parts against ground-truth domain labels (both (G,))."""
     return float(adjusted_rand_score(np.asarray(gt_domain), np.asarray(part_index)))
 
-
-def gt_domains_for_gaussians(centres: np.ndarray, beads: str | os.PathLike | Mapping[str, np.ndarray]) -> np.ndarray:
-    """(G,) ground-truth domain of each Gaussian: the domain of the nearest bead in any state.
-
-    centres: (G, 3) Å. beads: a simulation's ``gt/beads.npz`` path, or a mapping with its
-    ``centres`` (S, B, 3) or (B, 3) Å and ``domains`` (B,). A Gaussian fitted to a consensus
-    sits where its domain is on average or anywhere along its motion, so every state's bead
-    positions count (state 0 alone is one end of a hinge's swing); absent beads count too.
-    """
-    if isinstance(beads, (str, os.PathLike)):
-        path = Path(beads)
-        if not path.is_file():
-            raise InputError(path, "beads", "a simulation's gt/beads.npz", "no such file")
-        with np.load(path, allow_pickle=False) as z:
-            beads = {k: z[k] for k in ("centres", "domains") if k in z}
-        for key in ("centres", "domains"):
-            if key not in beads:
-                raise InputError(path, key, "an array written by write_simulation", "missing")
-    bead_centres = np.asarray(beads["centres"], np.float64)
-    domains = np.asarray(beads["domains"], dtype=np.int64)
-    if bead_centres.ndim == 3:
-        domains = np.tile(domains, len(bead_centres))
-        bead_centres = bead_centres.reshape(-1, 3)
-    _, nearest = cKDTree(bead_centres).query(np.asarray(centres, np.float64))
-    return domains[nearest]

@@ -396,24 +396,18 @@ def test_part_masks_are_soft_and_written_with_the_voxel_size(tmp_path):
         np.testing.assert_array_equal(m.data, masks[0])
 
 
-def test_gt_domains_and_part_discovery_on_a_phantom(tmp_path):
+def test_part_discovery_recovers_a_phantom_s_domains_from_features_that_encode_them():
     ph = make_phantom("hinge", 32, 4.0, seed=0)
-    np.savez(tmp_path / "beads.npz", domains=ph.domains, centres=ph.centres, sigmas=ph.sigmas)
     rng = np.random.default_rng(0)
     pick = rng.choice(ph.n_beads, size=min(400, ph.n_beads), replace=False)
     centres = ph.centres[0, pick] + rng.normal(scale=0.2, size=(len(pick), 3))
-    domains = parts.gt_domains_for_gaussians(centres, tmp_path / "beads.npz")
-    np.testing.assert_array_equal(domains, ph.domains[pick])
-    np.testing.assert_array_equal(parts.gt_domains_for_gaussians(centres, {"centres": ph.centres, "domains": ph.domains}),
-                                  domains)
+    domains = ph.domains[pick]
     # Features that encode the domain (what stage 1 should learn) recover the domains.
     n_dom = int(ph.domains.max()) + 1
     code = rng.normal(size=(n_dom, F)) * 3
     feats = code[domains] + rng.normal(scale=0.5, size=(len(pick), F))
     res = parts.discover_parts(feats, centres, np.ones(len(pick)), n_level2=None, seed=0)
     assert parts.adjusted_rand(res.part_index, domains) == pytest.approx(1.0)
-    with pytest.raises(Exception, match="beads"):
-        parts.gt_domains_for_gaussians(centres, tmp_path / "missing.npz")
 
 
 def test_a_handful_of_odd_gaussians_is_not_a_part():

@@ -10,6 +10,7 @@ import torch
 from cryospire_core.analysis.partscores import (
     domain_presence,
     format_part_scores,
+    gt_domains_for_gaussians,
     load_beads,
     optional_domains,
     part_scores,
@@ -17,6 +18,7 @@ from cryospire_core.analysis.partscores import (
 )
 from cryospire_core.errors import InputError
 from cryospire_core.models import parts
+from cryospire_core.sim.phantoms import make_phantom
 
 
 def _beads():
@@ -26,7 +28,8 @@ def _beads():
     presence = np.ones((3, 100), np.float32)
     presence[0, 50:] = 0
     return {"centres": np.repeat(centres[None], 3, 0), "domains": np.repeat([0, 1], 50),
-            "domain_names": np.array(["core", "cap"]), "presence": presence}
+            "domain_names": np.array(["core", "cap"]), "presence": presence, "sigmas": np.full(100, 3.0),
+            "amplitudes": np.ones(100), "populations": np.full(3, 1 / 3)}
 
 
 class _GatedModel(torch.nn.Module):
@@ -65,6 +68,36 @@ def test_part_scores_against_bead_domains(tmp_path):
     np.savez(tmp_path / "beads.npz", **{k: v for k, v in beads.items() if k != "presence"})
     with pytest.raises(InputError, match="presence"):
         load_beads(tmp_path / "beads.npz")
+
+
+def test_gt_domains_of_gaussians_on_a_phantom_s_beads(tmp_path):
+    ph = make_phantom("hinge", 32, 4.0, seed=0)
+    np.savez(tmp_path / "beads.npz", domains=ph.domains, domain_names=ph.domain_names, centres=ph.centres[:1],
+             presence=ph.presence[:1], sigmas=ph.sigmas, amplitudes=ph.amplitudes, populations=[1.0])
+    rng = np.random.default_rng(0)
+    pick = rng.choice(ph.n_beads, size=min(400, ph.n_beads), replace=False)
+    centres = ph.centres[0, pick] + rng.normal(scale=0.2, size=(len(pick), 3))
+    np.testing.assert_array_equal(gt_domains_for_gaussians(centres, load_beads(tmp_path / "beads.npz")),
+                                  ph.domains[pick])
+    with pytest.raises(InputError, match="beads"):
+        load_beads(tmp_path / "missing.npz")
+
+
+def test_a_static_domain_keeps_its_surface_where_a_swinging_domain_passes_in_one_state_of_ten():
+    """A static bead at the origin; a moving bead 6 Å away in 9 states, 3.5 Å away in one: a
+    Gaussian 2 Å from the static bead, towards it, is the static domain's (most of
+    the density there is the static bead's), although the moving bead once passes closer."""
+    moving = np.tile([6.0, 0, 0], (10, 1))
+    moving[0] = [3.5, 0, 0]
+    beads = {"centres": np.stack([np.zeros((10, 3)), moving], axis=1), "domains": np.array([0, 1]),
+             "sigmas": np.full(2, 2.0), "amplitudes": np.ones(2), "populations": np.full(10, 0.1)}
+    g = np.array([[2.0, 0, 0], [5.5, 0, 0], [-1.0, 0, 0]])
+    np.testing.assert_array_equal(gt_domains_for_gaussians(g, beads), [0, 1, 0])
+    # With the swinging bead there in most states the point is the swinging domain's.
+    beads["populations"] = np.r_[0.91, np.full(9, 0.01)]
+    np.testing.assert_array_equal(gt_domains_for_gaussians(g, beads), [1, 1, 0])
+    # Far from every bead (densities underflow) the nearer domain still wins.
+    np.testing.assert_array_equal(gt_domains_for_gaussians(np.array([[-400.0, 0, 0], [400.0, 0, 0]]), beads), [0, 1])
 
 
 def _rows(scores):
