@@ -129,6 +129,33 @@ def test_rigid_reassignment_keeps_parts_that_differ_by_presence_alone():
     assert parts.adjusted_rand(moved, truth) > 0.95  # the neighbour averaging may move a few at the interface
 
 
+@pytest.mark.parametrize("robust", [True, False])
+def test_a_few_heavy_joiners_that_move_do_not_pull_a_static_part_apart(monkeypatch, robust):
+    """Two touching static blocks A and C, and on A's other side a block B that shifts image by
+    image; B's four Gaussians nearest A, heavier than the rest (10% of A's mass with them), start
+    in A. A plain mass-weighted fit of A follows them part of the way, and C's fit (no motion)
+    then explains A's own Gaussians better: A drains into C. The refitted, Cauchy-weighted fit
+    hardly moves, so A keeps its Gaussians and the joiners go back to B."""
+    if not robust:
+        monkeypatch.setattr(parts, "ROBUST_SCALE", np.inf)  # the plain fit: what the test guards against
+    block = np.stack(np.meshgrid(np.arange(3), np.arange(4), np.arange(5), indexing="ij"), -1).reshape(-1, 3) * 3.0
+    c = np.concatenate([block, block + [12.0, 0, 0], block - [9.0, 0, 0]])
+    truth = np.repeat([0, 1, 2], len(block))
+    start = truth.copy()
+    in_b = np.flatnonzero(truth == 2)
+    joiners = in_b[np.argsort(-c[in_b, 0], kind="stable")[:4]]
+    start[joiners] = 0
+    masses = np.ones(len(c))
+    masses[joiners] = len(block) / 9 / len(joiners)
+    motion = np.zeros((64, len(c), 3))
+    motion[:, truth == 2, 1] = np.random.default_rng(0).normal(scale=3.0, size=(64, 1))
+    moved = parts.rigid_reassign(start, motion, np.ones((64, len(c))), c, masses)
+    if robust:
+        np.testing.assert_array_equal(moved, truth)
+    else:
+        assert np.mean(moved[truth == 0] == 0) < 0.5
+
+
 def test_ties_near_a_twist_axis_go_to_the_spatial_majority():
     """A domain that turns about its own long axis: its Gaussians near the axis hardly move, so the
     static core's rigid fit explains them about as well as the domain's, and those that start in
