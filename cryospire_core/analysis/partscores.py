@@ -78,6 +78,8 @@ class PartScores:
     groups: list[GroupScore]
 
 
+#: Gaussian-bead pairs held at once by :func:`gt_domains_for_gaussians` (about 32 MB of float64).
+GT_CHUNK = 4_000_000
 #: The arrays of a simulation's gt/beads.npz that scoring reads.
 BEAD_ARRAYS = ("centres", "domains", "domain_names", "presence", "sigmas", "amplitudes", "populations")
 
@@ -114,17 +116,20 @@ def gt_domains_for_gaussians(centres: np.ndarray, beads: dict[str, np.ndarray]) 
     domains = np.asarray(beads["domains"], np.int64)
     order = np.argsort(domains, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(domains[order]) != 0])
+    sizes = np.diff(np.r_[starts, len(order)])
     two_var = 2.0 * np.asarray(beads["sigmas"], np.float64)[order] ** 2
     log_amp = np.log(np.maximum(np.asarray(beads["amplitudes"], np.float64)[order], 1e-300))
     pop = np.asarray(beads["populations"], np.float64)
     log_pop = np.log(np.maximum(pop / pop.sum(), 1e-300))
     density = np.full((len(c), len(starts)), -np.inf)  # log density per domain, accumulated over states
+    step = max(1, GT_CHUNK // max(1, len(order)))  # Gaussians at a time: (step, B) arrays stay small
     for state, at in enumerate(bead_centres[:, order]):
-        log_d = log_pop[state] + log_amp - ((c[:, None, :] - at[None]) ** 2).sum(-1) / two_var  # (G, B)
-        # log-sum-exp per domain (beads sorted by domain): far from every bead the densities underflow
-        top = np.maximum.reduceat(log_d, starts, axis=1)
-        density = np.logaddexp(density, top + np.log(np.add.reduceat(np.exp(log_d - np.repeat(
-            top, np.diff(np.r_[starts, len(order)]), axis=1)), starts, axis=1)))
+        for g in range(0, len(c), step):
+            log_d = log_pop[state] + log_amp - ((c[g:g + step, None, :] - at[None]) ** 2).sum(-1) / two_var
+            # log-sum-exp per domain (beads sorted by domain): far from every bead the densities underflow
+            top = np.maximum.reduceat(log_d, starts, axis=1)
+            summed = np.add.reduceat(np.exp(log_d - np.repeat(top, sizes, axis=1)), starts, axis=1)
+            density[g:g + step] = np.logaddexp(density[g:g + step], top + np.log(summed))
     return np.unique(domains)[density.argmax(axis=1)]
 
 

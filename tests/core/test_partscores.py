@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryospire_core.analysis import partscores
 from cryospire_core.analysis.partscores import (
     domain_presence,
     format_part_scores,
@@ -70,13 +71,17 @@ def test_part_scores_against_bead_domains(tmp_path):
         load_beads(tmp_path / "beads.npz")
 
 
-def test_gt_domains_of_gaussians_on_a_phantom_s_beads(tmp_path):
+def test_gt_domains_of_gaussians_on_a_phantom_s_beads(tmp_path, monkeypatch):
     ph = make_phantom("hinge", 32, 4.0, seed=0)
     np.savez(tmp_path / "beads.npz", domains=ph.domains, domain_names=ph.domain_names, centres=ph.centres[:1],
              presence=ph.presence[:1], sigmas=ph.sigmas, amplitudes=ph.amplitudes, populations=[1.0])
     rng = np.random.default_rng(0)
     pick = rng.choice(ph.n_beads, size=min(400, ph.n_beads), replace=False)
     centres = ph.centres[0, pick] + rng.normal(scale=0.2, size=(len(pick), 3))
+    np.testing.assert_array_equal(gt_domains_for_gaussians(centres, load_beads(tmp_path / "beads.npz")),
+                                  ph.domains[pick])
+    # a few Gaussians at a time (what keeps a large complex's arrays small) gives the same labels
+    monkeypatch.setattr(partscores, "GT_CHUNK", 7 * ph.n_beads)
     np.testing.assert_array_equal(gt_domains_for_gaussians(centres, load_beads(tmp_path / "beads.npz")),
                                   ph.domains[pick])
     with pytest.raises(InputError, match="beads"):
