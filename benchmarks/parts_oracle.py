@@ -151,11 +151,10 @@ def oracle(folder: Path, run_name: str) -> list[str]:
     """The report lines of one set (see the module docstring)."""
     run = RunFolder(folder / run_name)
     motion = stage1_motion(run, run.n_particles(), run.train_config())
-    beads = dict(np.load(folder / "data" / "gt" / "beads.npz"))
-    scored_beads = load_beads(folder / "data" / "gt" / "beads.npz")
+    beads = load_beads(folder / "data" / "gt" / "beads.npz")
     states = read_npy(folder / "data" / "gt" / "labels.npy", "labels")[motion.sample]
     true, presence = true_motion(beads, states, motion.centres)
-    groups = gt_domains_for_gaussians(motion.centres, scored_beads)
+    groups = gt_domains_for_gaussians(motion.centres, beads)
     names = [str(n) for n in beads["domain_names"]]
     lines = [f"{folder.name} ({run_name}): {len(motion.centres)} Gaussians, {len(states)} sampled images"]
     for label, k in (("as decoded", 1), (f"{parts.DYNAMICS_NEIGHBOURS}-nbr mean", parts.DYNAMICS_NEIGHBOURS)):
@@ -168,7 +167,7 @@ def oracle(folder: Path, run_name: str) -> list[str]:
         clustering = parts.discover_parts(motion.features, motion.centres, motion.masses, signature, gates.mean(0),
                                           motion=None if shifts is None else shifts / motion.apix,
                                           gates=None if shifts is None else gates)
-        return part_scores(clustering, scored_beads)
+        return part_scores(clustering, beads)
 
     def split_ari(shifts, gates, kind) -> str:
         make = parts.dynamics_signature if kind == "displacement" else twist_signature
@@ -176,7 +175,7 @@ def oracle(folder: Path, run_name: str) -> list[str]:
         plain, refined = scored(signature, gates), scored(signature, gates, shifts)
         return f"{plain.split_ari:.3f} ({plain.n_parts} parts; reassigned {refined.split_ari:.3f})"
 
-    saved = part_scores(run.clustering(), scored_beads)
+    saved = part_scores(run.clustering(), beads)
     lines.append(f"  split ARI  run's parts {saved.split_ari:.3f} ({saved.n_parts} parts)")
     for kind in ("displacement", "twist"):
         lines.append(f"  split ARI  {kind:>12}: decoded {split_ari(motion.shifts, motion.gates, kind)}, "

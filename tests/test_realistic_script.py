@@ -48,11 +48,10 @@ def test_report_tabulates_the_scores_it_finds(tmp_path):
         (folder / f"{tag}_run.json").write_text(json.dumps(_scores(mean, groups)))
         (folder / f"{tag}_floor.json").write_text(json.dumps(_scores(0.38)))
     # b's run is still here: its parts are scored again (one part holding both beads' Gaussians)
-    np.savez(tmp_path / b / "beads.npz", centres=np.array([[[0.0, 0, 0], [50, 0, 0]]]), domains=[0, 1],
-             domain_names=["x", "y"], presence=np.ones((1, 2)), sigmas=np.full(2, 3.0), amplitudes=np.ones(2),
-             populations=[1.0])
     (tmp_path / b / "data" / "gt").mkdir(parents=True)
-    (tmp_path / b / "beads.npz").rename(tmp_path / b / "data" / "gt" / "beads.npz")
+    np.savez(tmp_path / b / "data" / "gt" / "beads.npz", centres=np.array([[[0.0, 0, 0], [50, 0, 0]]]),
+             domains=[0, 1], domain_names=["x", "y"], presence=np.ones((1, 2)), sigmas=np.full(2, 3.0),
+             amplitudes=np.ones(2), populations=[1.0])
     (tmp_path / b / "run" / "parts").mkdir(parents=True)
     centres = np.array([[0.0, 0, 0], [1, 0, 0], [50, 0, 0], [51, 0, 0]])
     discover_parts(np.eye(4, 2), centres, np.ones(4), n_level1=1, n_level2=None).to_npz(

@@ -529,8 +529,9 @@ def robust_rigid_prediction(motion: np.ndarray, centres: np.ndarray, weights: np
                             members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rigid_prediction` of ``members`` refitted once with Cauchy weights (``ROBUST_SCALE``):
     (the prediction (S, G, 3), the members' weights in the second fit (len(members),))."""
-    first = rigid_prediction(motion, centres, weights, members)
-    r = ((first[:, members] - motion[:, members]) ** 2).sum((0, 2))
+    own = np.arange(len(members))  # the first fit is needed at the members only
+    first = rigid_prediction(motion[:, members], centres[members], weights[members], own)
+    r = ((first - motion[:, members]) ** 2).sum((0, 2))
     robust = weights.copy()
     robust[members] = weights[members] / (1.0 + r / (ROBUST_SCALE * np.median(r) + 1e-300))
     return rigid_prediction(motion, centres, robust, members), robust[members]
