@@ -93,6 +93,12 @@ ZDIM = 8  # cryoDRGN's documented choice (README and tutorial: --zdim 8)
 ARCHS = {"large": ("3", "1024"), "small": ("3", "256")}
 RECOVAR_VERSION = "1.0.5"
 RECOVAR_ZDIM = 10  # the latent size RECOVAR's tutorial analyses (its pipeline computes several)
+#: RECOVAR's memory plan (``--gpu-budget-gb``, its batch sizes; on the CPU it otherwise plans with
+#: half the RAM and then peaks near all of it: 20 GB of 24 computing a 64 px mean), so that two
+#: RECOVAR runs fit side by side on a 24-GB machine. It sets the batch sizes and how many principal
+#: components RECOVAR computes (64 px: 174 instead of 200); the maps and latents use the first
+#: ``RECOVAR_ZDIM``.
+RECOVAR_MEMORY_GB = 5
 #: RECOVAR cannot be stopped part-way with a result: it may run to this many budgets.
 RECOVAR_BUDGET_FACTOR = 3
 #: Highest frequency (cycles/px) of the low-frequency AUC column.
@@ -386,10 +392,52 @@ def recovar_env(env: dict[str, str], threads: int) -> dict[str, str]:
     return {**env, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
 
 
-def recovar_pipeline_cmd(exe: Path, particles: Path, poses: Path, ctf: Path, out: Path) -> list[str]:
+#: RECOVAR's own command line, run in its interpreter with one fix. Its JAX slicing
+#: (``recovar.core.relion_interp``, the path it takes without a GPU) puts an image's frequencies on
+#: a volume grid oversampled k times (its mean and per-state maps use k = 2) at the image grid's
+#: positions, without the factor k its CUDA kernels apply (``upsampling = N0 // H``), so every
+#: oversampled reconstruction it makes on the CPU is garbage (``benchmarks/recovar_selfcheck.py``:
+#: FSC AUC 0.08 of its own simulation). The fix scales those frequencies and the radius cut-off by
+#: k, as its GPU path does; nothing else of RECOVAR changes.
+RECOVAR_CPU_LAUNCHER = """
+import sys
+import recovar.core.relion_interp as ri
+from recovar.command_line import main_commands
+
+def oversampled(slicer):
+    def scaled(x, rotations, image_shape, volume_shape, *args, max_r=None, **kwargs):
+        k = volume_shape[0] // image_shape[0]
+        if k == 1:
+            return slicer(x, rotations, image_shape, volume_shape, *args, max_r=max_r, **kwargs)
+        plain = ri._pixel_frequencies
+        ri._pixel_frequencies = lambda shape, half_image=False: plain(shape, half_image=half_image) * k
+        try:
+            return slicer(x, rotations, image_shape, volume_shape, *args,
+                          max_r=None if max_r is None else max_r * k, **kwargs)
+        finally:
+            ri._pixel_frequencies = plain
+    return scaled
+
+ri.project, ri.backproject = oversampled(ri.project), oversampled(ri.backproject)
+sys.argv[0] = "recovar"
+sys.exit(main_commands())
+"""
+
+
+def recovar_cmd(exe: Path, *args: str, cpu_fix: bool = True) -> list[str]:
+    """``recovar ARGS --gpu-budget-gb RECOVAR_MEMORY_GB`` from its venv: through
+    ``RECOVAR_CPU_LAUNCHER`` unless ``cpu_fix`` is off."""
+    args = (*args, "--gpu-budget-gb", str(RECOVAR_MEMORY_GB))
+    if not cpu_fix:
+        return [str(exe), *args]
+    return [str(exe.parent / "python"), "-c", RECOVAR_CPU_LAUNCHER, *args]
+
+
+def recovar_pipeline_cmd(exe: Path, particles: Path, poses: Path, ctf: Path, out: Path,
+                         cpu_fix: bool = True) -> list[str]:
     """``recovar pipeline`` as this benchmark runs it: spherical mask, zdim ``RECOVAR_ZDIM``, on the CPU."""
-    return [str(exe), "pipeline", str(particles), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",
-            "-o", str(out), "--zdim", str(RECOVAR_ZDIM), "--accept-cpu"]
+    return recovar_cmd(exe, "pipeline", str(particles), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",
+                       "-o", str(out), "--zdim", str(RECOVAR_ZDIM), "--accept-cpu", cpu_fix=cpu_fix)
 
 
 #: Reads a finished pipeline's latents with RECOVAR's own reader, in its own interpreter.
@@ -407,7 +455,7 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     exe = recovar_venv(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out, xenv = work / "pipeline", recovar_env(env, args.threads)
-    note = f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask"
+    note = f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask, CPU slicing fixed, memory plan {RECOVAR_MEMORY_GB} GB"
 
     def train() -> dict:
         m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out),
@@ -428,7 +476,7 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     reps = write_zfile(points, latents, gt.labels)
     maps = [states_dir / f"state{i:03d}.mrc" for i in range(len(reps))]
     if not all(p.is_file() for p in maps):
-        run_checked([str(exe), "compute_state", str(out), "-o", str(states_dir), "--latent-points", str(points)],
+        run_checked(recovar_cmd(exe, "compute_state", str(out), "-o", str(states_dir), "--latent-points", str(points)),
                     work / "compute_state.log", xenv)
     table = score_state_maps(gt, maps, reps, f"per-conformation FSC: RECOVAR {out}")
     within = "within" if timing["seconds"] <= budget_s else "over"

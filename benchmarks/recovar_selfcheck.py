@@ -15,7 +15,9 @@ On each, RECOVAR's homogeneous mean (``recovar pipeline`` with `quality.py`'s op
 per-conformation FSC AUC of `quality.py`. If
 ``cryospire backproject`` scores high on RECOVAR's own files, their pose/CTF conventions read
 as ours; if RECOVAR then scores low on its own simulation too, the low scores are RECOVAR's,
-not a conversion of ours.
+not a conversion of ours. RECOVAR runs twice: as shipped, and through ``quality.py``'s
+``RECOVAR_CPU_LAUNCHER`` (its CPU slicing given the oversampling factor its GPU kernels use),
+which is how ``quality.py`` runs it.
 
 Usage::
 
@@ -66,19 +68,22 @@ RECOVAR_SIM_NOISE = 0.01
 
 def reconstruct(label: str, stack: Path, poses: Path, ctf: Path, invert: str, work: Path, exe: Path,
                 env: dict[str, str], xenv: dict[str, str]) -> dict[str, Path]:
-    """RECOVAR's --only-mean maps and cryospire's backprojection of one stack: {name: map path}."""
-    out = work / f"{label}_recovar"
-    volumes = out / "output" / "volumes"
-    if not (volumes / "mean.mrc").is_file():
-        run_checked([*recovar_pipeline_cmd(exe, stack, poses, ctf, out), "--only-mean"], work / f"{label}_recovar.log",
-                    xenv)
+    """RECOVAR's --only-mean maps, as shipped and with ``RECOVAR_CPU_LAUNCHER``'s fix, and cryospire's
+    backprojection of one stack: {name: map path}."""
+    maps = {}
+    for cpu_fix, tag, suffix in ((False, "as shipped", ""), (True, "CPU fix", "_fixed")):
+        volumes = work / f"{label}_recovar{suffix}" / "output" / "volumes"
+        if not (volumes / "mean.mrc").is_file():
+            run_checked([*recovar_pipeline_cmd(exe, stack, poses, ctf, volumes.parent.parent, cpu_fix=cpu_fix),
+                         "--only-mean"], work / f"{label}_recovar{suffix}.log", xenv)
+        maps |= {f"RECOVAR {tag}: mean.mrc": volumes / "mean.mrc",
+                 f"RECOVAR {tag}: mean_half1_unfil": volumes / "mean_half1_unfil.mrc"}
     bp = work / f"{label}_backproject.mrc"
     if not bp.is_file():
         run_checked(cryospire_cmd("backproject", str(stack), "--poses", str(poses), "--ctf", str(ctf), "--invert",
                                   invert, "--out", str(bp), "--overwrite", "--quiet", "--threads",
                                   env["OMP_NUM_THREADS"]), work / f"{label}_backproject.log", env)
-    return {"RECOVAR mean.mrc": volumes / "mean.mrc", "RECOVAR mean_half1_unfil.mrc": volumes / "mean_half1_unfil.mrc",
-            "cryospire backproject": bp}
+    return maps | {"cryospire backproject": bp}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                           work, exe, env, xenv))]
     lines = [f"RECOVAR {RECOVAR_VERSION} self-check: homogeneous maps scored against the truth (FSC AUC inside the "
              f"ground-truth mask); {args.box} px, {args.n} images (`benchmarks/recovar_selfcheck.py`)",
-             f"{'data':>14}  {'map':<28}  {'AUC':>6}  {'res0.5 Å':>8}  {'vs backproject':>14}"]
+             f"{'data':>14}  {'map':<38}  {'AUC':>6}  {'res0.5 Å':>8}  {'vs backproject':>14}"]
     for name, truth, maps in cases:
         scores = {label: score_states([(0, read_grid_map(path, gt.lattice).data, truth, None)], gt.mask, label,
                                       gt.lattice.apix).states[0] for label, path in maps.items()}
@@ -124,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         for label, s in scores.items():
             angstrom = freq_to_angstrom(s.res_05, gt.lattice.apix)
             res = f"{angstrom:8.1f}" if np.isfinite(angstrom) else f"{'-':>8}"
-            lines.append(f"{name:>14}  {label:<28}  {s.auc:6.3f}  {res}  {s.auc / reference:14.2f}")
+            lines.append(f"{name:>14}  {label:<38}  {s.auc:6.3f}  {res}  {s.auc / reference:14.2f}")
     lines += ["recovar-sim: one ground-truth map projected by RECOVAR's simulator with its own poses and CTFs (noise "
               f"level {RECOVAR_SIM_NOISE}), reconstructed from RECOVAR's own files; cryospire-sim: `cryospire simulate "
               f"--preset hinge --snr {args.snr:g}` read from the poses.pkl / ctf.pkl quality.py gives the peers, scored "
               "against the noise-free population-mean map.",
-              f"RECOVAR: `recovar pipeline --mask sphere --zdim {RECOVAR_ZDIM} --accept-cpu --only-mean` (its CPU path); cryospire: "
+              f"RECOVAR: `recovar pipeline --mask sphere --zdim {RECOVAR_ZDIM} --accept-cpu --only-mean` (its CPU path), as shipped "
+              "and with the oversampling factor given to its CPU slicing (quality.py's RECOVAR_CPU_LAUNCHER); cryospire: "
               "`cryospire backproject` (direct Fourier inversion, no regularisation beyond its Wiener constant)."]
     text = "\n".join(lines)
     print(text)

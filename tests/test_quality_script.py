@@ -274,3 +274,52 @@ def test_the_preset_of_a_simulation_folder_decides_its_latent_score(tmp_path):
     (tmp_path / "metadata.json").write_text('{"options": {"preset": "hinge", "box": 128}}')
     assert quality.simulated_preset(tmp_path, "hinge128") == "hinge"
     assert quality.simulated_preset(tmp_path / "elsewhere", "assembly") == "assembly"
+
+
+_FAKE_RELION_INTERP = '''
+import numpy as np
+def _pixel_frequencies(image_shape, half_image=False):
+    return np.array([[1.0, 0.0], [0.0, -2.0]])
+def backproject(imgs, rotations, image_shape, volume_shape, order=1, half_volume=False, half_image=False, max_r=None):
+    return _pixel_frequencies(image_shape, half_image=half_image), max_r
+project = backproject
+'''
+_FAKE_COMMAND_LINE = '''
+import json, sys
+from recovar.core import relion_interp as ri
+def main_commands():
+    out = {}
+    for name in ("project", "backproject"):
+        for box in (64, 128):
+            freqs, max_r = getattr(ri, name)(None, None, (64, 64), (box, box, box), max_r=31)
+            out[f"{name} {box}"] = [freqs.tolist(), max_r]
+    out["restored"] = ri._pixel_frequencies((64, 64)).tolist()
+    out["argv"] = sys.argv
+    print(json.dumps(out))
+    return 0
+'''
+
+
+def test_recovar_cpu_launcher_scales_frequencies_on_an_oversampled_grid_only(tmp_path):
+    """The launcher RECOVAR runs through: on a volume grid k times the image's, its CPU slicing gets
+    frequencies and radius cut-off times k (what its CUDA kernels do), at k = 1 nothing changes, the
+    plain frequencies are back afterwards, and RECOVAR's command line gets the arguments."""
+    package = tmp_path / "site" / "recovar"
+    (package / "core").mkdir(parents=True)
+    for path, text in {package / "__init__.py": "", package / "core" / "__init__.py": "",
+                       package / "core" / "relion_interp.py": _FAKE_RELION_INTERP,
+                       package / "command_line.py": _FAKE_COMMAND_LINE}.items():
+        path.write_text(text)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    cmd = quality.recovar_cmd(tmp_path / "bin" / "recovar", "pipeline", "x.mrcs")
+    assert quality.recovar_cmd(tmp_path / "bin" / "recovar", "pipeline", cpu_fix=False) == [
+        str(tmp_path / "bin" / "recovar"), "pipeline", "--gpu-budget-gb", str(quality.RECOVAR_MEMORY_GB)]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+    plain = [[1.0, 0.0], [0.0, -2.0]]
+    for name in ("project", "backproject"):
+        assert out[f"{name} 64"] == [plain, 31]
+        assert out[f"{name} 128"] == [[[2.0, 0.0], [0.0, -4.0]], 62]
+    assert out["restored"] == plain
+    assert out["argv"] == ["recovar", "pipeline", "x.mrcs", "--gpu-budget-gb", str(quality.RECOVAR_MEMORY_GB)]
