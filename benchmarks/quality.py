@@ -1,4 +1,4 @@
-"""Quality benchmark: cryospire against cryoDRGN at the same wall-clock budget, one table and one
+"""Quality benchmark: cryospire against cryoDRGN and RECOVAR at the same wall-clock budget, one table and one
 AUC-against-time plot per preset.
 
 For each preset (hinge, random-hinge, assembly, mixed by default):
@@ -17,7 +17,12 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
    wall time of the cryospire run on the same preset. Its last finished epoch is scored
    (``cryodrgn eval_vol`` at the latents of the particles nearest each state's mean latent,
    picked by the same code as our evaluator, scored by the same FSC code against the same ground
-   truth and mask), and up to ``--curve-points`` earlier epochs for the plot.
+   truth and mask), and up to ``--curve-points`` earlier epochs for the plot;
+4. RECOVAR: ``recovar pipeline`` on the same files in its own virtual environment
+   (WORK/recovar-venv), run as a separate program through ``RECOVAR_CPU_LAUNCHER`` (its CPU
+   slicing given the oversampling factor its GPU kernels apply: as shipped, every map it makes
+   without a GPU is garbage); it cannot stop at an epoch, so it runs to the end or to
+   ``RECOVAR_BUDGET_FACTOR`` budgets, then ``compute_state`` at the same latents protocol.
 
 Within one call the tools run one after the other, never side by side; each row records the
 load average while its training ran (``meter.measure``: wall and CPU time, peak RSS of the
