@@ -22,7 +22,7 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
    (WORK/recovar-venv), run as a separate program through ``RECOVAR_CPU_LAUNCHER`` (its CPU
    slicing given the oversampling factor its GPU kernels apply: as shipped, every map it makes
    without a GPU is garbage); it cannot stop at an epoch, so it runs to the end or to
-   ``RECOVAR_BUDGET_FACTOR`` budgets, then ``compute_state`` at the same latents protocol.
+   ``--recovar-budget-factor`` budgets (default 3), then ``compute_state`` at the same latents protocol.
 
 Within one call the tools run one after the other, never side by side; each row records the
 load average while its training ran (``meter.measure``: wall and CPU time, peak RSS of the
@@ -104,8 +104,6 @@ RECOVAR_ZDIM = 10  # the latent size RECOVAR's tutorial analyses (its pipeline c
 #: components RECOVAR computes (64 px: 174 instead of 200); the maps and latents use the first
 #: ``RECOVAR_ZDIM``.
 RECOVAR_MEMORY_GB = 5
-#: RECOVAR cannot be stopped part-way with a result: it may run to this many budgets.
-RECOVAR_BUDGET_FACTOR = 3
 #: Highest frequency (cycles/px) of the low-frequency AUC column.
 LOW_FREQ = 0.25
 #: cryospire's training as separately measured calls: (label, --stage arguments, scored as).
@@ -456,7 +454,7 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     """RECOVAR on ``data``: its pipeline (spherical mask, zdim ``RECOVAR_ZDIM``), then
     ``compute_state`` at the latent of the image nearest each state's mean latent, scored like
     the others. RECOVAR has no epochs to stop after, so it runs to the end (at most
-    ``RECOVAR_BUDGET_FACTOR`` x the budget) and the row says whether it fitted the budget."""
+    ``args.recovar_budget_factor`` x the budget) and the row says whether it fitted the budget."""
     exe = recovar_venv(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out, xenv = work / "pipeline", recovar_env(env, args.threads)
@@ -464,13 +462,13 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
 
     def train() -> dict:
         m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out),
-                        work / "pipeline.log", xenv, RECOVAR_BUDGET_FACTOR * budget_s)
-        return {**m.to_dict(), "budget_s": budget_s}
+                        work / "pipeline.log", xenv, args.recovar_budget_factor * budget_s)
+        return {**m.to_dict(), "budget_s": budget_s, "budget_factor": args.recovar_budget_factor}
 
     timing = cached(work / "train.json", train)
     if timing["stopped"]:
         return {"preset": preset, "tool": "RECOVAR", **timing_fields(timing), "curve": [],
-                "note": f"{note}; not finished after {RECOVAR_BUDGET_FACTOR} x the budget"}
+                "note": f"{note}; not finished after {timing['budget_factor']:g} x the budget"}
     gt = load_ground_truth(data / "gt")
     latents_path = work / "latents.npy"
     if not latents_path.is_file():
@@ -645,6 +643,9 @@ def main(argv: list[str] | None = None) -> None:
                              "network: benchmarks/gpu_quality.sh)")
     parser.add_argument("--budget-minutes", type=float,
                         help="wall-clock budget of each peer (default: the cryospire run's wall time on that data)")
+    parser.add_argument("--recovar-budget-factor", type=float, default=3.0,
+                        help="RECOVAR cannot stop part-way with a result: it may run to this many budgets "
+                             "(default 3; 1 = strictly equal wall time)")
     parser.add_argument("--epochs", type=int, default=1000,
                         help="cryoDRGN's -n: an upper bound, the budget stops it first (default 1000)")
     parser.add_argument("--curve-points", type=int, default=6,
@@ -666,6 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.curve_points < 1:
         parser.error("--curve-points: at least 1 (the scored epoch is always a point)")
+    if args.recovar_budget_factor < 1:
+        parser.error("--recovar-budget-factor: at least 1 (RECOVAR gets at least cryospire's wall time)")
     args.work = args.work.resolve()
     data_dirs = _pairs(args.data, "--data")
     unknown = [p for p in args.presets if p not in PRESETS and p not in data_dirs]

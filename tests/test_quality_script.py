@@ -323,3 +323,23 @@ def test_recovar_cpu_launcher_scales_frequencies_on_an_oversampled_grid_only(tmp
         assert out[f"{name} 128"] == [[[2.0, 0.0], [0.0, -4.0]], 62]
     assert out["restored"] == plain
     assert out["argv"] == ["recovar", "pipeline", "x.mrcs", "--gpu-budget-gb", str(quality.RECOVAR_MEMORY_GB)]
+
+
+def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, monkeypatch):
+    """RECOVAR has no epochs to stop after: it gets ``--recovar-budget-factor`` budgets, and a run
+    stopped there is a row without a map that names the factor; a factor under 1 is refused."""
+    limits = []
+
+    def stopped(cmd, log, env=None, budget_s=None):
+        limits.append(budget_s)
+        return meter.Measured(budget_s, budget_s, 1 << 30, -15, 1.0, 1.0, stopped=True)
+
+    monkeypatch.setattr(quality, "run_checked", stopped)
+    monkeypatch.setattr(quality, "recovar_venv", lambda work: tmp_path / "venv" / "bin" / "recovar")
+    args = quality.argparse.Namespace(work=tmp_path, threads=1, recovar_budget_factor=1.0)
+    row = quality.recovar_side("hinge", tmp_path / "data", tmp_path / "recovar", 600.0, args, {})
+    assert limits == [600.0]
+    assert row["note"].endswith("not finished after 1 x the budget") and row["seconds"] == 600.0
+    assert "auc_mean" not in row
+    with pytest.raises(SystemExit):
+        quality.main(["--work", str(tmp_path), "--recovar-budget-factor", "0.5"])
