@@ -325,7 +325,7 @@ def test_recovar_cpu_launcher_scales_frequencies_on_an_oversampled_grid_only(tmp
     assert out["argv"] == ["recovar", "pipeline", "x.mrcs", "--gpu-budget-gb", str(quality.RECOVAR_MEMORY_GB)]
 
 
-def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, monkeypatch):
+def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, monkeypatch, capsys):
     """RECOVAR has no epochs to stop after: it gets ``--recovar-budget-factor`` budgets, and a run
     stopped there is a row without a map that names the factor; a factor under 1 is refused."""
     limits = []
@@ -343,3 +343,4 @@ def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, m
     assert "auc_mean" not in row
     with pytest.raises(SystemExit):
         quality.main(["--work", str(tmp_path), "--recovar-budget-factor", "0.5"])
+    assert "--recovar-budget-factor: at least 1" in capsys.readouterr().err
