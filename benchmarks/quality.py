@@ -181,6 +181,26 @@ def simulate(preset: str, folder: Path, args: argparse.Namespace, env: dict[str,
     return folder
 
 
+def stage_epochs(given: list[int] | None) -> tuple[int, ...]:
+    """cryospire's epochs per stage (consensus, stage 1, stage 2) from ``--cryospire-epochs``:
+    one value for every stage or one per stage; () keeps the profile's."""
+    if not given:
+        return ()
+    if len(given) not in (1, 3) or min(given) < 1:
+        raise SystemExit(f"--cryospire-epochs: expected 1 or 3 whole numbers >= 1 (consensus, stage 1, stage 2), "
+                         f"found {' '.join(map(str, given))}")
+    return tuple(given) * (3 // len(given))
+
+
+def set_description(data: Path) -> str | None:
+    """'128 px, 100,000 images, SNR 0.01' from a simulation folder's metadata.json (None without one)."""
+    try:
+        meta = json.loads((data / "metadata.json").read_text())
+        return f"{int(meta['box'])} px, {int(meta['n_images']):,} images, SNR {float(meta['snr']):g}"
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def run_epochs(run: Path) -> int:
     """Image passes of a cryospire run: the sum of its training stages' epochs (config.json)."""
     train = json.loads((run / "config.json").read_text())["train"]
@@ -220,8 +240,9 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         return row_fields(preset, "cryospire", scores, None, len(labels), run_epochs(run), latent, [],
                           note=f"{args.profile} profile, reused run {reuse}", part_ari=scores.get("part_ari"))
 
-    quick = [] if args.cryospire_epochs is None else [
-        f"--epochs-{stage}={args.cryospire_epochs}" for stage in ("consensus", "1", "2")]
+    epochs = stage_epochs(args.cryospire_epochs)
+    quick = [f"--epochs-{stage}={n}" for stage, n in zip(("consensus", "1", "2"), epochs)]
+    note = f"{args.profile} profile" + (f", epochs {'/'.join(map(str, epochs))}" if epochs else "")
     records, curve, scores, latent = [], [], None, None
     for label, stages, kind in CRYOSPIRE_CALLS:
         tag = label.replace(" ", "")
@@ -243,7 +264,7 @@ def cryospire_side(preset: str, data: Path, work: Path, reuse: Path | None, args
         curve.append({"label": label, "seconds": sum(r["seconds"] for r in records),
                       "auc_mean": scores["scores"]["summary"]["mean_auc"]})
     return row_fields(preset, "cryospire", scores, combined(records), len(labels), run_epochs(run), latent, curve,
-                      note=f"{args.profile} profile", part_ari=scores.get("part_ari"))
+                      note=note, part_ari=scores.get("part_ari"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,10 +458,12 @@ def recovar_cmd(exe: Path, *args: str, cpu_fix: bool = True) -> list[str]:
 
 
 def recovar_pipeline_cmd(exe: Path, particles: Path, poses: Path, ctf: Path, out: Path,
-                         cpu_fix: bool = True) -> list[str]:
-    """``recovar pipeline`` as this benchmark runs it: spherical mask, zdim ``RECOVAR_ZDIM``, on the CPU."""
+                         cpu_fix: bool = True, lazy: bool = False) -> list[str]:
+    """``recovar pipeline`` as this benchmark runs it: spherical mask, zdim ``RECOVAR_ZDIM``, on the CPU;
+    ``lazy``: its ``--lazy`` (images read from disk batch by batch instead of held in memory)."""
     return recovar_cmd(exe, "pipeline", str(particles), "--poses", str(poses), "--ctf", str(ctf), "--mask", "sphere",
-                       "-o", str(out), "--zdim", str(RECOVAR_ZDIM), "--accept-cpu", cpu_fix=cpu_fix)
+                       "-o", str(out), "--zdim", str(RECOVAR_ZDIM), "--accept-cpu", *(["--lazy"] if lazy else []),
+                       cpu_fix=cpu_fix)
 
 
 #: Reads a finished pipeline's latents with RECOVAR's own reader, in its own interpreter.
@@ -458,10 +481,12 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     exe = recovar_venv(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out, xenv = work / "pipeline", recovar_env(env, args.threads)
-    note = f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask, CPU slicing fixed, memory plan {RECOVAR_MEMORY_GB} GB"
+    note = (f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask, CPU slicing fixed, memory plan {RECOVAR_MEMORY_GB} GB"
+            + (", lazy loading" if args.recovar_lazy else ""))
 
     def train() -> dict:
-        m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out),
+        m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out,
+                                             lazy=args.recovar_lazy),
                         work / "pipeline.log", xenv, args.recovar_budget_factor * budget_s)
         return {**m.to_dict(), "budget_s": budget_s, "budget_factor": args.recovar_budget_factor}
 
@@ -632,8 +657,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--data", nargs="*", default=[], help="NAME=DIR: a simulation to use (particles.*, gt/)")
     parser.add_argument("--cryospire-run", nargs="*", default=[], help="NAME=RUN: reuse a finished cryospire run")
-    parser.add_argument("--cryospire-epochs", type=int,
-                        help="smoke tests only: this many epochs in every cryospire stage (default: the profile's)")
+    parser.add_argument("--cryospire-epochs", type=int, nargs="+",
+                        help="cryospire's epochs: one number for every stage or three (consensus, stage 1, "
+                             "stage 2) (default: the profile's)")
     parser.add_argument("--profile", default="cpu", choices=profile_names(),
                         help="cryospire's training profile (default cpu; paper on a GPU)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -646,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recovar-budget-factor", type=float, default=3.0,
                         help="RECOVAR cannot stop part-way with a result: it may run to this many budgets "
                              "(default 3; 1 = strictly equal wall time)")
+    parser.add_argument("--recovar-lazy", action="store_true",
+                        help="RECOVAR reads the images from disk batch by batch (its --lazy) instead of holding the "
+                             "stack in memory: for a stack that would not fit beside the other jobs")
     parser.add_argument("--epochs", type=int, default=1000,
                         help="cryoDRGN's -n: an upper bound, the budget stops it first (default 1000)")
     parser.add_argument("--curve-points", type=int, default=6,
@@ -678,9 +707,11 @@ def main(argv: list[str] | None = None) -> None:
     env = child_env(args.threads)
     skipped = not_run_pairs(args.not_run)
     carried = carried_rows(args.carry)
-    rows = []
+    stage_epochs(args.cryospire_epochs)
+    rows, sets = [], {}
     for preset in args.presets:
         data = data_dirs.get(preset) or simulate(preset, args.work / preset / "data", args, env)
+        sets.setdefault(set_description(data) or f"{args.box} px, {args.n:,} images, SNR {args.snr:g}", []).append(preset)
         ours = None
         for tool in args.tools:
             before = len(rows)
@@ -705,7 +736,8 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(carried.get((preset, f"cryoDRGN {arch}")) or cryodrgn_side(
                         preset, data, args.work / preset / tag, arch, budget, args, env))
             print("\n".join(format_table(rows[before:], "", []).splitlines()[2:]), flush=True)
-    header = (f"quality at equal wall time: {args.box} px, SNR {args.snr}, seed {args.seed}; CryoBench per-conformation "
+    described = "; ".join(f"{', '.join(names)}: {text}" for text, names in sets.items())
+    header = (f"quality at equal wall time ({described}; seed {args.seed}); CryoBench per-conformation "
               f"FSC vs ground truth inside its mask (`benchmarks/quality.py`)")
     footer = [
         "AUC: per-conformation FSC AUC (mean, median over states); AUC f<=.25: the same curves integrated up to "

@@ -328,19 +328,45 @@ def test_recovar_cpu_launcher_scales_frequencies_on_an_oversampled_grid_only(tmp
 def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, monkeypatch, capsys):
     """RECOVAR has no epochs to stop after: it gets ``--recovar-budget-factor`` budgets, and a run
     stopped there is a row without a map that names the factor; a factor under 1 is refused."""
-    limits = []
+    limits, cmds = [], []
 
     def stopped(cmd, log, env=None, budget_s=None):
         limits.append(budget_s)
+        cmds.append(cmd)
         return meter.Measured(budget_s, budget_s, 1 << 30, -15, 1.0, 1.0, stopped=True)
 
     monkeypatch.setattr(quality, "run_checked", stopped)
     monkeypatch.setattr(quality, "recovar_venv", lambda work: tmp_path / "venv" / "bin" / "recovar")
-    args = quality.argparse.Namespace(work=tmp_path, threads=1, recovar_budget_factor=1.0)
+    args = quality.argparse.Namespace(work=tmp_path, threads=1, recovar_budget_factor=1.0, recovar_lazy=False)
     row = quality.recovar_side("hinge", tmp_path / "data", tmp_path / "recovar", 600.0, args, {})
-    assert limits == [600.0]
+    assert limits == [600.0] and "--lazy" not in cmds[-1]
     assert row["note"].endswith("not finished after 1 x the budget") and row["seconds"] == 600.0
     assert "auc_mean" not in row
+    args.recovar_lazy = True
+    row = quality.recovar_side("hinge", tmp_path / "data", tmp_path / "lazy", 600.0, args, {})
+    assert "--lazy" in cmds[-1] and "lazy loading" in row["note"]
     with pytest.raises(SystemExit):
         quality.main(["--work", str(tmp_path), "--recovar-budget-factor", "0.5"])
     assert "--recovar-budget-factor: at least 1" in capsys.readouterr().err
+
+
+def test_cryospire_epochs_per_stage_and_the_table_header_names_each_set(tmp_path):
+    assert quality.stage_epochs(None) == ()
+    assert quality.stage_epochs([4]) == (4, 4, 4)
+    assert quality.stage_epochs([2, 3, 1]) == (2, 3, 1)
+    for bad in ([2, 3], [0, 3, 1]):
+        with pytest.raises(SystemExit, match="--cryospire-epochs"):
+            quality.stage_epochs(bad)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "metadata.json").write_text('{"box": 128, "n_images": 100000, "snr": 0.01, "options": {"preset": "hinge"}}')
+    assert quality.set_description(big) == "128 px, 100,000 images, SNR 0.01"
+    assert quality.set_description(tmp_path / "none") is None
+    ours = {"preset": "hinge", "tool": "cryospire", "auc_mean": 0.4, "seconds": 90.0, "curve": []}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rows": [ours, {**ours, "preset": "hinge-128", "auc_mean": 0.3}]}))
+    out = tmp_path / "table.txt"
+    quality.main(["--work", str(tmp_path / "work"), "--presets", "hinge", "hinge-128", "--data", f"hinge={tmp_path}",
+                  f"hinge-128={big}", "--tools", "cryospire", "--carry", str(old), "--out", str(out)])
+    header = out.read_text().splitlines()[0]
+    assert "hinge: 64 px, 20,000 images, SNR 0.05; hinge-128: 128 px, 100,000 images, SNR 0.01" in header
