@@ -5,7 +5,8 @@ For each preset (hinge, random-hinge, assembly, mixed by default):
 
 1. data: ``cryospire simulate --preset P --box 64 --n 20000 --snr 0.05 --seed 0`` into
    WORK/P/data (or reuse a simulation given by ``--data P=DIR``);
-2. cryospire: ``cryospire train`` (``--profile``, cpu by default) into WORK/P/cryospire, as three measured calls
+2. cryospire: ``cryospire train`` (``--profile``, cpu by default; ``--cryospire-epochs`` sets the epochs of
+   each stage, for a set where the profile's would take hours) into WORK/P/cryospire, as three measured calls
    (consensus; stage 1 and the parts; stage 2), each scored when it ends (the consensus map
    against every state: the floor; then ``cryospire evaluate --run``: CryoBench per-conformation
    FSC at the image latent nearest each state's mean latent). Or reuse a finished run given by
@@ -575,7 +576,9 @@ def format_table(rows: list[dict], header: str, footer: list[str]) -> str:
 
 def plot_curves(rows: list[dict], preset: str, path: Path) -> Path | None:
     """AUC (mean over states) against wall-clock minutes, one curve per tool, for ``preset``;
-    saved as a PNG at ``path``. None when no row of the preset has a curve."""
+    saved as a PNG at ``path``, naming the tools that ran but made no map. None when no row of the
+    preset has a curve."""
+    mapless = [r["tool"] for r in rows if r["preset"] == preset and r.get("seconds") and not r.get("curve")]
     rows = [r for r in rows if r["preset"] == preset and r.get("curve")]
     if not rows:
         return None
@@ -596,6 +599,9 @@ def plot_curves(rows: list[dict], preset: str, path: Path) -> Path | None:
     ax.set_xlabel("wall-clock time (min, same machine; how the tools shared it: the table's notes)")
     ax.set_ylabel("per-conformation FSC AUC (mean over states)")
     ax.set_title(f"{preset}: map quality against training time")
+    if mapless:
+        ax.text(0.98, 0.03, "no map within the budget: " + ", ".join(mapless), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="0.3")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
