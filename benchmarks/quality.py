@@ -193,13 +193,15 @@ def stage_epochs(given: list[int] | None) -> tuple[int, ...]:
     return tuple(given) * (3 // len(given))
 
 
-def set_description(data: Path) -> str | None:
-    """'128 px, 100,000 images, SNR 0.01' from a simulation folder's metadata.json (None without one)."""
+def set_description(data: Path, box: int, n: int, snr: float) -> str:
+    """'128 px, 100,000 images, SNR 0.01': from a simulation folder's metadata.json, else from
+    ``box``, ``n`` and ``snr`` (the options it would be simulated with)."""
     try:
         meta = json.loads((data / "metadata.json").read_text())
-        return f"{int(meta['box'])} px, {int(meta['n_images']):,} images, SNR {float(meta['snr']):g}"
+        box, n, snr = int(meta["box"]), int(meta["n_images"]), float(meta["snr"])
     except (OSError, KeyError, TypeError, ValueError):
-        return None
+        pass
+    return f"{box} px, {n:,} images, SNR {snr:g}"
 
 
 def run_epochs(run: Path) -> int:
@@ -482,16 +484,18 @@ def recovar_side(preset: str, data: Path, work: Path, budget_s: float, args: arg
     exe = recovar_venv(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out, xenv = work / "pipeline", recovar_env(env, args.threads)
-    note = (f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask, CPU slicing fixed, memory plan {RECOVAR_MEMORY_GB} GB"
-            + (", lazy loading" if args.recovar_lazy else ""))
 
     def train() -> dict:
         m = run_checked(recovar_pipeline_cmd(exe, data / "particles.mrcs", data / "poses.pkl", data / "ctf.pkl", out,
                                              lazy=args.recovar_lazy),
                         work / "pipeline.log", xenv, args.recovar_budget_factor * budget_s)
-        return {**m.to_dict(), "budget_s": budget_s, "budget_factor": args.recovar_budget_factor}
+        return {**m.to_dict(), "budget_s": budget_s, "budget_factor": args.recovar_budget_factor,
+                "lazy": args.recovar_lazy}
 
     timing = cached(work / "train.json", train)
+    # from the run's own record, so a cached run keeps the options it ran with
+    note = (f"{RECOVAR_VERSION}, zdim {RECOVAR_ZDIM}, spherical mask, CPU slicing fixed, memory plan {RECOVAR_MEMORY_GB} GB"
+            + (", lazy loading" if timing.get("lazy") else ""))
     if timing["stopped"]:
         return {"preset": preset, "tool": "RECOVAR", **timing_fields(timing), "curve": [],
                 "note": f"{note}; not finished after {timing['budget_factor']:g} x the budget"}
@@ -713,11 +717,11 @@ def main(argv: list[str] | None = None) -> None:
     env = child_env(args.threads)
     skipped = not_run_pairs(args.not_run)
     carried = carried_rows(args.carry)
-    stage_epochs(args.cryospire_epochs)
+    args.cryospire_epochs = stage_epochs(args.cryospire_epochs)  # refused before anything runs
     rows, sets = [], {}
     for preset in args.presets:
         data = data_dirs.get(preset) or simulate(preset, args.work / preset / "data", args, env)
-        sets.setdefault(set_description(data) or f"{args.box} px, {args.n:,} images, SNR {args.snr:g}", []).append(preset)
+        sets.setdefault(set_description(data, args.box, args.n, args.snr), []).append(preset)
         ours = None
         for tool in args.tools:
             before = len(rows)

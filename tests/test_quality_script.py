@@ -345,6 +345,9 @@ def test_recovar_runs_to_its_budget_factor_and_a_stopped_row_says_so(tmp_path, m
     args.recovar_lazy = True
     row = quality.recovar_side("hinge", tmp_path / "data", tmp_path / "lazy", 600.0, args, {})
     assert "--lazy" in cmds[-1] and "lazy loading" in row["note"]
+    args.recovar_lazy = False  # a cached run keeps the note of the options it ran with
+    assert "lazy loading" in quality.recovar_side("hinge", tmp_path / "data", tmp_path / "lazy", 600.0, args, {})["note"]
+    assert len(cmds) == 2
     with pytest.raises(SystemExit):
         quality.main(["--work", str(tmp_path), "--recovar-budget-factor", "0.5"])
     assert "--recovar-budget-factor: at least 1" in capsys.readouterr().err
@@ -360,8 +363,8 @@ def test_cryospire_epochs_per_stage_and_the_table_header_names_each_set(tmp_path
     big = tmp_path / "big"
     big.mkdir()
     (big / "metadata.json").write_text('{"box": 128, "n_images": 100000, "snr": 0.01, "options": {"preset": "hinge"}}')
-    assert quality.set_description(big) == "128 px, 100,000 images, SNR 0.01"
-    assert quality.set_description(tmp_path / "none") is None
+    assert quality.set_description(big, 64, 20000, 0.05) == "128 px, 100,000 images, SNR 0.01"
+    assert quality.set_description(tmp_path / "none", 64, 20000, 0.05) == "64 px, 20,000 images, SNR 0.05"
     ours = {"preset": "hinge", "tool": "cryospire", "auc_mean": 0.4, "seconds": 90.0, "curve": []}
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"rows": [ours, {**ours, "preset": "hinge-128", "auc_mean": 0.3}]}))
